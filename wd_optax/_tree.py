@@ -75,6 +75,13 @@ class ResolvedMask:
   def __call__(self, path: str) -> bool:
     return self.by_path[path]
 
+  def as_mask_fn(self) -> Callable[[PyTree], PyTree]:
+    """A mask callable (params -> pytree of bools) that looks each leaf up by its path."""
+    def mask_fn(params: PyTree) -> PyTree:
+      resolved = resolve_mask(self, params)
+      return map_with_path(lambda path, _: resolved(path), params)
+    return mask_fn
+
 
 def resolve_mask(mask: MaskOrFn, params: PyTree, *, argname: str = "mask") -> ResolvedMask:
   """Evaluates ``mask`` against ``params`` to one bool per parameter path.
@@ -92,7 +99,12 @@ def resolve_mask(mask: MaskOrFn, params: PyTree, *, argname: str = "mask") -> Re
   param_paths = [p for p, _ in named_leaves(params)]
   if mask is None:
     return ResolvedMask({p: True for p in param_paths})
-  tree = mask(params) if callable(mask) and not isinstance(mask, Mapping) else mask
+  if isinstance(mask, ResolvedMask):
+    tree = mask
+  elif callable(mask) and not isinstance(mask, Mapping):
+    tree = mask(params)
+  else:
+    tree = mask
   if isinstance(tree, ResolvedMask):
     entries = dict(tree.by_path)
   elif isinstance(tree, (bool, np.bool_)):

@@ -1,0 +1,36 @@
+"""wd_optax: weight decay as composable Optax gradient transformations.
+
+The package is laid out by the three questions every weight-decay choice answers:
+
+* **where the decay enters the optimizer**: :mod:`wd_optax.coupled` (L2 in the gradient and in Adam's
+  buffers) and :mod:`wd_optax.decoupled` (decay applied to the weights after the step, with an explicit
+  learning-rate coupling); :mod:`wd_optax.optimizers` bundles them into SGD and Adam;
+* **when it acts**: :mod:`wd_optax.schedules` (early, late, windowed decay);
+* **which parameters it touches**: :mod:`wd_optax.masks`.
+
+References:
+  Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
+  Bjorck, Weinberger, Gomes. *Understanding Decoupled and Early Weight Decay.* AAAI 2021.
+  Zhou, Sun, Zhong. *FixNorm: Dissecting Weight Decay for Training Deep Neural Networks.* arXiv:2103.15345.
+"""
+
+from wd_optax import masks
+from wd_optax import schedules
+from wd_optax.coupled import AddL2State, add_l2, scale_by_adam_l2
+from wd_optax.decoupled import COUPLINGS, DecoupledDecayState, decoupled_decay
+from wd_optax.optimizers import adam, sgd
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AddL2State",
+    "COUPLINGS",
+    "DecoupledDecayState",
+    "adam",
+    "add_l2",
+    "decoupled_decay",
+    "masks",
+    "scale_by_adam_l2",
+    "schedules",
+    "sgd",
+]
