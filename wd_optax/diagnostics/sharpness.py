@@ -50,21 +50,17 @@ def _check_sampling(radius: Any, num_samples: Any) -> None:
     raise ValueError(f"num_samples must be an int >= 2 (two samples give a standard error), got {num_samples!r}.")
 
 
-def _gaussian_like(key: jax.Array, params: PyTree) -> PyTree:
-  leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(key, len(leaves))
-  return jax.tree.unflatten(
-      treedef, [jax.random.normal(k, jnp.shape(w), jnp.float32) for k, w in zip(keys, leaves)])
-
-
 def _average_increase(loss_fn, params, batch, key, num_samples, perturbation_fn) -> SharpnessEstimate:
+  """Mean and standard error of L(w + ε) − L(w); ``perturbation_fn`` maps noise leaves to ε leaves."""
+  leaves, treedef = jax.tree.flatten(params)
   base = jnp.asarray(loss_fn(params, batch), jnp.float32)
 
   def one(k):
-    eps = perturbation_fn(_gaussian_like(k, params))
-    perturbed = jax.tree.map(lambda w, e: (w + e.astype(w.dtype)) if e is not None else w,
-                             params, eps, is_leaf=lambda e: e is None)
-    return jnp.asarray(loss_fn(perturbed, batch), jnp.float32) - base
+    keys = jax.random.split(k, len(leaves))
+    noise = [jax.random.normal(kk, jnp.shape(w), jnp.float32) for kk, w in zip(keys, leaves)]
+    eps = perturbation_fn(noise)
+    perturbed = [w if e is None else w + e.astype(jnp.result_type(w)) for w, e in zip(leaves, eps)]
+    return jnp.asarray(loss_fn(jax.tree.unflatten(treedef, perturbed), batch), jnp.float32) - base
 
   increases = jax.lax.map(one, jax.random.split(key, num_samples))
   return SharpnessEstimate(jnp.mean(increases),
@@ -120,11 +116,11 @@ def scale_invariant_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], param
   _check_sampling(radius, num_samples)
   resolved = _tree.resolve_mask(mask, params)
   paths = [p for p, _ in _tree.named_leaves(params)]
-  leaves, treedef = jax.tree.flatten(params)
+  leaves = jax.tree.leaves(params)
 
   def perturbation(noise):
     out = []
-    for path, w, z in zip(paths, leaves, jax.tree.leaves(noise)):
+    for path, w, z in zip(paths, leaves, noise):
       if not resolved(path):
         out.append(None)
         continue
@@ -133,7 +129,7 @@ def scale_invariant_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], param
       z_norm = _norms._norm(z, axes)
       scale = radius * w_norm / jnp.where(z_norm > 0, z_norm, 1.0)
       out.append(z * (scale if axes is None else jnp.expand_dims(scale, axes)))
-    return jax.tree.unflatten(treedef, out)
+    return out
 
   return _average_increase(loss_fn, params, batch, key, num_samples, perturbation)
 
@@ -179,17 +175,13 @@ def fixed_radius_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], params: 
   _check_sampling(radius, num_samples)
   resolved = _tree.resolve_mask(mask, params)
   paths = [p for p, _ in _tree.named_leaves(params)]
-  leaves, treedef = jax.tree.flatten(params)
 
-  def perturbation(noise):
-    z_leaves = jax.tree.leaves(noise)
+  def perturbation(z_leaves):
     selected = [z for path, z in zip(paths, z_leaves) if resolved(path)]
     total = jnp.sqrt(sum(jnp.sum(jnp.square(z)) for z in selected)) if selected else jnp.float32(1.0)
     scale = radius / jnp.where(total > 0, total, 1.0)
-    out = [z * scale if resolved(path) else None for path, z in zip(paths, z_leaves)]
-    return jax.tree.unflatten(treedef, out)
+    return [z * scale if resolved(path) else None for path, z in zip(paths, z_leaves)]
 
-  del leaves
   return _average_increase(loss_fn, params, batch, key, num_samples, perturbation)
 
 
