@@ -4,6 +4,7 @@ Per-leaf results are pytrees shaped like the parameters (``None`` for leaves out
 them into ``{path: value}`` dicts for logging with :func:`flatten_by_path`. See papers.md §4 and §7.
 """
 
+from wd_optax.diagnostics.boundary import cross_boundary_risk
 from wd_optax.diagnostics.jacobian import JacobianNormEstimate
 from wd_optax.diagnostics.jacobian import gauss_newton_norm
 from wd_optax.diagnostics.jacobian import jacobian_norm
