@@ -130,7 +130,8 @@ def effective_learning_rate(learning_rate: Any, params: PyTree, *, optimizer: st
     \eta_\mathrm{eff} = \eta / \|w\| \quad\text{(Adam-type, whose step size does not scale with ‖∇L‖)}.
 
   Only meaningful for scale-invariant leaves: pass a mask selecting them (e.g.
-  ``wd_optax.masks.scale_invariant``). A zero-norm leaf gets ``0.0`` (a zero vector has no direction
+  ``wd_optax.masks.scale_invariant``). A zero-norm leaf (or one whose squared norm underflows float32,
+  ‖w‖ ≲ 1e-19) gets ``0.0`` (a zero vector has no direction
   to rotate; reporting 0 rather than inf keeps logs and averages finite); a result that would
   overflow float32 is clipped to the largest finite float32.
 
