@@ -1,0 +1,57 @@
+"""K-FAC as a plain optax transform, with explicitly registered layers.
+
+Zhang et al.'s second and third mechanisms of weight decay (papers.md §4-5) live in K-FAC. This package
+captures the curvature of explicitly registered layers and preconditions with it inside an ordinary
+``optax`` chain, so every decay transform of :mod:`wd_optax` composes with it:
+
+* :class:`Linear`, :class:`Conv`: drop-in ``nnx.Linear`` / ``nnx.Conv`` that record their input second
+  moment and output gradient inside ``nnx.capture``. Parameters outside them (norm scales, embeddings,
+  plain flax layers) pass through the preconditioner unchanged.
+* :func:`value_grad_and_curvature`: loss, gradients and per-layer factors for the true Fisher
+  (``"fisher"``), the empirical Fisher (``"empirical"``) or the Gauss-Newton matrix with an identity output
+  Hessian (``"ggn"``).
+* :func:`scale_by_kfac`: the preconditioner; :func:`kfac`: the full optimizer with the decay placed as
+  ``"l2"`` or ``"decoupled"``; :func:`effective_damping`: per-layer :math:`\\gamma\\|w\\|^2` and
+  :math:`\\cos(\\text{K-FAC direction}, \\text{gradient})`.
+
+A training step::
+
+  @nnx.jit
+  def train_step(model, optimizer, batch, key):
+    (loss, logits), grads, curvature = kfac.value_grad_and_curvature(
+        loss_fn, model, batch, mode="fisher", key=key)
+    optimizer.update(model, grads, curvature=curvature)
+    return loss
+
+References:
+  Martens & Grosse. *Optimizing Neural Networks with Kronecker-factored Approximate Curvature.* ICML 2015.
+  Grosse & Martens. *A Kronecker-factored Approximate Fisher Matrix for Convolution Layers.* ICML 2016.
+  Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
+"""
+
+from wd_optax.kfac._curvature import MODES, Curvature, LayerCurvature, value_grad_and_curvature
+from wd_optax.kfac._layers import (Conv, KfacInputStats, KfacOutputPerturbation, Linear,
+                                   registered_layers)
+from wd_optax.kfac._optimizer import DECAYS, kfac
+from wd_optax.kfac._preconditioner import (KfacFactors, LayerDamping, ScaleByKfacState,
+                                           damped_inverses, effective_damping, scale_by_kfac)
+
+__all__ = [
+    "Conv",
+    "Curvature",
+    "DECAYS",
+    "KfacFactors",
+    "KfacInputStats",
+    "KfacOutputPerturbation",
+    "LayerCurvature",
+    "LayerDamping",
+    "Linear",
+    "MODES",
+    "ScaleByKfacState",
+    "damped_inverses",
+    "effective_damping",
+    "kfac",
+    "registered_layers",
+    "scale_by_kfac",
+    "value_grad_and_curvature",
+]

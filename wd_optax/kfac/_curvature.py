@@ -1,0 +1,180 @@
+"""Loss, gradients and per-layer K-FAC statistics from one forward pass."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from wd_optax import _checks
+from wd_optax import _tree
+from wd_optax.kfac import _layers
+
+__all__ = ["LayerCurvature", "Curvature", "MODES", "value_grad_and_curvature"]
+
+MODES = ("fisher", "empirical", "ggn")
+
+
+class LayerCurvature(NamedTuple):
+  """The Kronecker factors of one registered layer, estimated on one batch.
+
+  Attributes:
+    a: :math:`A = E[\\bar a \\bar a^\\top]`, shape ``(d_in [+1], d_in [+1])`` (``+1``: the homogeneous
+      coordinate of a bias, last).
+    s: :math:`S = E[s s^\\top]`, shape ``(d_out, d_out)``, with ``s`` the gradient of the per-example
+      loss at the layer's output.
+    locations: :math:`T`, the number of spatial locations a convolution kernel is applied to (1 for
+      ``Linear``), a float32 scalar.
+  """
+  a: jax.Array
+  s: jax.Array
+  locations: jax.Array
+
+
+#: The curvature of a model: a dict from each registered layer's module path to its factors.
+Curvature = dict[str, LayerCurvature]
+
+
+def _output_second_moment(grad: jax.Array, scale: float) -> jax.Array:
+  rows = grad.reshape(-1, grad.shape[-1]).astype(jnp.promote_types(grad.dtype, jnp.float32)) * scale
+  return jnp.matmul(rows.T, rows, precision=jax.lax.Precision.HIGHEST) / rows.shape[0]
+
+
+def value_grad_and_curvature(
+    loss_fn: Callable[[nnx.Module, Any], tuple[jax.Array, jax.Array]],
+    model: nnx.Module,
+    batch: Any,
+    *,
+    mode: str = "fisher",
+    key: jax.Array | None = None,
+) -> tuple[tuple[jax.Array, jax.Array], nnx.State, Curvature]:
+  r"""Loss, gradients with respect to the ``nnx.Param`` s, and the K-FAC factors of every registered layer.
+
+  ``loss_fn(model, batch) -> (loss, logits)`` must return the loss as the **mean** over the
+  :math:`n` = ``prod(logits.shape[:-1])`` predictions (the usual mean softmax cross-entropy over a batch, or
+  over the tokens of a batch of sequences) and the logits it was computed from, classes last.
+  With :math:`g` the gradient of the mean loss at a layer's output, the per-example output gradient is
+  :math:`s = n\,g`; the factors are
+
+  .. math::
+    A = E[\bar a \bar a^\top], \qquad S = E[s s^\top],
+
+  means over the samples (rows; for a convolution, every example and location). ``mode`` picks where
+  :math:`s` comes from:
+
+  * ``"fisher"`` (KFAC-F, the true Fisher): targets :math:`y \sim \mathrm{softmax}(z)` are sampled with
+    ``key`` and :math:`\partial \ell(z, y)/\partial z = \mathrm{softmax}(z) - \mathrm{onehot}(y)` is
+    back-propagated from the logits :math:`z`;
+  * ``"empirical"`` (the empirical Fisher): the gradient of ``loss_fn`` itself, i.e. the true labels; no
+    extra pass and no ``key``;
+  * ``"ggn"`` (KFAC-G as Zhang et al. ran it: Gauss-Newton with an identity output Hessian):
+    :math:`r \sim N(0, I)` is back-propagated from the logits, so :math:`s = J^\top r` and
+    :math:`E[s s^\top] = E[J^\top J]`, whatever loss trains the model.
+
+  The forward pass runs once; the sampled modes add one backward pass (``jax.vjp`` is applied twice).
+  Mutable non-parameter state the forward pass changes (batch statistics, RNG counters) is written back
+  to ``model``. Under ``jit`` with a batch sharded over devices the means are over the global batch.
+
+  Args:
+    loss_fn: ``(model, batch) -> (mean loss, logits)``; the model contains
+      :class:`wd_optax.kfac.Linear` / :class:`wd_optax.kfac.Conv` layers, each called once.
+    model: the ``nnx.Module``.
+    batch: anything ``loss_fn`` accepts.
+    mode: ``"fisher"``, ``"empirical"`` or ``"ggn"``.
+    key: a PRNG key, required for ``"fisher"`` and ``"ggn"``.
+
+  Returns:
+    ``((loss, logits), grads, curvature)``: ``grads`` is an ``nnx.State`` of the ``nnx.Param`` s (as
+    ``nnx.grad`` gives), ``curvature`` a dict from each registered layer's module path to its
+    :class:`LayerCurvature`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from wd_optax import kfac
+    >>> model = kfac.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> def loss_fn(model, batch):
+    ...   logits = model(batch["x"])
+    ...   return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), logits
+    >>> batch = {"x": jnp.ones((4, 3)), "y": jnp.array([0, 1, 0, 1])}
+    >>> (loss, logits), grads, curvature = kfac.value_grad_and_curvature(
+    ...     loss_fn, model, batch, mode="fisher", key=jax.random.key(0))
+    >>> curvature[""].a.shape, curvature[""].s.shape    # the layer is the model itself: path ""
+    ((4, 4), (2, 2))
+
+  References:
+    Martens & Grosse. *Optimizing Neural Networks with Kronecker-factored Approximate Curvature.* ICML 2015.
+    Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
+  """
+  _checks.check_choice(mode, "mode", MODES)
+  if mode != "empirical" and key is None:
+    raise ValueError(f"value_grad_and_curvature(mode={mode!r}) samples its output gradients: pass key=.")
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def run(params: nnx.State, rest: nnx.State, perturbations: nnx.State | None, *var_types: type):
+    module = nnx.merge(graphdef, params, rest)
+    out = nnx.capture(loss_fn, *var_types, init=perturbations)(module, batch)
+    return out, nnx.split(module, nnx.Param, ...)[2]
+
+  (_, perturbation_shapes), _ = jax.eval_shape(
+      lambda p, r: run(p, r, None, _layers.KfacOutputPerturbation), params, rest)
+  perturbations = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), perturbation_shapes)
+
+  def forward(params: nnx.State, perturbations: nnx.State):
+    (outputs, stats), new_rest = run(params, rest, perturbations, _layers.KfacInputStats)
+    if not (isinstance(outputs, tuple) and len(outputs) == 2):
+      raise TypeError(
+          "loss_fn must return (loss, logits), the mean loss and the logits it was computed from; got "
+          f"{type(outputs).__name__}.")
+    loss, logits = outputs
+    if jnp.shape(loss) != ():
+      raise ValueError(f"loss_fn must return a scalar (mean) loss first, got shape {jnp.shape(loss)}.")
+    return (loss, logits), (stats, new_rest)
+
+  (loss, logits), vjp_fn, (stats, new_rest) = jax.vjp(forward, params, perturbations, has_aux=True)
+  grads, output_grads = vjp_fn((jnp.ones_like(loss), jnp.zeros_like(logits)))
+  count = 1
+  for dim in logits.shape[:-1]:
+    count *= dim
+  scale = float(count)
+  if mode != "empirical":
+    if mode == "fisher":
+      targets = jax.random.categorical(key, jax.lax.stop_gradient(logits), axis=-1)
+      probs = jax.nn.softmax(jax.lax.stop_gradient(logits).astype(jnp.float32), axis=-1)
+      cotangent = probs - jax.nn.one_hot(targets, logits.shape[-1], dtype=probs.dtype)
+    else:
+      cotangent = jax.random.normal(key, logits.shape, jnp.float32)
+    # The cotangent is already a per-example output gradient: no factor n.
+    _, output_grads = vjp_fn((jnp.zeros_like(loss), cotangent.astype(logits.dtype)))
+    scale = 1.0
+  nnx.update(model, new_rest)
+
+  return (loss, logits), grads, _assemble(stats, output_grads, scale)
+
+
+def _by_layer(state: nnx.State) -> dict[str, Any]:
+  """The value of each captured variable, keyed by the module path of the layer that recorded it."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  by_layer = {}
+  for path, variable in leaves:
+    by_layer[_tree.path_str(path[:-1])] = variable.get_value()
+  return by_layer
+
+
+def _assemble(stats: nnx.State, output_grads: nnx.State, scale: float) -> Curvature:
+  inputs = _by_layer(stats)
+  outputs = _by_layer(output_grads)
+  if not inputs:
+    raise ValueError(
+        "value_grad_and_curvature found no registered layer: the model called inside loss_fn must use "
+        "wd_optax.kfac.Linear / wd_optax.kfac.Conv layers.")
+  if set(inputs) != set(outputs):
+    raise ValueError(
+        "registered layers whose input statistics and output gradients do not pair up: "
+        f"{sorted(set(inputs) ^ set(outputs))}.")
+  return {layer: LayerCurvature(a, _output_second_moment(outputs[layer], scale), locations)
+          for layer, (a, locations) in sorted(inputs.items())}

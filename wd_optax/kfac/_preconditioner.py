@@ -1,0 +1,350 @@
+"""The K-FAC preconditioner as an optax transform, and the effective-damping diagnostic."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from wd_optax import _checks
+from wd_optax import _tree
+from wd_optax.kfac import _layers
+from wd_optax.kfac._curvature import LayerCurvature
+
+__all__ = ["KfacFactors", "ScaleByKfacState", "LayerDamping", "scale_by_kfac", "effective_damping"]
+
+_TINY = 1e-30
+
+
+class KfacFactors(NamedTuple):
+  """A pair of Kronecker factors (or of their damped inverses) of one layer."""
+  a: jax.Array
+  s: jax.Array
+
+
+class ScaleByKfacState(NamedTuple):
+  """State of :func:`scale_by_kfac`.
+
+  Attributes:
+    count: number of updates so far (int32).
+    factors: per layer, the running averages of :math:`A` and :math:`S`.
+    inverses: per layer, :math:`(A + \\pi\\sqrt{\\gamma'} I)^{-1}` and :math:`(S + \\sqrt{\\gamma'}/\\pi\\, I)^{-1}`
+      from the last inverse update.
+    damping: :math:`\\gamma` at the last update.
+    cosine: per layer, the cosine between the preconditioned and the incoming gradient at the last update.
+  """
+  count: jax.Array
+  factors: dict[str, KfacFactors]
+  inverses: dict[str, KfacFactors]
+  damping: jax.Array
+  cosine: dict[str, jax.Array]
+
+
+class LayerDamping(NamedTuple):
+  """What :func:`effective_damping` reports for one layer."""
+  damping: jax.Array
+  effective_damping: jax.Array
+  cosine: jax.Array
+
+
+def _join(layer: str, name: str) -> str:
+  return f"{layer}/{name}" if layer else name
+
+
+def _tagged_layers(params: Any) -> tuple[bool, list[str]]:
+  """Whether ``params`` holds ``nnx.Variable`` s, and the layers whose kernel carries the K-FAC tag."""
+  leaves, _ = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  has_variables, layers = False, []
+  for path, leaf in leaves:
+    if isinstance(leaf, nnx.Variable):
+      has_variables = True
+      if leaf.get_metadata().get(_layers.LAYER_METADATA_KEY) is not None:
+        name = _tree.path_str(path)
+        layers.append(name.rpartition("/")[0] if "/" in name else "")
+  return has_variables, layers
+
+
+def _layer_dims(params: Any, layers: Sequence[str] | None) -> dict[str, tuple[int, int, bool]]:
+  """Per layer: ``(dim A, dim S, has_bias)``."""
+  shapes = {path: jnp.shape(leaf) for path, leaf in _tree.named_leaves(params)}
+  if layers is None:
+    has_variables, layers = _tagged_layers(params)
+    if not has_variables:
+      raise ValueError(
+          "scale_by_kfac.init got plain arrays, which do not say which layers are registered: pass "
+          "layers=wd_optax.kfac.registered_layers(model), or initialise through nnx.Optimizer "
+          "(its nnx.State keeps the tag wd_optax.kfac.Linear / Conv put on their kernels).")
+    if not layers:
+      raise ValueError(
+          "scale_by_kfac.init found no registered layer in the params: use wd_optax.kfac.Linear / "
+          "wd_optax.kfac.Conv in the model.")
+  elif isinstance(layers, str):
+    raise TypeError(f"layers must be a sequence of module paths, got the string {layers!r}.")
+  dims = {}
+  for layer in layers:
+    kernel = shapes.get(_join(layer, "kernel"))
+    if kernel is None or len(kernel) < 2:
+      raise ValueError(
+          f"layers: {layer!r} names no layer with a kernel of rank >= 2 in the params (looked for "
+          f"{_join(layer, 'kernel')!r}; parameters: {sorted(shapes)[:10]}).")
+    bias = shapes.get(_join(layer, "bias"))
+    if bias is not None and bias != (kernel[-1],):
+      raise ValueError(f"layers: {_join(layer, 'bias')!r} has shape {bias}, expected {(kernel[-1],)}.")
+    dims[layer] = (math.prod(kernel[:-1]) + (bias is not None), kernel[-1], bias is not None)
+  return dims
+
+
+def _check_curvature(curvature: Any, state: ScaleByKfacState) -> None:
+  if curvature is None:
+    raise ValueError(
+        "scale_by_kfac.update needs the curvature of this batch: call update(grads, state, params, "
+        "curvature=curvature) with the curvature from wd_optax.kfac.value_grad_and_curvature "
+        "(nnx.Optimizer: optimizer.update(model, grads, curvature=curvature)).")
+  if not isinstance(curvature, dict):
+    raise TypeError(
+        f"curvature must be the dict returned by value_grad_and_curvature, got {type(curvature).__name__}.")
+  missing = sorted(set(state.factors) - set(curvature))
+  extra = sorted(set(curvature) - set(state.factors))
+  if missing or extra:
+    raise ValueError(
+        "curvature does not match the registered layers: "
+        + (f"no curvature for {missing}" if missing else "")
+        + ("; " if missing and extra else "")
+        + (f"curvature for unregistered {extra}" if extra else "")
+        + f" (registered: {sorted(state.factors)}).")
+  for layer, factors in state.factors.items():
+    got = curvature[layer]
+    if not isinstance(got, LayerCurvature):
+      raise TypeError(f"curvature[{layer!r}] must be a LayerCurvature, got {type(got).__name__}.")
+    if jnp.shape(got.a) != factors.a.shape or jnp.shape(got.s) != factors.s.shape:
+      raise ValueError(
+          f"curvature[{layer!r}] has factors of shapes {jnp.shape(got.a)}, {jnp.shape(got.s)}; the layer's "
+          f"parameters need {factors.a.shape}, {factors.s.shape}.")
+
+
+def _pi(a: jax.Array, s: jax.Array) -> jax.Array:
+  mean_a = jnp.trace(a) / a.shape[0]
+  mean_s = jnp.trace(s) / s.shape[0]
+  ok = (mean_a > 0) & (mean_s > 0)
+  return jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a / jnp.where(ok, mean_s, 1.0), 1.0)), 1.0)
+
+
+def _spd_inverse(matrix: jax.Array) -> jax.Array:
+  factor = jax.scipy.linalg.cho_factor(matrix, lower=True)
+  return jax.scipy.linalg.cho_solve(factor, jnp.eye(matrix.shape[0], dtype=matrix.dtype))
+
+
+def damped_inverses(a: jax.Array, s: jax.Array, damping: jax.Array, pi_damping: bool = True
+                    ) -> KfacFactors:
+  r"""``((A + π√γ I)^{-1}, (S + √γ/π I)^{-1})`` with π from the traces (1 without ``pi_damping``)."""
+  pi = _pi(a, s) if pi_damping else jnp.ones((), a.dtype)
+  root = jnp.sqrt(damping).astype(a.dtype)
+  return KfacFactors(_spd_inverse(a + pi * root * jnp.eye(a.shape[0], dtype=a.dtype)),
+                     _spd_inverse(s + root / pi * jnp.eye(s.shape[0], dtype=s.dtype)))
+
+
+def scale_by_kfac(
+    damping: optax.ScalarOrSchedule,
+    *,
+    ema: float = 0.95,
+    inverse_every: int = 20,
+    pi_damping: bool = True,
+    layers: Sequence[str] | None = None,
+    kl_clip: float | None = None,
+    learning_rate: optax.ScalarOrSchedule | None = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Preconditions the gradients of the registered layers with K-FAC; other parameters pass unchanged.
+
+  For a layer with kernel gradient :math:`G_W` (flattened to ``(d_in, d_out)``) and bias gradient
+  :math:`g_b`, :math:`\bar G = [G_W; g_b^\top]` is replaced by
+
+  .. math::
+    U = \tfrac{1}{T} (\hat A + \pi\sqrt{\gamma'} I)^{-1}\, \bar G\, (\hat S + \tfrac{\sqrt{\gamma'}}{\pi} I)^{-1},
+    \qquad \gamma' = \gamma / T, \qquad
+    \pi = \sqrt{\frac{\operatorname{tr}\hat A / \dim \hat A}{\operatorname{tr}\hat S / \dim \hat S}},
+
+  i.e. the factored Tikhonov damping of :math:`(T \hat A \otimes \hat S + \gamma I)^{-1}` (Martens &
+  Grosse, 2015, §6.3), where :math:`T` is the number of spatial locations of a convolution (1 for a dense
+  layer; Grosse & Martens, 2016) and :math:`\hat A, \hat S` are exponential moving averages of the
+  factors in ``curvature``:
+  :math:`\hat A_t = \beta_t \hat A_{t-1} + (1-\beta_t) A_t` with
+  :math:`\beta_t = \min(\texttt{ema}, t/(t+1))`, so the first update uses the first batch alone.
+
+  The damped inverses are recomputed when ``count % inverse_every == 0`` (the first update included),
+  inside ``jit`` through ``lax.cond``: no recompilation, and between recomputations the last inverses,
+  with the damping of that step, are reused. Inverses use a Cholesky factorisation: on this project's CPU
+  it took 0.12 / 1.4 / 9.6 ms for a 65 / 257 / 577 square factor against 0.74 / 6.2 / 25.5 ms for an
+  eigendecomposition. Parameters outside the registered layers (norm scales, embeddings, plain
+  ``nnx.Linear``) pass through unchanged.
+
+  With ``kl_clip`` :math:`\kappa` (Ba et al., 2017, as in Zhang et al.'s code) every update is scaled by
+  :math:`\nu = \min(1, \sqrt{\kappa / (\eta_t^2 \sum \langle U, G\rangle)})`, the sum over all
+  parameters (:math:`U = G` outside registered layers).
+
+  Args:
+    damping: :math:`\gamma > 0`, a number or a schedule of the step count.
+    ema: :math:`\beta`, the factor averaging in ``[0, 1)``.
+    inverse_every: recompute the damped inverses every this many updates.
+    pi_damping: split the damping between the factors with :math:`\pi` (else :math:`\pi = 1`).
+    layers: module paths of the registered layers; ``None`` reads them from the ``nnx.Variable``
+      metadata of the params given to ``init`` (what ``nnx.Optimizer`` passes). With plain arrays pass
+      ``wd_optax.kfac.registered_layers(model)``.
+    kl_clip: :math:`\kappa`, or ``None`` for no clipping.
+    learning_rate: :math:`\eta`, required with ``kl_clip``.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params=None, *,
+    curvature)`` requires the ``curvature`` from :func:`wd_optax.kfac.value_grad_and_curvature`.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from flax import nnx
+    >>> from wd_optax import kfac
+    >>> model = kfac.Linear(3, 2, rngs=nnx.Rngs(0))
+    >>> def loss_fn(model, batch):
+    ...   logits = model(batch["x"])
+    ...   return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), logits
+    >>> batch = {"x": jnp.ones((4, 3)), "y": jnp.array([0, 1, 0, 1])}
+    >>> optimizer = nnx.Optimizer(
+    ...     model, optax.chain(kfac.scale_by_kfac(1e-3), optax.scale(-0.1)), wrt=nnx.Param)
+    >>> _, grads, curvature = kfac.value_grad_and_curvature(loss_fn, model, batch, mode="empirical")
+    >>> _ = optimizer.update(model, grads, curvature=curvature)
+    >>> int(optimizer.opt_state[0].count[...])
+    1
+
+  References:
+    Martens & Grosse. *Optimizing Neural Networks with Kronecker-factored Approximate Curvature.* ICML 2015.
+    Grosse & Martens. *A Kronecker-factored Approximate Fisher Matrix for Convolution Layers.* ICML 2016.
+    Ba, Grosse, Martens. *Distributed Second-Order Optimization using Kronecker-Factored Approximations.*
+    ICLR 2017.
+    Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
+  """
+  _checks.check_rate(damping, "damping", positive=True)
+  if not _checks.is_traced(ema) and not 0.0 <= float(ema) < 1.0:
+    raise ValueError(f"ema must be in [0, 1), got {ema!r}.")
+  if isinstance(inverse_every, bool) or not isinstance(inverse_every, int) or inverse_every < 1:
+    raise ValueError(f"inverse_every must be an int >= 1, got {inverse_every!r}.")
+  if kl_clip is not None:
+    _checks.check_rate(kl_clip, "kl_clip", positive=True)
+    _checks.check_rate(learning_rate, "learning_rate")
+
+  def init_fn(params: Any) -> ScaleByKfacState:
+    dims = _layer_dims(params, layers)
+    zeros = {l: KfacFactors(jnp.zeros((da, da), jnp.float32), jnp.zeros((ds, ds), jnp.float32))
+             for l, (da, ds, _) in dims.items()}
+    eyes = {l: KfacFactors(jnp.eye(da, dtype=jnp.float32), jnp.eye(ds, dtype=jnp.float32))
+            for l, (da, ds, _) in dims.items()}
+    return ScaleByKfacState(
+        count=jnp.zeros((), jnp.int32), factors=zeros, inverses=eyes,
+        damping=jnp.zeros((), jnp.float32), cosine={l: jnp.zeros((), jnp.float32) for l in dims})
+
+  def update_fn(updates: Any, state: ScaleByKfacState, params: Any = None, *,
+                curvature: dict[str, LayerCurvature] | None = None, **extra_args: Any):
+    del params, extra_args
+    _check_curvature(curvature, state)
+    count = state.count
+    gamma = jnp.asarray(damping(count) if callable(damping) else damping, jnp.float32)
+    beta = jnp.minimum(jnp.asarray(ema, jnp.float32), count / (count + 1.0))
+    factors = {
+        l: KfacFactors(beta * f.a + (1 - beta) * jnp.asarray(curvature[l].a, jnp.float32),
+                       beta * f.s + (1 - beta) * jnp.asarray(curvature[l].s, jnp.float32))
+        for l, f in state.factors.items()}
+    locations = {l: jnp.asarray(curvature[l].locations, jnp.float32) for l in state.factors}
+
+    def fresh_inverses(operands):
+      factors, gamma, locations = operands
+      return {l: damped_inverses(f.a, f.s, gamma / locations[l], pi_damping) for l, f in factors.items()}
+
+    inverses = jax.lax.cond(count % inverse_every == 0, fresh_inverses, lambda _: state.inverses,
+                            (factors, gamma, locations))
+
+    grads = dict(_tree.named_leaves(updates))
+    new_leaves, cosine = {}, {}
+    inner = jnp.zeros((), jnp.float32)
+    for layer, inv in inverses.items():
+      kernel_path, bias_path = _join(layer, "kernel"), _join(layer, "bias")
+      if kernel_path not in grads:
+        raise ValueError(f"scale_by_kfac: the updates have no {kernel_path!r} for registered layer {layer!r}.")
+      kernel = grads[kernel_path]
+      g = kernel.reshape(-1, kernel.shape[-1]).astype(jnp.float32)
+      has_bias = inv.a.shape[0] == g.shape[0] + 1
+      if has_bias:
+        g = jnp.concatenate([g, grads[bias_path].astype(jnp.float32)[None]], axis=0)
+      u = inv.a @ g @ inv.s / locations[layer]
+      dot = jnp.vdot(u, g)
+      inner = inner + dot
+      cosine[layer] = dot / (jnp.linalg.norm(u) * jnp.linalg.norm(g) + _TINY)
+      new_leaves[kernel_path] = u[: kernel.size // kernel.shape[-1]].reshape(kernel.shape).astype(kernel.dtype)
+      if has_bias:
+        new_leaves[bias_path] = u[-1].astype(grads[bias_path].dtype)
+    if kl_clip is not None:
+      for path, g in grads.items():
+        if path not in new_leaves:
+          inner = inner + jnp.vdot(g, g).astype(jnp.float32)
+      lr = jnp.asarray(learning_rate(count) if callable(learning_rate) else learning_rate, jnp.float32)
+      size = lr * lr * inner
+      nu = jnp.where(size > kl_clip, jnp.sqrt(kl_clip / jnp.maximum(size, _TINY)), 1.0)
+      new_leaves = {p: (new_leaves.get(p, g) * nu).astype(g.dtype) for p, g in grads.items()}
+    updates = _tree.map_with_path(lambda p, g: new_leaves.get(p, g), updates)
+    return updates, ScaleByKfacState(count=optax.safe_int32_increment(count), factors=factors,
+                                     inverses=inverses, damping=gamma, cosine=cosine)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _find_state(state: Any) -> ScaleByKfacState:
+  if isinstance(state, nnx.Optimizer):
+    state = state.opt_state
+  found = [s for s in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, ScaleByKfacState))
+           if isinstance(s, ScaleByKfacState)]
+  if len(found) != 1:
+    raise ValueError(
+        f"effective_damping needs an optimizer state holding exactly one scale_by_kfac state, found "
+        f"{len(found)}.")
+  return jax.tree.map(lambda x: x.get_value() if isinstance(x, nnx.Variable) else x, found[0],
+                      is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def effective_damping(state: Any, params: Any) -> dict[str, LayerDamping]:
+  r"""Per registered layer: :math:`\gamma`, :math:`\gamma\|W\|^2` and :math:`\cos(U, G)` at the last update.
+
+  For a scale-invariant kernel :math:`W` (followed by a normalisation), :math:`F(cW) = F(W)/c^2`, so a
+  damping :math:`\gamma` acts like :math:`\gamma\|W\|^2` in normalised coordinates (Zhang et al., §4
+  mechanism 3): as :math:`\|W\|` grows without decay, damping dominates and the K-FAC direction
+  :math:`U` turns towards the gradient :math:`G` (the cosine goes to 1). :math:`\|W\|` is the kernel's
+  norm (bias excluded); :math:`\gamma` is the nominal damping (not divided by a convolution's :math:`T`).
+
+  Args:
+    state: an optimizer state containing one :class:`ScaleByKfacState` (e.g. a chain's state, or an
+      ``nnx.Optimizer``).
+    params: the current params (``nnx.State``, pure, or nested dict).
+
+  Returns:
+    A dict from layer path to :class:`LayerDamping` ``(damping, effective_damping, cosine)``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from wd_optax import kfac
+    >>> tx = kfac.scale_by_kfac(0.1, layers=["dense"])
+    >>> params = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
+    >>> state = tx.init(params)._replace(damping=jnp.asarray(0.1))
+    >>> round(float(kfac.effective_damping(state, params)["dense"].effective_damping), 4)
+    0.6
+
+  References:
+    Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
+  """
+  kfac_state = _find_state(state)
+  leaves = dict(_tree.named_leaves(params))
+  report = {}
+  for layer in kfac_state.factors:
+    kernel = leaves.get(_join(layer, "kernel"))
+    if kernel is None:
+      raise ValueError(f"params have no {_join(layer, 'kernel')!r} for registered layer {layer!r}.")
+    norm2 = jnp.sum(jnp.square(jnp.asarray(kernel, jnp.float32)))
+    report[layer] = LayerDamping(kfac_state.damping, kfac_state.damping * norm2, kfac_state.cosine[layer])
+  return report
