@@ -203,8 +203,9 @@ def scale_invariant(apply_fn: Callable[[PyTree, Any], Any], params: PyTree, batc
   .. math::
     \max |f(c\,w) - f(w)| \le \mathrm{rtol} \cdot \max |f(w)|.
 
-  A leaf that is all zeros (a freshly initialised bias) is replaced by a random normal draw for the
-  test, so that scaling it is not vacuous. Normalisation layers must use batch statistics inside
+  The test point is ``params`` with every all-zero leaf (a freshly initialised bias) replaced by a
+  random normal draw: at zero, scaling is vacuous, and a zero bias after a normalisation layer would
+  make that layer's scale look invariant by coincidence. Normalisation layers must use batch statistics inside
   ``apply_fn`` (training mode): running averages are not scale-invariant.
 
   Args:
@@ -241,27 +242,34 @@ def scale_invariant(apply_fn: Callable[[PyTree, Any], Any], params: PyTree, batc
   leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
   paths = [_tree.path_str(p) for p, _ in leaves]
   values = [leaf for _, leaf in leaves]
-  call = jax.jit(lambda flat, x: apply_fn(jax.tree_util.tree_unflatten(treedef, flat), x))
+  # Not jitted: apply_fns that merge NNX modules over closed-over state cannot be traced, and this
+  # runs once per leaf at setup time.
+  def call(flat, x):
+    return apply_fn(jax.tree_util.tree_unflatten(treedef, flat), x)
   rng = np.random.default_rng(seed)
 
   def max_abs(tree):
     return max(float(jnp.max(jnp.abs(leaf))) for leaf in jax.tree.leaves(tree))
 
+  def is_float(leaf):
+    return jnp.issubdtype(jnp.asarray(leaf).dtype, jnp.floating) and jnp.size(leaf) > 0
+
+  # All-zero leaves (fresh biases) are redrawn for every test: at zero, scaling is vacuous, and a zero
+  # bias after a norm layer makes the norm's scale look invariant by coincidence.
+  point = [jnp.asarray(rng.standard_normal(jnp.shape(leaf)), jnp.asarray(leaf).dtype)
+           if is_float(leaf) and not bool(jnp.any(jnp.asarray(leaf) != 0)) else leaf
+           for leaf in values]
+  reference = call(point, batch)
+  bound = rtol * max(max_abs(reference), 1e-12)
+
   invariant = {}
-  for i, (path, leaf) in enumerate(zip(paths, values)):
-    leaf = jnp.asarray(leaf)
-    if not jnp.issubdtype(leaf.dtype, jnp.floating) or leaf.size == 0:
+  for i, path in enumerate(paths):
+    if not is_float(point[i]):
       invariant[path] = False
       continue
-    base = leaf
-    if not bool(jnp.any(leaf != 0)):
-      base = jnp.asarray(rng.standard_normal(leaf.shape), leaf.dtype)
-    reference_flat = values[:i] + [base] + values[i + 1:]
-    reference = call(reference_flat, batch)
-    bound = rtol * max(max_abs(reference), 1e-12)
     is_invariant = True
     for c in scales:
-      scaled = call(values[:i] + [base * c] + values[i + 1:], batch)
+      scaled = call(point[:i] + [point[i] * c] + point[i + 1:], batch)
       diff = max(float(jnp.max(jnp.abs(a - b)))
                  for a, b in zip(jax.tree.leaves(scaled), jax.tree.leaves(reference)))
       if not diff <= bound:

@@ -1,0 +1,187 @@
+"""Schedules against plain Python references; masks against the expected paths on NNX models and dicts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import wd_optax
+from wd_optax import masks, schedules
+from wd_optax._tree import resolve_mask
+
+# ---------------------------------------------------------------- schedules
+
+
+def _early_reference(t, value, until, ramp):
+  if t < until:
+    return value
+  if ramp == 0 or t >= until + ramp:
+    return 0.0
+  return value * (1 - (t - until) / ramp)
+
+
+def _late_reference(t, value, start, ramp):
+  if t < start:
+    return 0.0
+  if ramp == 0 or t >= start + ramp:
+    return value
+  return value * (t - start) / ramp
+
+
+@pytest.mark.parametrize("ramp", [0, 1, 7])
+def test_early_and_late_match_python_reference(ramp):
+  steps = np.arange(0, 60)
+  early = jax.vmap(schedules.early(0.3, 20, ramp_steps=ramp))(steps)
+  late = jax.vmap(schedules.late(0.3, 20, ramp_steps=ramp))(steps)
+  np.testing.assert_allclose(early, [_early_reference(t, 0.3, 20, ramp) for t in steps], rtol=1e-6)
+  np.testing.assert_allclose(late, [_late_reference(t, 0.3, 20, ramp) for t in steps], rtol=1e-6)
+
+
+def test_window_matches_python_reference():
+  steps = np.arange(0, 40)
+  got = jax.vmap(schedules.window(2.0, 5, 17))(steps)
+  np.testing.assert_array_equal(got, [2.0 if 5 <= t < 17 else 0.0 for t in steps])
+
+
+def test_schedules_compose_with_optax_schedules():
+  import optax
+  base = optax.linear_schedule(1.0, 0.0, 100)
+  composed = schedules.early(base, 50)
+  for t in (0, 10, 49, 50, 80):
+    expected = (1.0 - t / 100) if t < 50 else 0.0
+    assert float(composed(t)) == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize("factory,args", [
+    (schedules.early, (0.1, -1)), (schedules.late, (0.1, 2.5)), (schedules.window, (0.1, 5, 2)),
+    (schedules.early, (-0.1, 10)), (schedules.early, (float("nan"), 10)),
+])
+def test_schedules_reject_bad_arguments(factory, args):
+  with pytest.raises((ValueError, TypeError)):
+    factory(*args)
+
+
+def test_ramp_steps_must_be_non_negative():
+  with pytest.raises(ValueError, match="ramp_steps"):
+    schedules.early(0.1, 10, ramp_steps=-2)
+
+
+# ---------------------------------------------------------------- masks on an NNX model
+
+
+class Zoo(nnx.Module):
+  """One of each layer kind the masks must tell apart."""
+
+  def __init__(self, rngs):
+    self.embed = nnx.Embed(10, 4, rngs=rngs)
+    self.conv = nnx.Conv(4, 4, kernel_size=(3,), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.ln = nnx.LayerNorm(4, rngs=rngs)
+    self.blocks = nnx.List([nnx.Linear(4, 4, rngs=rngs) for _ in range(2)])
+    self.classifier = nnx.Linear(4, 3, rngs=rngs)
+
+
+@pytest.fixture(scope="module")
+def zoo_states():
+  state = nnx.state(Zoo(nnx.Rngs(0)), nnx.Param)
+  return {"state": state, "pure": nnx.as_pure(state), "dict": nnx.to_pure_dict(state)}
+
+
+def _selected(mask, params):
+  return sorted(p for p, on in resolve_mask(mask, params).by_path.items() if on)
+
+
+ALL_PATHS = sorted([
+    "embed/embedding", "conv/kernel", "conv/bias", "bn/scale", "bn/bias", "ln/scale", "ln/bias",
+    "blocks/0/kernel", "blocks/0/bias", "blocks/1/kernel", "blocks/1/bias",
+    "classifier/kernel", "classifier/bias",
+])
+
+
+@pytest.mark.parametrize("form", ["state", "pure", "dict"])
+def test_masks_select_expected_paths(zoo_states, form):
+  params = zoo_states[form]
+  assert _selected(None, params) == ALL_PATHS
+  assert _selected(masks.kernels(), params) == sorted(
+      ["embed/embedding", "conv/kernel", "blocks/0/kernel", "blocks/1/kernel", "classifier/kernel"])
+  assert _selected(masks.include(r"^blocks/\d+/"), params) == sorted(
+      ["blocks/0/kernel", "blocks/0/bias", "blocks/1/kernel", "blocks/1/bias"])
+  assert _selected(masks.exclude("bias$", "scale$", "embedding"), params) == sorted(
+      ["conv/kernel", "blocks/0/kernel", "blocks/1/kernel", "classifier/kernel"])
+  no_norm_kernels = masks.all_of(masks.kernels(), masks.exclude("^embed", "classifier"))
+  assert _selected(no_norm_kernels, params) == sorted(["conv/kernel", "blocks/0/kernel", "blocks/1/kernel"])
+  norms = masks.any_of(masks.include("^bn/"), masks.include("^ln/"))
+  assert _selected(norms, params) == sorted(["bn/scale", "bn/bias", "ln/scale", "ln/bias"])
+  assert _selected(masks.negate(masks.kernels()), params) == sorted(
+      set(ALL_PATHS) - set(_selected(masks.kernels(), params)))
+
+
+def test_masks_on_nested_dict_and_prefix_masks():
+  params = {"encoder": {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}},
+            "head": {"kernel": jnp.ones((2, 1))}}
+  assert _selected(masks.include("^encoder/"), params) == ["encoder/dense/bias", "encoder/dense/kernel"]
+  # A prefix mask covers a whole subtree; the longest matching prefix wins.
+  prefix = {"encoder": True, "head": False}
+  assert _selected(prefix, params) == ["encoder/dense/bias", "encoder/dense/kernel"]
+
+
+def test_dict_mask_applies_to_nnx_state(zoo_states):
+  # A nested-dict mask built by path selects the same leaves in an nnx.State of Variables.
+  mask_dict = jax.tree.map(lambda x: x.ndim >= 2, zoo_states["dict"])
+  assert _selected(mask_dict, zoo_states["state"]) == _selected(masks.kernels(), zoo_states["dict"])
+
+
+def test_regex_matching_nothing_is_an_error_naming_it(zoo_states):
+  with pytest.raises(ValueError, match=r"'\^attention' matches no parameter"):
+    masks.include("^attention")(zoo_states["pure"])
+  with pytest.raises(ValueError, match="invalid regex"):
+    masks.exclude("(")
+
+
+def test_mask_structure_mismatch_names_the_path():
+  params = {"a": jnp.ones(2), "b": {"c": jnp.ones(2)}}
+  with pytest.raises(ValueError, match="'b/c' has no entry"):
+    resolve_mask({"a": True, "b": {"d": True}}, params)
+  with pytest.raises(ValueError, match="'z'.*no parameter"):
+    resolve_mask({"a": True, "b": True, "z": False}, params)
+  with pytest.raises(TypeError, match="'a'.*expected a bool"):
+    resolve_mask({"a": 1.0, "b": True}, params)
+
+
+# ---------------------------------------------------------------- scale_invariant
+
+
+class SmallCNN(nnx.Module):
+  def __init__(self, rngs, norm=True):
+    self.norm = norm
+    self.conv1 = nnx.Conv(1, 4, kernel_size=(3, 3), use_bias=not norm, rngs=rngs)
+    self.conv2 = nnx.Conv(4, 4, kernel_size=(3, 3), use_bias=not norm, rngs=rngs)
+    if norm:
+      self.bn1 = nnx.BatchNorm(4, rngs=rngs)
+      self.bn2 = nnx.BatchNorm(4, rngs=rngs)
+    self.classifier = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.conv1(x)
+    x = nnx.relu(self.bn1(x) if self.norm else x)
+    x = self.conv2(x)
+    x = nnx.relu(self.bn2(x) if self.norm else x)
+    return self.classifier(x.mean(axis=(1, 2)))
+
+
+def _apply_fn(model):
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def apply_fn(p, x):
+    return nnx.merge(graphdef, p, rest)(x)   # BatchNorm in training mode: batch statistics
+
+  return apply_fn, params
+
+
+@pytest.mark.parametrize("norm", [True, False])
+def test_scale_invariant_finds_exactly_the_layers_before_batchnorm(norm):
+  apply_fn, params = _apply_fn(SmallCNN(nnx.Rngs(0), norm=norm))
+  x = jax.random.normal(jax.random.key(1), (8, 6, 6, 1))
+  found = _selected(masks.scale_invariant(apply_fn, params, x), params)
+  assert found == (["conv1/kernel", "conv2/kernel"] if norm else [])
