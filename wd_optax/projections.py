@@ -281,7 +281,7 @@ def fix_norm(*, target: Target = "init", per_channel: bool = False,
 
 def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
             classifier_mask: _tree.MaskOrFn, scale_invariant_mask: _tree.MaskOrFn,
-            momentum: float = 0.9, nesterov: bool = False, per_channel: bool = False,
+            momentum: float | None = 0.9, nesterov: bool = False, per_channel: bool = False,
             classifier_per_class: bool = False) -> optax.GradientTransformation:
   r"""FixNorm: SGD with momentum and no weight decay, with the weight norms held fixed instead.
 
@@ -310,7 +310,8 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
     scale_invariant_mask: the leaves followed by normalisation (e.g. from
       ``wd_optax.masks.scale_invariant``), fixed at their norm at ``init``. Must not overlap
       ``classifier_mask``.
-    momentum: heavy-ball coefficient ``μ`` in ``[0, 1)``.
+    momentum: heavy-ball coefficient ``μ`` in ``[0, 1)``; ``None`` for no momentum buffer (as in
+      :func:`wd_optax.sgd`).
     nesterov: use Nesterov momentum.
     per_channel: fix each output channel of the scale-invariant leaves (last axis) rather than the
       whole leaf.
@@ -342,11 +343,13 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
     arXiv:2103.15345.
   """
   _checks.check_rate(learning_rate, "learning_rate")
-  if isinstance(momentum, (bool, np.bool_)) or not isinstance(momentum, (int, float, np.number)):
-    if not _checks.is_traced(momentum):
-      raise TypeError(f"momentum must be a float in [0, 1), got {momentum!r}.")
-  elif not 0 <= float(momentum) < 1:
-    raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+  if momentum is not None and not _checks.is_traced(momentum):
+    # Scalar arrays arrive here from optax.inject_hyperparams.
+    if (isinstance(momentum, (bool, np.bool_, str, bytes)) or np.ndim(momentum) != 0
+        or not np.issubdtype(np.asarray(momentum).dtype, np.number)):
+      raise TypeError(f"momentum must be a float in [0, 1) or None, got {momentum!r}.")
+    if not 0 <= float(momentum) < 1:
+      raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
   if not isinstance(nesterov, (bool, np.bool_)):
     raise TypeError(f"nesterov must be a bool, got {nesterov!r}.")
   if not isinstance(classifier_per_class, (bool, np.bool_)):
@@ -358,7 +361,7 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
                          target_argname="classifier_norm", mask_argname="classifier_mask")
   # Same ops as optax.sgd, so leaves outside both masks follow it bitwise.
   inner = optax.chain(
-      optax.trace(decay=momentum, nesterov=nesterov),
+      optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else optax.identity(),
       optax.scale_by_learning_rate(learning_rate),
       scale_invariant,
       classifier,
