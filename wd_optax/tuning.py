@@ -293,8 +293,11 @@ def grid_search(evaluate: Evaluate, axes: Sequence[tuple[str, Sequence[Any]]], *
   """
   checked = _check_axes(axes)
   fixed = dict(fixed or {})
-  record = _Recorder(evaluate, maximize)
   names = [n for n, _ in checked]
+  clash = sorted(set(fixed) & set(names))
+  if clash:
+    raise ValueError(f"fixed and axes both set {clash}.")
+  record = _Recorder(evaluate, maximize)
   for values in itertools.product(*(c for _, c in checked)):
     record({**fixed, **dict(zip(names, values))})
   return record.result()
