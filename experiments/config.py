@@ -1,0 +1,305 @@
+"""Experiment configs: plain dataclasses with big_vision-style dotted overrides.
+
+A study is one :class:`ExperimentConfig`: the data, the model, a base optimizer, the training schedule, the
+number of seeds and the list of *arms* (named optimizer variants). Every field can be overridden from the
+command line without editing code::
+
+  python -m experiments early_decay --set train.steps=2000 --set optim.learning_rate=0.05 \\
+      --set data.label_noise=0.3 --set arms.always.weight_decay=1e-3
+
+``--set`` values are parsed with the type of the field they replace (``true``/``false`` for bools, ``none``
+for optional fields, JSON for dicts and lists). An unknown key is an error that names it and lists the keys
+that exist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any, Optional, Union
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Which data set, how much of it, and how hard.
+
+  Attributes:
+    name: ``mnist1d`` | ``digits`` | ``cifar10`` | ``cifar100`` (see :func:`experiments.data.load`).
+    n_train: training examples kept (``None``: all).
+    n_test: test examples kept (``None``: all).
+    label_noise: fraction of training labels replaced by a random class (fixed by ``seed``); makes
+      regularisation matter on small data.
+    seed: seed of the subset and noise draw (the same for every training seed, so arms are paired).
+    flatten: flatten each input to a vector (for the MLP).
+    augment: random crop + flip of image batches (CIFAR).
+    data_dir: where raw data live (``None``: the loader's default / bundled copy).
+  """
+  name: str = "mnist1d"
+  n_train: Optional[int] = None
+  n_test: Optional[int] = None
+  label_noise: float = 0.0
+  seed: int = 0
+  flatten: bool = False
+  augment: bool = False
+  data_dir: Optional[str] = None
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """Which network. ``kwargs`` go to :func:`experiments.models.build` (e.g. ``{"width": 128}``)."""
+  name: str = "mlp"
+  norm: Optional[str] = "batch_noaffine"
+  kwargs: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimConfig:
+  """An optimizer, as the fields of :func:`experiments.train.optim.make_optimizer` read them.
+
+  Fields in :data:`TRACED_FIELDS` may differ between members of one vmapped program (they are passed
+  as arrays); every other field fixes the program's structure, and arms that differ in one are trained
+  as separate programs.
+
+  Attributes:
+    name: ``sgd`` | ``adam`` (``wd_optax.adam``) | ``adam_buffers`` (``wd_optax.scale_by_adam_l2``
+      with the three switches below, optionally followed by decoupled decay).
+    learning_rate: peak η.
+    lr_schedule: ``constant`` | ``cosine`` (to 0 at the last step) | ``norm_sq`` (Zhang et al. Z2:
+      η_t = η·‖w_t‖²/‖w_0‖² over the scale-invariant weights, recomputed every step).
+    warmup_steps: linear warm-up length (``constant``/``cosine`` only).
+    momentum: heavy-ball μ (SGD).
+    nesterov: Nesterov momentum (SGD).
+    weight_decay: λ.
+    decay: where λ enters: ``l2`` (coupled, inside the momentum buffer), ``decoupled``,
+      ``l2_outside_momentum`` (Adam); for ``adam_buffers``, ``l2`` (the buffer switches route λ) or
+      ``decoupled`` (the same, followed by decoupled decay with rate ``decoupled_decay``).
+    coupling: decoupled-decay coupling (``lr`` | ``schedule`` | ``independent`` | ``corrected``).
+    decay_mask: which parameters decay: ``all`` | ``kernels`` | ``conv`` (all but the classifier) |
+      ``classifier`` | ``none``.
+    decay_start: first step (as a fraction of ``train.steps``) at which λ acts.
+    decay_end: first step (fraction of ``train.steps``) at which λ stops acting; ``decay_start=0,
+      decay_end=1`` is decay throughout, ``0, 0.25`` early decay, ``0.5, 1`` late decay.
+    b1, b2, eps: Adam moments.
+    l2_in_first_moment, l2_in_second_moment, l2_preconditioned: switches of
+      ``wd_optax.scale_by_adam_l2`` (Bjorck et al. buffer ablation).
+    decoupled_decay: decoupled λ after ``scale_by_adam_l2`` (``adam_buffers`` with ``decay="decoupled"``).
+  """
+  name: str = "sgd"
+  learning_rate: float = 0.1
+  lr_schedule: str = "constant"
+  warmup_steps: int = 0
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 0.0
+  decay: str = "l2"
+  coupling: str = "lr"
+  decay_mask: str = "all"
+  decay_start: float = 0.0
+  decay_end: float = 1.0
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  l2_in_first_moment: bool = True
+  l2_in_second_moment: bool = True
+  l2_preconditioned: bool = False
+  decoupled_decay: float = 0.0
+
+
+# Numeric hyperparameters that enter the update only as values: members of one vmapped program may
+# differ in them. Everything else changes the optimizer's structure (its state or its code).
+TRACED_FIELDS = ("learning_rate", "weight_decay", "decay_start", "decay_end", "decoupled_decay")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """The training loop.
+
+  Attributes:
+    steps: optimizer steps per run.
+    batch_size: global batch (split over devices).
+    log_every: steps per on-device chunk; one metrics line per member per chunk (loss/accuracy are the
+      chunk means, diagnostics are taken at the chunk's last step).
+    eval_every: steps between test-set evaluations (a multiple of ``log_every``; the last step is always
+      evaluated).
+    checkpoint_every: steps between orbax checkpoints (a multiple of ``log_every``; 0 disables).
+    eval_batch_size: test examples per evaluation batch.
+    num_devices: data-parallel devices (0: all visible).
+    label_smoothing: cross-entropy label smoothing.
+  """
+  steps: int = 500
+  batch_size: int = 128
+  log_every: int = 25
+  eval_every: int = 100
+  checkpoint_every: int = 0
+  eval_batch_size: int = 1000
+  num_devices: int = 1
+  label_smoothing: float = 0.0
+
+
+@dataclasses.dataclass
+class Arm:
+  """A named optimizer variant: overrides of :class:`OptimConfig` fields on top of the base ``optim``.
+
+  ``sweep`` maps one or more traced fields to lists of values; the arm then stands for one member per
+  combination (e.g. ``{"weight_decay": [1e-4, 1e-3, 1e-2, 1e-1]}``), all vmapped together.
+  """
+  name: str
+  optim: dict = dataclasses.field(default_factory=dict)
+  sweep: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+  """Everything one study run needs; serialised to ``config.json`` in the work directory."""
+  name: str = "experiment"
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  optim: OptimConfig = dataclasses.field(default_factory=OptimConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  seeds: int = 3
+  arms: list = dataclasses.field(default_factory=lambda: [Arm("base")])
+
+  def arm_optim(self, arm: Arm) -> OptimConfig:
+    """The full optimizer config of ``arm`` (base ``optim`` with the arm's overrides)."""
+    _check_keys(arm.optim, OptimConfig, f"arms.{arm.name}")
+    return dataclasses.replace(self.optim, **arm.optim)
+
+
+def to_dict(config: Any) -> Any:
+  """A JSON-ready copy of a (nested) config."""
+  return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else config
+
+
+def from_dict(data: dict) -> ExperimentConfig:
+  """Inverse of :func:`to_dict` for an :class:`ExperimentConfig`."""
+  return ExperimentConfig(
+      name=data["name"], data=DataConfig(**data["data"]), model=ModelConfig(**data["model"]),
+      optim=OptimConfig(**data["optim"]), train=TrainConfig(**data["train"]), seeds=data["seeds"],
+      arms=[Arm(**a) for a in data["arms"]])
+
+
+def _check_keys(overrides: dict, cls: type, where: str) -> None:
+  names = {f.name for f in dataclasses.fields(cls)}
+  for key in overrides:
+    if key not in names:
+      raise KeyError(f"{where}: unknown key {key!r}; known keys: {sorted(names)}.")
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+  origin = typing.get_origin(tp)
+  if origin is Union or (hasattr(types, "UnionType") and isinstance(tp, types.UnionType)):
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return (args[0] if len(args) == 1 else Any), True
+  return tp, False
+
+
+def parse_value(text: str, tp: Any, key: str) -> Any:
+  """Parses the string ``text`` as a value of type ``tp`` for the key ``key`` (named in errors)."""
+  tp, optional = _unwrap_optional(tp)
+  if optional and text.lower() in ("none", "null"):
+    return None
+  try:
+    if tp is bool:
+      if text.lower() in ("true", "1", "yes"):
+        return True
+      if text.lower() in ("false", "0", "no"):
+        return False
+      raise ValueError("expected true or false")
+    if tp is int:
+      return int(text)
+    if tp is float:
+      return float(text)
+    if tp is str:
+      return text
+    if tp in (dict, list) or typing.get_origin(tp) in (dict, list):
+      value = json.loads(text)
+      expected = typing.get_origin(tp) or tp
+      if not isinstance(value, expected):
+        raise ValueError(f"expected a JSON {expected.__name__}")
+      return value
+  except ValueError as e:
+    raise ValueError(f"--set {key}={text}: cannot parse as {getattr(tp, '__name__', tp)} ({e}).") from None
+  try:
+    return json.loads(text)
+  except ValueError:
+    return text
+
+
+def apply_override(config: ExperimentConfig, assignment: str) -> ExperimentConfig:
+  """Applies one ``key=value`` override in place and returns ``config``.
+
+  Keys are dotted field paths (``train.steps``, ``optim.learning_rate``, ``seeds``) or
+  ``arms.<arm name>.<optim field>`` for one arm. ``model.kwargs.<name>`` sets one model keyword.
+  """
+  if "=" not in assignment:
+    raise ValueError(f"--set {assignment!r}: expected key=value.")
+  key, text = assignment.split("=", 1)
+  key = key.strip()
+  parts = key.split(".")
+  if parts[0] == "arms":
+    if len(parts) != 3:
+      raise KeyError(f"--set {key}: arm overrides are arms.<arm name>.<optim field>.")
+    arms = {a.name: a for a in config.arms}
+    if parts[1] not in arms:
+      raise KeyError(f"--set {key}: unknown arm {parts[1]!r}; arms: {sorted(arms)}.")
+    field = {f.name: f for f in dataclasses.fields(OptimConfig)}.get(parts[2])
+    if field is None:
+      raise KeyError(f"--set {key}: unknown optimizer key {parts[2]!r}; known keys: "
+                     f"{sorted(f.name for f in dataclasses.fields(OptimConfig))}.")
+    arms[parts[1]].optim[parts[2]] = parse_value(text, _field_type(OptimConfig, field), key)
+    arms[parts[1]].sweep.pop(parts[2], None)
+    return config
+  if parts[:2] == ["model", "kwargs"] and len(parts) == 3:
+    config.model.kwargs[parts[2]] = parse_value(text, Any, key)
+    return config
+  target: Any = config
+  for depth, part in enumerate(parts):
+    if not dataclasses.is_dataclass(target):
+      raise KeyError(f"--set {key}: {'.'.join(parts[:depth])} is not a config section.")
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if part not in fields:
+      where = ".".join(parts[:depth]) or "the config"
+      raise KeyError(f"--set {key}: unknown key {part!r} in {where}; known keys: {sorted(fields)}.")
+    if depth == len(parts) - 1:
+      if part == "arms":
+        raise KeyError(f"--set {key}: set one arm field with arms.<arm name>.<optim field>.")
+      value = parse_value(text, _field_type(type(target), fields[part]), key)
+      setattr(target, part, value)
+    else:
+      target = getattr(target, part)
+  return config
+
+
+def _field_type(cls: type, field: dataclasses.Field) -> Any:
+  hints = typing.get_type_hints(cls)
+  return hints.get(field.name, Any)
+
+
+def validate(config: ExperimentConfig) -> None:
+  """Checks the values a run cannot start without, naming the offending key."""
+  t = config.train
+  for key in ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size"):
+    if getattr(t, key) <= 0:
+      raise ValueError(f"train.{key} must be > 0, got {getattr(t, key)}.")
+  if t.eval_every % t.log_every:
+    raise ValueError(f"train.eval_every ({t.eval_every}) must be a multiple of train.log_every ({t.log_every}).")
+  if t.checkpoint_every < 0 or (t.checkpoint_every and t.checkpoint_every % t.log_every):
+    raise ValueError(f"train.checkpoint_every ({t.checkpoint_every}) must be 0 or a multiple of "
+                     f"train.log_every ({t.log_every}).")
+  if config.seeds <= 0:
+    raise ValueError(f"seeds must be > 0, got {config.seeds}.")
+  if not config.arms:
+    raise ValueError("arms: a study needs at least one arm.")
+  names = [a.name for a in config.arms]
+  if len(set(names)) != len(names):
+    raise ValueError(f"arms: names must be unique, got {names}.")
+  for arm in config.arms:
+    config.arm_optim(arm)
+    for key, values in arm.sweep.items():
+      if key not in TRACED_FIELDS:
+        raise ValueError(f"arms.{arm.name}.sweep: {key!r} cannot be swept inside one program; "
+                         f"sweepable fields: {TRACED_FIELDS}.")
+      if not isinstance(values, (list, tuple)) or not values:
+        raise ValueError(f"arms.{arm.name}.sweep.{key}: expected a non-empty list, got {values!r}.")

@@ -1,0 +1,71 @@
+"""The study registry: one module per study, one line per study in :data:`REGISTRY`.
+
+A study is a :class:`Study`: a config factory (``make_config(quick) -> ExperimentConfig``: data, model,
+steps, seeds and the list of arms, i.e. named optimizer configs) and an analysis
+(``analyze(results, config) -> (claims, table)``) that turns the per-arm metrics read from
+``metrics.jsonl`` into :class:`experiments.report.Claim` s: the prediction, the effect with its 95%
+interval over seeds, and the verdict.
+
+To add a study (e.g. ``fixnorm`` for issue 5, ``three_mechanisms`` for issue 6):
+
+1. Write ``experiments/studies/<name>.py`` ending in ``STUDY = Study(name=..., title=..., setting=...,
+   make_config=..., analyze=...)``. Keep the ``quick=True`` config to about a minute on 2 CPU cores:
+   ``reproduce --quick`` runs every registered study and must finish in 10 minutes.
+2. Add ``"<name>": "experiments.studies.<name>"`` to :data:`REGISTRY`.
+
+A study whose optimizer is not one of ``OptimConfig.name`` (FixNorm's norm projection, K-FAC) provides
+``hooks(config) -> experiments.train.Hooks``:
+
+* ``make_tx(optim_config, rates) -> optax.GradientTransformation`` builds the transform of one step from
+  the step's rates (η_t, λ_t as traced scalars, see ``experiments.train.optim.rates_at``); its state must
+  have the same structure for every step.
+* ``grad_fn(loss_fn, params, batch, key) -> experiments.train.GradResult`` computes the loss and gradients
+  (``loss_fn(params) -> (loss, (logits, model_state))``) and returns ``extra``: keyword arguments passed
+  to ``tx.update(grads, state, params, **extra)``. K-FAC returns its curvature statistics here
+  (``extra={"curvature": ...}``), computed with its own value-and-grad function (e.g. sampled-target
+  backward passes through registered layers).
+
+* ``build_model(rngs=...) -> nnx.Module`` replaces ``experiments.models.build`` (e.g. to pass K-FAC-registered
+  ``linear_cls`` / ``conv_cls``).
+
+Optional: ``plots(results, config, outdir) -> [png paths]`` for study-specific figures (the harness always
+draws accuracy, loss, norm and angular-update curves).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable
+
+REGISTRY: dict[str, str] = {
+    "early_decay": "experiments.studies.early_decay",
+    "decay_placement": "experiments.studies.decay_placement",
+    "adam_buffers": "experiments.studies.adam_buffers",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A registered study; see the module docstring."""
+  name: str
+  title: str
+  setting: str
+  make_config: Callable[[bool], Any]
+  analyze: Callable[..., Any]
+  hooks: Callable[[Any], Any] | None = None
+  plots: Callable[..., list] | None = None
+
+
+def names() -> list[str]:
+  return list(REGISTRY)
+
+
+def get(name: str) -> Study:
+  """The study registered as ``name``."""
+  if name not in REGISTRY:
+    raise KeyError(f"unknown study {name!r}; registered studies: {', '.join(REGISTRY)}.")
+  study = importlib.import_module(REGISTRY[name]).STUDY
+  if study.name != name:
+    raise ValueError(f"{REGISTRY[name]}.STUDY is named {study.name!r}, registered as {name!r}.")
+  return study

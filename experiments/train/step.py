@@ -1,0 +1,216 @@
+"""The pure training step of one population member, and its vmapped, scanned population form.
+
+The model is split once (``nnx.split``) into a graph definition and pure dicts of parameters and state
+(batch statistics); every jitted function below takes and returns only arrays and merges the model inside
+the trace. One member's step is
+
+  1. draw its batch on device: the permutation of epoch ``t // (N // B)`` from the member's data key,
+     slice ``t mod (N // B)`` of it (so the data order is a function of (key, t) and a restarted run sees
+     the same batches);
+  2. η_t, λ_t from the member's hyperparameters (:func:`experiments.train.optim.rates_at`);
+  3. loss and gradient through ``grad_fn`` (default: ``jax.value_and_grad`` of the cross-entropy);
+  4. ``tx = make_tx(optim, rates)``; ``tx.update(grads, opt_state, params, **extra)``.
+
+``grad_fn`` and ``make_tx`` are the hooks a study with another optimizer family plugs in: K-FAC returns its
+curvature statistics from ``grad_fn`` in ``extra`` (forwarded to ``tx.update`` as keyword arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from experiments.config import OptimConfig
+from experiments.train import optim as optim_lib
+from wd_optax import diagnostics
+
+PyTree = Any
+
+
+class GradResult(NamedTuple):
+  """What a ``grad_fn`` returns: the loss, the logits and new model state, the gradients, and extra
+  keyword arguments for ``tx.update`` (empty for first-order optimizers)."""
+  loss: jax.Array
+  logits: jax.Array
+  model_state: PyTree
+  grads: PyTree
+  extra: dict
+
+
+# grad_fn(loss_fn, params, batch, key) -> GradResult, where loss_fn(params) -> (loss, (logits, model_state)).
+GradFn = Callable[..., GradResult]
+
+
+def default_grad_fn(loss_fn, params, batch, key) -> GradResult:
+  """``jax.value_and_grad`` of the training loss; no extra update arguments."""
+  del batch, key
+  (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  return GradResult(loss, logits, model_state, grads, {})
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) -> jax.Array:
+  """Mean softmax cross-entropy against integer labels, with optional label smoothing."""
+  targets = jax.nn.one_hot(labels, logits.shape[-1])
+  if smoothing:
+    targets = optax.smooth_labels(targets, smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """Indices of the batch at ``step``: epoch-wise shuffling without replacement, last partial batch dropped."""
+  per_epoch = num_examples // batch_size
+  epoch = step // per_epoch
+  position = step % per_epoch
+  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+  return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
+
+
+def sq_norm(tree: PyTree) -> jax.Array:
+  leaves = jax.tree.leaves(tree)
+  if not leaves:
+    return jnp.zeros([], jnp.float32)
+  return sum(jnp.sum(jnp.square(jnp.asarray(x, jnp.float32))) for x in leaves)
+
+
+def select(tree: PyTree, paths: frozenset[str]) -> dict[str, jax.Array]:
+  """The leaves of ``tree`` whose path is in ``paths``, as a flat dict."""
+  return {p: x for p, x in diagnostics.flatten_by_path(tree).items() if p in paths}
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """Everything static about one member's step (hashable parts go into the jit cache key)."""
+  apply: Callable[..., Any]              # apply(params, model_state, x, train) -> (logits, model_state)
+  optim: OptimConfig
+  total_steps: int
+  batch_size: int
+  num_examples: int
+  scale_invariant: frozenset            # paths of scale-invariant leaves (norm_sq lr, η_eff, angles)
+  measured: frozenset                   # paths whose norms are logged
+  make_tx: Callable[..., optax.GradientTransformation] = optim_lib.make_tx
+  grad_fn: GradFn = default_grad_fn
+  augment: Callable[..., jax.Array] | None = None
+  label_smoothing: float = 0.0
+  data_sharding: NamedSharding | None = None
+
+  def lr_scale(self, state) -> jax.Array:
+    if self.optim.lr_schedule != "norm_sq":
+      return jnp.ones([], jnp.float32)
+    current = sq_norm(select(state["params"], self.scale_invariant))
+    return current / state["init_sq_norm"]
+
+  def rates(self, state, hp) -> dict[str, jax.Array]:
+    return optim_lib.rates_at(self.optim, hp, state["step"], self.total_steps, self.lr_scale(state))
+
+  def init_opt_state(self, params: PyTree, hp) -> PyTree:
+    rates = optim_lib.rates_at(self.optim, hp, jnp.zeros([], jnp.int32), self.total_steps)
+    return self.make_tx(self.optim, rates).init(params)
+
+
+def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
+                *, diagnose: bool = False) -> tuple[dict, dict]:
+  """One optimizer step of one member. Returns the new state and this step's metrics."""
+  step = state["step"]
+  idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size)
+  x, y = x_all[idx], y_all[idx]
+  if spec.data_sharding is not None:
+    x = jax.lax.with_sharding_constraint(x, spec.data_sharding)
+    y = jax.lax.with_sharding_constraint(y, spec.data_sharding)
+  step_key = jax.random.fold_in(jax.random.fold_in(state["key"], step), 1)
+  if spec.augment is not None:
+    x = spec.augment(step_key, x)
+
+  def loss_fn(params):
+    logits, model_state = spec.apply(params, state["model_state"], x, True)
+    return cross_entropy(logits, y, spec.label_smoothing), (logits, model_state)
+
+  rates = spec.rates(state, hp)
+  result = spec.grad_fn(loss_fn, state["params"], (x, y), step_key)
+  tx = spec.make_tx(spec.optim, rates)
+  updates, opt_state = tx.update(result.grads, state["opt_state"], state["params"], **result.extra)
+  params = optax.apply_updates(state["params"], updates)
+  new_state = dict(state, step=step + 1, params=params, model_state=result.model_state, opt_state=opt_state)
+  metrics = {
+      "loss": result.loss,
+      "accuracy": jnp.mean(jnp.argmax(result.logits, -1) == y),
+  }
+  if diagnose:
+    metrics.update(diagnose_step(spec, state["params"], params, rates))
+  return new_state, metrics
+
+
+def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates: dict) -> dict:
+  """Per-layer ‖w‖, η_eff and angular update of one step (Zhang et al. 2019 §4.1, via wd_optax.diagnostics)."""
+  old = select(old_params, spec.measured | spec.scale_invariant)
+  new = select(new_params, spec.measured | spec.scale_invariant)
+  si_old = {p: old[p] for p in spec.scale_invariant}
+  si_new = {p: new[p] for p in spec.scale_invariant}
+  optimizer = "adam" if spec.optim.name.startswith("adam") else "sgd"
+  out = {"lr": rates["learning_rate"], "weight_decay": rates["weight_decay"]}
+  out.update(diagnostics.flatten_by_path(diagnostics.weight_norms(new), prefix="norm"))
+  out.update(diagnostics.flatten_by_path(
+      diagnostics.effective_learning_rate(rates["learning_rate"], si_new, optimizer=optimizer), prefix="eff_lr"))
+  out.update(diagnostics.flatten_by_path(diagnostics.angular_update(si_old, si_new), prefix="angle"))
+  if spec.scale_invariant:
+    out["norm/scale_invariant"] = jnp.sqrt(sq_norm(si_new))
+    flat = lambda tree: {"scale_invariant": jnp.concatenate([jnp.ravel(v) for v in tree.values()])}
+    out["angle/scale_invariant"] = diagnostics.angular_update(flat(si_old), flat(si_new))["scale_invariant"]
+  return out
+
+
+def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
+                     num_steps: int) -> tuple[dict, dict]:
+  """``num_steps`` steps of every member (vmapped), scanned on device; diagnostics of the last step.
+
+  Returns the new state and metrics: ``loss``/``accuracy`` of shape ``(members, num_steps)``, diagnostics
+  of shape ``(members,)``. Nothing leaves the device until the caller fetches the result. The step is traced
+  once (the scan body); the parameters before the last step ride along in the carry so the angular update
+  of that step can be measured after the scan.
+  """
+  step_all = jax.vmap(lambda s, h: member_step(spec, s, h, x_all, y_all, diagnose=False))
+
+  def body(carry, _):
+    current, _ = carry
+    new, metrics = step_all(current, hp)
+    return (new, current["params"]), metrics
+
+  (state, before_last), history = jax.lax.scan(body, (state, state["params"]), None, length=num_steps)
+
+  def diagnose_member(s, h, old_params):
+    previous = dict(s, step=s["step"] - 1, params=old_params)
+    return diagnose_step(spec, old_params, s["params"], spec.rates(previous, h))
+
+  out = jax.vmap(diagnose_member)(state, hp, before_last)
+  for key in ("loss", "accuracy"):
+    out[key] = jnp.swapaxes(history[key], 0, 1)
+  return state, out
+
+
+def evaluate(spec: StepSpec, state: dict, x_test: jax.Array, y_test: jax.Array, batch_size: int) -> dict:
+  """Test loss and accuracy of every member (running BN statistics), in batches of ``batch_size``."""
+  n = x_test.shape[0]
+  num_batches = -(-n // batch_size)
+  pad = num_batches * batch_size - n
+  weights = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
+  xs = jnp.concatenate([x_test, jnp.zeros((pad,) + x_test.shape[1:], x_test.dtype)])
+  ys = jnp.concatenate([y_test, jnp.zeros((pad,), y_test.dtype)])
+  xs = xs.reshape((num_batches, batch_size) + x_test.shape[1:])
+  ys = ys.reshape(num_batches, batch_size)
+  ws = weights.reshape(num_batches, batch_size)
+
+  def one_member(params, model_state):
+    def one_batch(batch):
+      x, y, w = batch
+      logits, _ = spec.apply(params, model_state, x, False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+      correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+      return jnp.sum(losses * w), jnp.sum(correct * w)
+    losses, correct = jax.lax.map(one_batch, (xs, ys, ws))
+    return {"test_loss": jnp.sum(losses) / n, "test_accuracy": jnp.sum(correct) / n}
+
+  return jax.vmap(one_member)(state["params"], state["model_state"])

@@ -1,0 +1,311 @@
+"""Training a population of runs as one program: members, grouping, the host loop.
+
+A *member* is one (arm, seed, swept value) training run. Arms whose optimizers share a structure (differ
+only in :data:`experiments.config.TRACED_FIELDS`) form one *group*: their members are stacked on a leading
+population axis and trained by one jitted, vmapped program, not one after another. Each group has its own
+checkpoint directory and writes one JSON line per member per ``log_every`` steps to ``metrics.jsonl``.
+
+The host loop touches device values once per chunk of ``log_every`` steps (to check the loss is finite,
+log, evaluate and checkpoint); inside a chunk the steps run in a ``lax.scan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from experiments import config as config_lib
+from experiments.config import Arm, ExperimentConfig, OptimConfig
+from experiments.train import optim as optim_lib
+from experiments.train import sharding as sharding_lib
+from experiments.train import step as step_lib
+from experiments.train.checkpoint import Checkpointer
+from experiments.train.metrics import MetricsWriter
+from wd_optax import _tree
+import wd_optax
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss of some member became NaN or infinite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  """One training run of a population."""
+  arm: str
+  seed: int
+  hp: dict  # values of TRACED_FIELDS
+  label: str  # arm name, plus the swept values: "adamw[weight_decay=0.001]"
+  swept: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class Group:
+  """Arms that share an optimizer structure, trained as one vmapped program."""
+  name: str
+  optim: OptimConfig
+  members: list
+
+
+def _structure_key(optim: OptimConfig) -> tuple:
+  defaults = OptimConfig()
+  fields = dataclasses.asdict(dataclasses.replace(
+      optim, **{k: getattr(defaults, k) for k in config_lib.TRACED_FIELDS}))
+  return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in fields.items()))
+
+
+def _sweep_points(arm: Arm) -> list[dict]:
+  points = [{}]
+  for key, values in arm.sweep.items():
+    points = [dict(p, **{key: float(v)}) for p in points for v in values]
+  return points
+
+
+def make_groups(config: ExperimentConfig, seeds: Sequence[int] | None = None) -> list[Group]:
+  """Members of every arm, grouped by optimizer structure (order of first appearance)."""
+  config_lib.validate(config)
+  seeds = list(range(config.seeds)) if seeds is None else list(seeds)
+  groups: dict[tuple, Group] = {}
+  for arm in config.arms:
+    optim = config.arm_optim(arm)
+    key = _structure_key(optim)
+    if key not in groups:
+      groups[key] = Group(name="", optim=optim, members=[])
+    for point in _sweep_points(arm):
+      hp = {k: float(point.get(k, getattr(optim, k))) for k in config_lib.TRACED_FIELDS}
+      label = arm.name if not point else arm.name + "[" + ",".join(f"{k}={v:g}" for k, v in point.items()) + "]"
+      for seed in seeds:
+        groups[key].members.append(Member(arm=arm.name, seed=seed, hp=hp, label=label, swept=point))
+  out = list(groups.values())
+  for i, group in enumerate(out):
+    arms = list(dict.fromkeys(m.arm for m in group.members))
+    joined = "+".join(arms)
+    group.name = joined if len(joined) <= 48 else f"group{i}_{arms[0]}"
+  return out
+
+
+@dataclasses.dataclass
+class Hooks:
+  """What a study may replace (see :mod:`experiments.studies`).
+
+  Attributes:
+    make_tx: ``make_tx(optim_config, rates) -> optax.GradientTransformation`` for one step.
+    grad_fn: ``grad_fn(loss_fn, params, batch, key) -> GradResult``; its ``extra`` goes to ``tx.update``.
+    build_model: ``build_model(rngs=...) -> nnx.Module``, replacing ``experiments.models.build`` with the
+      config's model (e.g. with K-FAC-registered ``linear_cls`` / ``conv_cls``).
+  """
+  make_tx: Callable[..., Any] = optim_lib.make_tx
+  grad_fn: Callable[..., Any] = step_lib.default_grad_fn
+  build_model: Callable[..., Any] | None = None
+
+
+def model_inputs(config: ExperimentConfig, dataset) -> dict:
+  """Model keyword arguments, with the input size / channels filled in from the data when missing."""
+  kwargs = dict(config.model.kwargs)
+  sample = dataset.x_train[0]
+  if config.model.name == "mlp":
+    kwargs.setdefault("in_features", int(np.prod(sample.shape)))
+  elif config.model.name in ("resnet1d", "resnet20", "resnet32", "vgg"):
+    kwargs.setdefault("in_channels", int(sample.shape[-1]))
+  return kwargs
+
+
+class Program:
+  """One group's population: initial state, the jitted chunk/eval functions and the host loop."""
+
+  def __init__(self, config: ExperimentConfig, group: Group, dataset, *, mesh=None, hooks: Hooks | None = None):
+    from experiments import models  # colleague-owned; imported lazily so config-only uses stay light
+    self.config = config
+    self.group = group
+    self.dataset = dataset
+    self.hooks = hooks or Hooks()
+    self.mesh = mesh or sharding_lib.make_mesh(config.train.num_devices)
+    t = config.train
+    sharding_lib.check_batch_size(t.batch_size, self.mesh)
+    if len(dataset.y_train) < t.batch_size:
+      raise ValueError(f"train.batch_size ({t.batch_size}) exceeds the training set ({len(dataset.y_train)}).")
+    build_model = self.hooks.build_model or functools.partial(
+        models.build, config.model.name, num_classes=dataset.num_classes, norm=config.model.norm,
+        **model_inputs(config, dataset))
+
+    # Every member's model is initialised from its seed alone, so arms with the same seed start from the
+    # same weights (a paired design). The init is traced once and vmapped over the members' seeds.
+    def init_pure(seed):
+      model = build_model(rngs=nnx.Rngs(jax.random.key(seed)))
+      _, params, rest = nnx.split(model, nnx.Param, ...)
+      return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+    abstract_model = nnx.eval_shape(lambda: build_model(rngs=nnx.Rngs(0)))
+    graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
+    self.graphdef = graphdef
+    seeds = jnp.asarray([m.seed for m in group.members], jnp.uint32)
+    params, model_state = jax.jit(jax.vmap(init_pure))(seeds)
+
+    def apply(params, model_state, x, train):
+      model = nnx.merge(graphdef, params, model_state)
+      logits = model(x, train=train)
+      _, _, new_state = nnx.split(model, nnx.Param, ...)
+      return logits, nnx.to_pure_dict(new_state)
+
+    first = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[0]), tree)  # host slice: no per-shape compile
+    probe = jnp.asarray(dataset.x_train[: min(32, len(dataset.x_train))])
+    cache_key = (json.dumps(config_lib.to_dict(config.model), sort_keys=True), dataset.name, probe.shape)
+    if cache_key not in _SCALE_INVARIANT_CACHE:
+      _SCALE_INVARIANT_CACHE[cache_key] = scale_invariant_paths(
+          lambda p, x: apply(p, first(model_state), x, True)[0], first(params), probe)
+    self.scale_invariant = _SCALE_INVARIANT_CACHE[cache_key]
+    first_params = first(params)
+    measured = frozenset(p for p, leaf in _tree.named_leaves(first_params) if np.ndim(leaf) >= 2)
+    augment = None
+    if config.data.augment:
+      from experiments.data import augment_crop_flip
+      augment = augment_crop_flip
+    self.spec = step_lib.StepSpec(
+        apply=apply, optim=group.optim, total_steps=t.steps, batch_size=t.batch_size,
+        num_examples=len(dataset.y_train), scale_invariant=self.scale_invariant, measured=measured,
+        make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, augment=augment,
+        label_smoothing=t.label_smoothing,
+        data_sharding=sharding_lib.batch_sharding(self.mesh) if self.mesh.size > 1 else None)
+
+    self.hp = {k: jnp.asarray([m.hp[k] for m in group.members], jnp.float32) for k in config_lib.TRACED_FIELDS}
+
+    @jax.jit
+    def init_rest(params, hp, seeds):
+      init_sq = jax.vmap(lambda p: step_lib.sq_norm(step_lib.select(p, self.scale_invariant)))(params)
+      return {
+          "step": jnp.zeros(len(group.members), jnp.int32), "params": params, "model_state": model_state,
+          "opt_state": jax.vmap(self.spec.init_opt_state)(params, hp),
+          "key": jax.vmap(jax.random.PRNGKey)(seeds), "init_sq_norm": jnp.maximum(init_sq, 1e-12),
+      }
+
+    state = init_rest(params, self.hp, seeds)
+    self.state = sharding_lib.replicate(state, self.mesh)
+    self.hp = sharding_lib.replicate(self.hp, self.mesh)
+    self.x_train = sharding_lib.replicate(jnp.asarray(dataset.x_train), self.mesh)
+    self.y_train = sharding_lib.replicate(jnp.asarray(dataset.y_train), self.mesh)
+    self.x_test = sharding_lib.replicate(jnp.asarray(dataset.x_test), self.mesh)
+    self.y_test = sharding_lib.replicate(jnp.asarray(dataset.y_test), self.mesh)
+    spec = self.spec
+    self._chunk = jax.jit(functools.partial(step_lib.population_chunk, spec), static_argnums=4)
+    self._eval = jax.jit(functools.partial(step_lib.evaluate, spec), static_argnums=3)
+
+  @property
+  def step(self) -> int:
+    return int(self.state["step"][0])
+
+  def run_chunk(self, num_steps: int) -> dict:
+    """Advances every member by ``num_steps`` steps; returns the chunk's metrics (still on device)."""
+    self.state, metrics = self._chunk(self.state, self.hp, self.x_train, self.y_train, num_steps)
+    return metrics
+
+  def evaluate(self) -> dict:
+    return self._eval(self.state, self.x_test, self.y_test, self.config.train.eval_batch_size)
+
+  def params(self, index: int) -> Any:
+    """Parameters of member ``index`` as host numpy arrays."""
+    return jax.tree.map(lambda x: np.asarray(x[index]), self.state["params"])
+
+  def train(self, *, workdir: str | None = None, writer: MetricsWriter | None = None, progress: bool | None = None,
+            stop_after: int | None = None) -> dict:
+    """Trains to ``train.steps``, resuming from the latest checkpoint in ``workdir`` if there is one.
+
+    Args:
+      workdir: where checkpoints go (``<workdir>/checkpoints/<group>``); ``None``: no checkpoints.
+      writer: metrics sink; ``None``: metrics are only returned.
+      progress: show a tqdm bar (default: when stderr is a terminal).
+      stop_after: stop once this many steps are done (for tests of resumption).
+
+    Returns:
+      ``{"loss": (members, steps run here) array, "records": [metric dicts]}``.
+
+    Raises:
+      TrainingDiverged: a member's loss became non-finite; the message names the step, arm and seed, and
+        the last good checkpoint stays in place.
+    """
+    t = self.config.train
+    ckpt = None
+    if workdir is not None and t.checkpoint_every:
+      ckpt = Checkpointer(os.path.join(workdir, "checkpoints", self.group.name))
+      latest = ckpt.latest_step()
+      if latest is not None:
+        self.state = ckpt.restore(latest, self.state)
+    if writer is not None:
+      writer.truncate(self.group.name, self.step)
+    end = t.steps if stop_after is None else min(t.steps, stop_after)
+    losses, records = [], []
+    show = sys.stderr.isatty() if progress is None else progress
+    from tqdm.auto import tqdm
+    bar = tqdm(total=t.steps, initial=self.step, desc=self.group.name, disable=not show, leave=False,
+               unit="step", dynamic_ncols=True)
+    try:
+      while self.step < end:
+        start = self.step
+        num = min(t.log_every - start % t.log_every, end - start)
+        metrics = jax.device_get(self.run_chunk(num))
+        bad = ~np.isfinite(metrics["loss"])
+        if bad.any():
+          member, offset = map(int, np.argwhere(bad)[0])
+          m = self.group.members[member]
+          kept = ckpt.latest_step() if ckpt is not None else None
+          raise TrainingDiverged(
+              f"Loss became {metrics['loss'][member, offset]} at step {start + offset} (arm {m.label!r}, "
+              f"seed {m.seed}, group {self.group.name!r}); training stopped. "
+              + (f"The last good checkpoint (step {kept}) is kept in {ckpt.directory}."
+                 if kept is not None else "No checkpoint was written before it."))
+        losses.append(metrics["loss"])
+        step = self.step
+        evaluated = {}
+        if step % t.eval_every == 0 or step == t.steps:
+          evaluated = jax.device_get(self.evaluate())
+        chunk_records = self._records(step, metrics, evaluated)
+        records.extend(chunk_records)
+        if writer is not None:
+          writer.write(chunk_records)
+        if ckpt is not None and (step % t.checkpoint_every == 0 or step == t.steps):
+          ckpt.save(step, self.state)
+        bar.update(step - start)
+        bar.set_postfix(loss=f"{float(np.mean(metrics['loss'][:, -1])):.3f}",
+                        acc=f"{float(np.mean(metrics['accuracy'][:, -1])):.3f}")
+    finally:
+      bar.close()
+      if ckpt is not None:
+        ckpt.close()
+    loss = np.concatenate(losses, axis=1) if losses else np.zeros((len(self.group.members), 0))
+    return {"loss": loss, "records": records}
+
+  def _records(self, step: int, metrics: dict, evaluated: dict) -> list[dict]:
+    out = []
+    for i, m in enumerate(self.group.members):
+      record = {"group": self.group.name, "arm": m.arm, "label": m.label, "seed": m.seed, "step": step,
+                "swept": m.swept,
+                "train_loss": float(np.mean(metrics["loss"][i])),
+                "train_accuracy": float(np.mean(metrics["accuracy"][i]))}
+      for key, value in metrics.items():
+        if key not in ("loss", "accuracy"):
+          record[key] = float(value[i])
+      for key, value in evaluated.items():
+        record[key] = float(value[i])
+      out.append(record)
+    return out
+
+
+# Scale invariance is a property of the architecture: measured once per model config and process.
+_SCALE_INVARIANT_CACHE: dict = {}
+
+
+def scale_invariant_paths(apply_fn, params, batch) -> frozenset:
+  """Paths of the leaves whose scaling leaves the train-mode outputs unchanged (``wd_optax.masks.scale_invariant``)."""
+  mask = wd_optax.masks.scale_invariant(apply_fn, params, batch)
+  resolved = _tree.resolve_mask(mask, params)
+  return frozenset(p for p, keep in resolved.by_path.items() if keep)
