@@ -1,0 +1,130 @@
+"""The monitor transform: bitwise pass-through, values against numpy, masks, jit, nnx.Optimizer."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from wd_optax.diagnostics import flatten_by_path
+from wd_optax.monitor import MonitorState, monitor
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {
+      "dense": {"kernel": jnp.asarray(rng.normal(size=(4, 3)), jnp.float32), "bias": jnp.zeros(3)},
+      "head": {"kernel": jnp.asarray(rng.normal(size=(3, 2)), jnp.float32)},
+  }
+
+
+def _loss(params, x):
+  h = jnp.tanh(x @ params["dense"]["kernel"] + params["dense"]["bias"])
+  return jnp.mean((h @ params["head"]["kernel"]) ** 2)
+
+
+def _run(tx, params, steps=3):
+  x = jnp.asarray(np.random.default_rng(1).normal(size=(8, 4)), jnp.float32)
+
+  @jax.jit
+  def step(params, state):
+    grads = jax.grad(_loss)(params, x)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state, updates
+
+  state = tx.init(params)
+  history = []
+  for _ in range(steps):
+    new_params, state, updates = step(params, state)
+    history.append((params, updates, new_params, state))
+    params = new_params
+  return history
+
+
+def _angle64(a, b):
+  a, b = np.asarray(a, np.float64).ravel(), np.asarray(b, np.float64).ravel()
+  if not (a.any() and b.any()):
+    return 0.0
+  return float(np.arccos(np.clip(a @ b / np.linalg.norm(a) / np.linalg.norm(b), -1.0, 1.0)))
+
+
+def test_monitor_chained_last_leaves_adamw_bitwise_unchanged_and_records_hand_values():
+  params = _params()
+  reference = _run(optax.adamw(1e-2, weight_decay=0.1), params)
+  monitored = _run(optax.chain(optax.adamw(1e-2, weight_decay=0.1), monitor()), params)
+  for (_, ref_updates, ref_params, ref_state), (old, updates, new, state) in zip(reference, monitored):
+    for a, b in zip(jax.tree.leaves((ref_updates, ref_params, ref_state)),
+                    jax.tree.leaves((updates, new, state[0]))):
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # bitwise
+    record = state[1]
+    assert isinstance(record, MonitorState)
+    assert optax.tree_utils.tree_get(state, "angular_update") is record.angular_update
+    for path, w_old in flatten_by_path(old).items():
+      w_new, u = flatten_by_path(new)[path], flatten_by_path(updates)[path]
+      np.testing.assert_allclose(flatten_by_path(record.param_norm)[path],
+                                 np.linalg.norm(np.asarray(w_new, np.float64)), rtol=1e-6)
+      np.testing.assert_allclose(flatten_by_path(record.update_norm)[path],
+                                 np.linalg.norm(np.asarray(u, np.float64)), rtol=1e-6)
+      # float64 arccos is accurate to ~1e-8 here; the angles are ~1e-2.
+      np.testing.assert_allclose(flatten_by_path(record.angular_update)[path],
+                                 _angle64(w_old, w_new), rtol=1e-4, atol=1e-6)
+  # The zero-initialised bias starts at norm 0: its first angle is 0 by convention, never NaN.
+  first_record = monitored[0][3][1]
+  assert float(first_record.angular_update["dense"]["bias"]) == 0.0
+  assert all(np.isfinite(x) for x in jax.tree.leaves([h[3][1] for h in monitored]))
+
+
+def test_init_state_and_mask():
+  params = _params()
+  tx = monitor(mask={"dense": {"kernel": True, "bias": False}, "head": True})
+  state = tx.init(params)
+  assert state.param_norm["dense"]["bias"] is None and state.angular_update["dense"]["bias"] is None
+  np.testing.assert_allclose(state.param_norm["head"]["kernel"],
+                             np.linalg.norm(np.asarray(params["head"]["kernel"])), rtol=1e-6)
+  assert float(state.update_norm["dense"]["kernel"]) == 0.0
+  assert set(flatten_by_path(state.angular_update)) == {"dense/kernel", "head/kernel"}
+  updates = jax.tree.map(lambda w: 0.01 * jnp.ones_like(w), params)
+  assert tx.update(updates, state, params)[0] is updates  # passed through, not copied
+  out, new_state = jax.jit(tx.update)(updates, state, params)
+  jax.tree.map(np.testing.assert_array_equal, out, updates)
+  # The state keeps its structure and dtypes across update, as lax.cond / scan carries require.
+  assert jax.tree.structure(new_state) == jax.tree.structure(state)
+  assert all(x.dtype == jnp.float32 and x.shape == () for x in jax.tree.leaves(new_state))
+  with pytest.raises(ValueError, match="params"):
+    tx.update(updates, state, None)
+  with pytest.raises(ValueError, match="dense/bias"):
+    monitor(mask={"dense": {"kernel": True}, "head": True}).init(params)
+
+
+def test_monitor_inside_nnx_optimizer_matches_model_weights():
+  class Net(nnx.Module):
+
+    def __init__(self, rngs):
+      self.hidden = nnx.Linear(3, 4, rngs=rngs)
+      self.out = nnx.Linear(4, 2, rngs=rngs)
+
+    def __call__(self, x):
+      return self.out(jax.nn.relu(self.hidden(x)))
+
+  model = Net(nnx.Rngs(0))
+  kernels = lambda p: jax.tree_util.tree_map_with_path(lambda path, _: "kernel" in str(path), p)
+  optimizer = nnx.Optimizer(model, optax.chain(optax.sgd(0.1), monitor(mask=kernels)), wrt=nnx.Param)
+  x = jnp.ones((5, 3))
+
+  @nnx.jit
+  def step(model, optimizer):
+    old = nnx.as_pure(nnx.state(model, nnx.Param))  # arrays, not the Variables updated below
+    grads = nnx.grad(lambda m: 0.1 * jnp.sum(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+    return old
+
+  old = step(model, optimizer)
+  record = optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state), "param_norm")
+  norms = flatten_by_path(record)
+  assert set(norms) == {"hidden/kernel", "out/kernel"}
+  np.testing.assert_allclose(norms["hidden/kernel"], np.linalg.norm(np.asarray(model.hidden.kernel[...])),
+                             rtol=1e-6)
+  angles = flatten_by_path(optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state), "angular_update"))
+  np.testing.assert_allclose(angles["out/kernel"],
+                             _angle64(old["out"]["kernel"], model.out.kernel[...]), rtol=1e-4, atol=1e-6)
