@@ -1,0 +1,101 @@
+"""Bad input gets an error that names the argument or the parameter path."""
+
+import math
+
+import jax.numpy as jnp
+import optax
+import pytest
+
+import wd_optax
+
+PARAMS = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+GRADS = {"dense": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}}
+
+WEIGHT_DECAY_FACTORIES = {
+    "add_l2": lambda wd: wd_optax.add_l2(wd),
+    "decoupled_decay": lambda wd: wd_optax.decoupled_decay(wd, learning_rate=0.1),
+    "scale_by_adam_l2": lambda wd: wd_optax.scale_by_adam_l2(wd),
+    "sgd": lambda wd: wd_optax.sgd(0.1, weight_decay=wd),
+    "adam": lambda wd: wd_optax.adam(0.1, weight_decay=wd),
+}
+
+
+@pytest.mark.parametrize("name", WEIGHT_DECAY_FACTORIES)
+@pytest.mark.parametrize("bad", [-1e-3, math.nan, math.inf, jnp.asarray(-1.0)], ids=["negative", "nan", "inf", "array"])
+def test_bad_weight_decay_names_the_argument(name, bad):
+  with pytest.raises(ValueError, match="weight_decay"):
+    WEIGHT_DECAY_FACTORIES[name](bad)
+
+
+def test_non_numeric_weight_decay_is_a_type_error():
+  with pytest.raises(TypeError, match="weight_decay"):
+    wd_optax.add_l2("0.1")
+
+
+def test_unknown_names():
+  with pytest.raises(ValueError, match=r"decay must be one of \('l2', 'decoupled'\), got 'adamw'"):
+    wd_optax.sgd(0.1, decay="adamw")
+  with pytest.raises(ValueError, match="decay must be one of"):
+    wd_optax.adam(0.1, decay="L2")
+  with pytest.raises(ValueError, match="coupling must be one of"):
+    wd_optax.decoupled_decay(0.1, coupling="peak", learning_rate=0.1)
+  with pytest.raises(ValueError, match="coupling must be one of"):
+    wd_optax.adam(0.1, coupling="lr_peak")
+
+
+def test_coupling_needs_what_it_reads():
+  with pytest.raises(ValueError, match="needs learning_rate"):
+    wd_optax.decoupled_decay(0.1, coupling="lr")
+  schedule = optax.cosine_decay_schedule(0.1, 100)
+  for coupling in ("schedule", "corrected"):
+    with pytest.raises(ValueError, match="peak_learning_rate"):
+      wd_optax.decoupled_decay(0.1, coupling=coupling, learning_rate=schedule)
+    with pytest.raises(ValueError, match="peak_learning_rate"):
+      wd_optax.adam(schedule, weight_decay=0.1, coupling=coupling)
+  with pytest.raises(ValueError, match="must be > 0"):
+    wd_optax.decoupled_decay(0.1, coupling="schedule", learning_rate=0.0)
+  with pytest.raises(ValueError, match="peak_learning_rate must be > 0"):
+    wd_optax.decoupled_decay(0.1, coupling="schedule", learning_rate=schedule, peak_learning_rate=0.0)
+  # "independent" reads no learning rate.
+  wd_optax.decoupled_decay(0.1, coupling="independent")
+
+
+def test_coupling_with_l2_is_an_error_not_silently_ignored():
+  with pytest.raises(ValueError, match="only apply to decay='decoupled'"):
+    wd_optax.sgd(0.1, weight_decay=0.1, decay="l2", coupling="independent")
+  with pytest.raises(ValueError, match="only apply to decay='decoupled'"):
+    wd_optax.adam(0.1, weight_decay=0.1, decay="l2", peak_learning_rate=0.1)
+
+
+@pytest.mark.parametrize("factory", [
+    lambda m: wd_optax.add_l2(0.1, mask=m),
+    lambda m: wd_optax.decoupled_decay(0.1, learning_rate=0.1, mask=m),
+    lambda m: wd_optax.scale_by_adam_l2(0.1, mask=m),
+    lambda m: wd_optax.sgd(0.1, weight_decay=0.1, mask=m),
+    lambda m: wd_optax.adam(0.1, weight_decay=0.1, decay="l2", mask=m),
+], ids=["add_l2", "decoupled_decay", "scale_by_adam_l2", "sgd", "adam"])
+def test_mismatched_mask_names_the_leaf_at_init(factory):
+  bad_mask = {"dense": {"kernel": True}, "head": {"kernel": True}}
+  with pytest.raises(ValueError, match="'dense/bias' has no entry"):
+    factory(bad_mask).init(PARAMS)
+  with pytest.raises(ValueError, match="matches no parameter"):
+    factory(wd_optax.masks.include("^head/")).init(PARAMS)
+
+
+@pytest.mark.parametrize("tx,name", [
+    (wd_optax.add_l2(0.1), "add_l2"),
+    (wd_optax.decoupled_decay(0.1, learning_rate=0.1), "decoupled_decay"),
+    (wd_optax.scale_by_adam_l2(0.1), "scale_by_adam_l2"),
+])
+def test_missing_params_is_named(tx, name):
+  with pytest.raises(ValueError, match=f"{name} needs the current parameters"):
+    tx.update(GRADS, tx.init(PARAMS))
+
+
+def test_bad_adam_and_momentum_constants():
+  with pytest.raises(ValueError, match="b1"):
+    wd_optax.scale_by_adam_l2(0.1, b1=1.0)
+  with pytest.raises(ValueError, match="momentum"):
+    wd_optax.sgd(0.1, momentum=1.5)
+  with pytest.raises(ValueError, match="learning_rate"):
+    wd_optax.sgd(-0.1)
