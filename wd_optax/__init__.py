@@ -8,17 +8,27 @@ The package is laid out by the three questions every weight-decay choice answers
 * **when it acts**: :mod:`wd_optax.schedules` (early, late, windowed decay);
 * **which parameters it touches**: :mod:`wd_optax.masks`.
 
+Beside decay: :mod:`wd_optax.projections` fixes weight norms instead of decaying them (FixNorm),
+:mod:`wd_optax.kfac` preconditions with K-FAC and damping, :mod:`wd_optax.diagnostics` and
+:func:`wd_optax.monitor` measure the mechanisms (effective learning rate, angular update, Jacobian
+norm, effective damping), and :mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
+
 References:
   Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
   Bjorck, Weinberger, Gomes. *Understanding Decoupled and Early Weight Decay.* AAAI 2021.
   Zhou, Sun, Zhong. *FixNorm: Dissecting Weight Decay for Training Deep Neural Networks.* arXiv:2103.15345.
 """
 
+from wd_optax import diagnostics
+from wd_optax import kfac
 from wd_optax import masks
 from wd_optax import schedules
+from wd_optax import tuning
 from wd_optax.coupled import AddL2State, add_l2, scale_by_adam_l2
 from wd_optax.decoupled import COUPLINGS, DecoupledDecayState, decoupled_decay
+from wd_optax.monitor import MonitorState, monitor
 from wd_optax.optimizers import adam, sgd
+from wd_optax.projections import FixNormState, fix_norm, fixnorm
 
 __version__ = "0.1.0"
 
@@ -26,11 +36,19 @@ __all__ = [
     "AddL2State",
     "COUPLINGS",
     "DecoupledDecayState",
+    "FixNormState",
+    "MonitorState",
     "adam",
     "add_l2",
     "decoupled_decay",
+    "diagnostics",
+    "fix_norm",
+    "fixnorm",
+    "kfac",
     "masks",
+    "monitor",
     "scale_by_adam_l2",
     "schedules",
     "sgd",
+    "tuning",
 ]
