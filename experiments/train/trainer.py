@@ -149,8 +149,8 @@ class Program:
     abstract_model = nnx.eval_shape(lambda: build_model(rngs=nnx.Rngs(0)))
     graphdef, _, _ = nnx.split(abstract_model, nnx.Param, ...)
     self.graphdef = graphdef
-    seeds = jnp.asarray([m.seed for m in group.members], jnp.uint32)
-    params, model_state = jax.jit(jax.vmap(init_pure))(seeds)
+    self._init_models = jax.jit(jax.vmap(init_pure))
+    params, model_state = self._init_models(jnp.zeros([1], jnp.uint32))
 
     def apply(params, model_state, x, train):
       model = nnx.merge(graphdef, params, model_state)
@@ -178,20 +178,16 @@ class Program:
         label_smoothing=t.label_smoothing,
         data_sharding=sharding_lib.batch_sharding(self.mesh) if self.mesh.size > 1 else None)
 
-    self.hp = {k: jnp.asarray([m.hp[k] for m in group.members], jnp.float32) for k in config_lib.TRACED_FIELDS}
-
     @jax.jit
-    def init_rest(params, hp, seeds):
+    def init_rest(params, model_state, hp, seeds):
       init_sq = jax.vmap(lambda p: step_lib.sq_norm(step_lib.select(p, self.scale_invariant)))(params)
       return {
-          "step": jnp.zeros(len(group.members), jnp.int32), "params": params, "model_state": model_state,
+          "step": jnp.zeros(seeds.shape, jnp.int32), "params": params, "model_state": model_state,
           "opt_state": jax.vmap(self.spec.init_opt_state)(params, hp),
           "key": jax.vmap(jax.random.PRNGKey)(seeds), "init_sq_norm": jnp.maximum(init_sq, 1e-12),
       }
 
-    state = init_rest(params, self.hp, seeds)
-    self.state = sharding_lib.replicate(state, self.mesh)
-    self.hp = sharding_lib.replicate(self.hp, self.mesh)
+    self._init_rest = init_rest
     self.x_train = sharding_lib.replicate(jnp.asarray(dataset.x_train), self.mesh)
     self.y_train = sharding_lib.replicate(jnp.asarray(dataset.y_train), self.mesh)
     self.x_test = sharding_lib.replicate(jnp.asarray(dataset.x_test), self.mesh)
@@ -199,6 +195,25 @@ class Program:
     spec = self.spec
     self._chunk = jax.jit(functools.partial(step_lib.population_chunk, spec), static_argnums=4)
     self._eval = jax.jit(functools.partial(step_lib.evaluate, spec), static_argnums=3)
+    self.reset(group.members)
+
+  def reset(self, members: Sequence[Member]) -> None:
+    """Starts a fresh population of ``members`` (same optimizer structure), reusing the compiled functions.
+
+    Sequential runs (one member at a time) call this between runs, so they compile once like the vmapped
+    population does.
+    """
+    members = list(members)
+    for m in members:
+      if set(m.hp) != set(config_lib.TRACED_FIELDS):
+        raise ValueError(f"member {m.label!r}: hp must set exactly {config_lib.TRACED_FIELDS}, got {sorted(m.hp)}.")
+    self.group = dataclasses.replace(self.group, members=members)
+    hp = {k: jnp.asarray([m.hp[k] for m in members], jnp.float32) for k in config_lib.TRACED_FIELDS}
+    seeds = jnp.asarray([m.seed for m in members], jnp.uint32)
+    params, model_state = self._init_models(seeds)
+    state = self._init_rest(params, model_state, hp, seeds)
+    self.state = sharding_lib.replicate(state, self.mesh)
+    self.hp = sharding_lib.replicate(hp, self.mesh)
 
   @property
   def step(self) -> int:
