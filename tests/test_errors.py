@@ -78,7 +78,7 @@ def test_mismatched_mask_names_the_leaf_at_init(factory):
   bad_mask = {"dense": {"kernel": True}, "head": {"kernel": True}}
   with pytest.raises(ValueError, match="'dense/bias' has no entry"):
     factory(bad_mask).init(PARAMS)
-  with pytest.raises(ValueError, match="matches no parameter"):
+  with pytest.raises(ValueError, match="'\\^head/' matches no parameter"):
     factory(wd_optax.masks.include("^head/")).init(PARAMS)
 
 

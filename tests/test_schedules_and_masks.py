@@ -137,6 +137,10 @@ def test_regex_matching_nothing_is_an_error_naming_it(zoo_states):
     masks.include("^attention")(zoo_states["pure"])
   with pytest.raises(ValueError, match="invalid regex"):
     masks.exclude("(")
+  # Excluding what is not there is harmless (generic exclusions), but still reported.
+  with pytest.warns(UserWarning, match=r"'\^attention' matches no parameter"):
+    selected = _selected(masks.exclude("^attention"), zoo_states["pure"])
+  assert selected == ALL_PATHS
 
 
 def test_mask_structure_mismatch_names_the_path():

@@ -12,13 +12,16 @@ match) against the "/"-joined key path of each leaf:
   model with attributes ``self.conv = nnx.Conv(...)`` and ``self.layers = nnx.List([nnx.Linear(...)])``:
   ``"conv/kernel"``, ``"conv/bias"``, ``"layers/0/kernel"``, ``"layers/0/bias"``.
 
-A regex that matches no parameter raises ``ValueError`` when the mask is evaluated (at ``init``): a typo
-in a mask would otherwise silently switch the decay off.
+A regex given to :func:`include` that matches no parameter raises ``ValueError`` when the mask is
+evaluated (at ``init``): a typo there would silently switch the decay off. A regex given to
+:func:`exclude` that matches nothing only warns (``UserWarning``): generic exclusions such as
+``exclude("bias$", "scale$")`` are meant to work on models without biases or normalisation layers.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -80,9 +83,11 @@ def _regex_mask(regexes: Sequence[str], *, keep_matches: bool, name: str) -> Mas
     paths = [path for path, _ in _tree.named_leaves(params)]
     for pattern in patterns:
       if not any(pattern.search(path) for path in paths):
-        raise ValueError(
-            f"{name}: regex {pattern.pattern!r} matches no parameter path. Paths: "
-            f"{paths[:12]}{' ...' if len(paths) > 12 else ''}.")
+        message = (f"{name}: regex {pattern.pattern!r} matches no parameter path. Paths: "
+                   f"{paths[:12]}{' ...' if len(paths) > 12 else ''}.")
+        if keep_matches:
+          raise ValueError(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
     return _tree.map_with_path(
         lambda path, leaf: any(p.search(path) for p in patterns) == keep_matches, params)
 
@@ -114,7 +119,7 @@ def exclude(*regexes: str) -> Mask:
     *regexes: regular expressions matched against "/"-joined parameter paths.
 
   Returns:
-    A mask callable. Evaluating it raises ``ValueError`` if a regex matches no path.
+    A mask callable. Evaluating it warns (``UserWarning``) if a regex matches no path.
 
   Example:
     >>> import jax.numpy as jnp, wd_optax
