@@ -116,7 +116,8 @@ def value_grad_and_curvature(
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def run(params: nnx.State, rest: nnx.State, perturbations: nnx.State | None, *var_types: type):
-    module = nnx.merge(graphdef, params, rest)
+    # Fresh Variables for the mutable state, so that the forward pass may update them inside the trace.
+    module = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
     out = nnx.capture(loss_fn, *var_types, init=perturbations)(module, batch)
     return out, nnx.split(module, nnx.Param, ...)[2]
 

@@ -196,6 +196,9 @@ def scale_by_kfac(
     kl_clip: :math:`\kappa`, or ``None`` for no clipping.
     learning_rate: :math:`\eta`, required with ``kl_clip``.
 
+  Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping")``:
+  those shape the computation and cannot be traced.
+
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params=None, *,
     curvature)`` requires the ``curvature`` from :func:`wd_optax.kfac.value_grad_and_curvature`.
@@ -227,7 +230,9 @@ def scale_by_kfac(
   if not _checks.is_traced(ema) and not 0.0 <= float(ema) < 1.0:
     raise ValueError(f"ema must be in [0, 1), got {ema!r}.")
   if isinstance(inverse_every, bool) or not isinstance(inverse_every, int) or inverse_every < 1:
-    raise ValueError(f"inverse_every must be an int >= 1, got {inverse_every!r}.")
+    raise ValueError(
+        f"inverse_every must be a Python int >= 1, got {inverse_every!r} (inside optax.inject_hyperparams "
+        "name it in static_args, with layers and pi_damping).")
   if kl_clip is not None:
     _checks.check_rate(kl_clip, "kl_clip", positive=True)
     _checks.check_rate(learning_rate, "learning_rate")
