@@ -63,5 +63,5 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
       log(f"[{config.name}] {group.name}: already finished, skipped")
       continue
     log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
-    Program(config, group, dataset, hooks=hooks).train(workdir=workdir, writer=writer, progress=progress)
+    Program(config, group, dataset, hooks=hooks).train(workdir=workdir, writer=writer, progress=progress, log=log)
   return load_results(metrics_path)

@@ -232,7 +232,7 @@ class Program:
     return jax.tree.map(lambda x: np.asarray(x[index]), self.state["params"])
 
   def train(self, *, workdir: str | None = None, writer: MetricsWriter | None = None, progress: bool | None = None,
-            stop_after: int | None = None) -> dict:
+            stop_after: int | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Trains to ``train.steps``, resuming from the latest checkpoint in ``workdir`` if there is one.
 
     Args:
@@ -240,6 +240,7 @@ class Program:
       writer: metrics sink; ``None``: metrics are only returned.
       progress: show a tqdm bar (default: when stderr is a terminal).
       stop_after: stop once this many steps are done (for tests of resumption).
+      log: where to report a resumption (default: nowhere).
 
     Returns:
       ``{"loss": (members, steps run here) array, "records": [metric dicts]}``.
@@ -255,6 +256,8 @@ class Program:
       latest = ckpt.latest_step()
       if latest is not None:
         self.state = ckpt.restore(latest, self.state)
+        if log is not None:
+          log(f"[{self.group.name}] resuming from the checkpoint at step {latest}")
     if writer is not None:
       writer.truncate(self.group.name, self.step)
     end = t.steps if stop_after is None else min(t.steps, stop_after)
