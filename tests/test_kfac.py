@@ -212,7 +212,8 @@ def _numpy_patches(x, kernel_size, strides, padding):
 def test_conv_kfc_statistics_equal_direct_per_patch_computation(strides, padding):
   conv = kfac.Conv(2, 3, kernel_size=(3, 3), strides=strides, padding=padding, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 2))
-  targets = jax.random.normal(jax.random.key(1), conv(x).shape)
+  direct = conv(x)
+  targets = jax.random.normal(jax.random.key(1), direct.shape)
 
   def loss_fn(model, batch):
     out = model(batch)
@@ -223,7 +224,7 @@ def test_conv_kfc_statistics_equal_direct_per_patch_computation(strides, padding
   patches = np.concatenate([patches, np.ones((len(patches), 1))], axis=1)
   kernel = np.asarray(conv.kernel[...], np.float64).reshape(-1, 3)
   outputs = patches @ np.concatenate([kernel, np.asarray(conv.bias[...])[None]], axis=0)
-  np.testing.assert_allclose(outputs.reshape(conv(x).shape), conv(x), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(outputs.reshape(direct.shape), direct, rtol=1e-4, atol=1e-5)
   # Per-example loss ℓ_n = ½‖out_n − target_n‖², so ∂ℓ_n/∂out_{n,t} = out_{n,t} − target_{n,t}.
   per_location = outputs - np.asarray(targets, np.float64).reshape(-1, 3)
   np.testing.assert_allclose(curvature[""].a, patches.T @ patches / len(patches), rtol=1e-5, atol=1e-6)
@@ -247,28 +248,38 @@ def test_conv_kfc_statistics_equal_direct_per_patch_computation(strides, padding
 # ------------------------------------------------------------------------------------- preconditioner
 
 
+@functools.lru_cache(maxsize=None)
+def _cached_tx(items):
+  kwargs = dict(items)
+  tx = kfac.scale_by_kfac(kwargs.pop("damping", 1e-2), **kwargs)
+  return tx, jit_update(tx)
+
+
 def _setup(model=None, **tx_kwargs):
+  """A model, a scale_by_kfac and its jitted update (shared between tests with equal settings), state, grads."""
   model = model or MLP([5, 6, 4], nnx.Rngs(0))
   batch = classification_batch()
-  tx = kfac.scale_by_kfac(tx_kwargs.pop("damping", 1e-2), **tx_kwargs)
+  if "layers" in tx_kwargs:
+    tx_kwargs["layers"] = tuple(tx_kwargs["layers"])
+  tx, update = _cached_tx(tuple(sorted(tx_kwargs.items())))
   params = nnx.state(model, nnx.Param)
   state = tx.init(params)
   (_, _), grads, curvature = curvature_fn(ce_loss, "empirical")(model, batch, None)
-  return model, tx, nnx.as_pure(params), state, nnx.as_pure(grads), curvature
+  return model, tx, update, nnx.as_pure(params), state, nnx.as_pure(grads), curvature
 
 
 def test_unregistered_parameters_pass_through_unchanged():
   model = MLP([5, 6, 4], nnx.Rngs(0), norm=True, plain_head=True)
-  _, tx, params, state, grads, curvature = _setup(model)
+  _, tx, update, params, state, grads, curvature = _setup(model)
   assert sorted(state.factors) == ["layers/0"]
-  updates, _ = jit_update(tx)(grads, state, params, curvature)
+  updates, _ = update(grads, state, params, curvature)
   for path in ("norm", "head"):
     jax.tree.map(np.testing.assert_array_equal, updates[path], grads[path])
   assert not np.allclose(updates["layers"][0]["kernel"], grads["layers"][0]["kernel"])
 
 
 def test_inverses_recomputed_every_period_inside_one_compilation():
-  model, tx, params, state, grads, curvature = _setup(inverse_every=2, ema=0.5)
+  model, tx, _, params, state, grads, curvature = _setup(inverse_every=2, ema=0.5)
   traces = []
 
   @jax.jit
@@ -293,8 +304,7 @@ def test_inverses_recomputed_every_period_inside_one_compilation():
 
 def test_damping_schedule_and_inject_hyperparams():
   schedule = optax.linear_schedule(1e-1, 1e-3, 10)
-  model, tx, params, state, grads, curvature = _setup(damping=schedule, layers=["layers/0", "head"])
-  update = jit_update(tx)
+  model, tx, update, params, state, grads, curvature = _setup(damping=schedule, layers=["layers/0", "head"])
   _, state = update(grads, state, params, curvature)
   _, state = update(grads, state, params, curvature)
   np.testing.assert_allclose(state.damping, schedule(1), rtol=1e-6)
@@ -308,14 +318,14 @@ def test_damping_schedule_and_inject_hyperparams():
 
 
 def test_bf16_gradients_keep_their_dtype():
-  model, tx, params, state, grads, curvature = _setup()
+  model, tx, update, params, state, grads, curvature = _setup()
   low = jax.tree.map(lambda g: g.astype(jnp.bfloat16), grads)
-  updates, _ = jit_update(tx)(low, state, params, curvature)
+  updates, _ = update(low, state, params, curvature)
   assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
 
 
 def test_missing_or_mismatched_curvature_and_bad_arguments_raise():
-  model, tx, params, state, grads, curvature = _setup()
+  model, tx, update, params, state, grads, curvature = _setup()
   with pytest.raises(ValueError, match="needs the curvature"):
     tx.update(grads, state, params)
   with pytest.raises(ValueError, match=r"no curvature for \['head'\]"):
@@ -340,10 +350,10 @@ def test_missing_or_mismatched_curvature_and_bad_arguments_raise():
 
 def test_kl_clip_scales_the_whole_update_by_nu():
   model = MLP([5, 6, 4], nnx.Rngs(0), norm=True)
-  _, plain, params, state, grads, curvature = _setup(model)
+  _, plain, plain_update, params, state, grads, curvature = _setup(model)
   lr, kappa = 10.0, 1e-3
   clipped = kfac.scale_by_kfac(1e-2, kl_clip=kappa, learning_rate=lr)
-  u, _ = jit_update(plain)(grads, state, params, curvature)
+  u, _ = plain_update(grads, state, params, curvature)
   v, _ = jit_update(clipped)(grads, clipped.init(nnx.state(model, nnx.Param)), params, curvature)
   inner = sum(float(np.vdot(a, b)) for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(grads)))
   nu = min(1.0, np.sqrt(kappa / (lr ** 2 * inner)))
@@ -352,8 +362,8 @@ def test_kl_clip_scales_the_whole_update_by_nu():
 
 
 def test_effective_damping_reports_gamma_w2_and_cosine():
-  model, tx, params, state, grads, curvature = _setup(damping=0.05)
-  updates, state = jit_update(tx)(grads, state, params, curvature)
+  model, tx, update, params, state, grads, curvature = _setup(damping=0.05)
+  updates, state = update(grads, state, params, curvature)
   report = kfac.effective_damping((optax.EmptyState(), state), params)
   for layer, path in (("layers/0", ("layers", 0)), ("head", ("head",))):
     sub_u, sub_g, sub_p = updates, grads, params
@@ -373,12 +383,12 @@ def test_effective_damping_reports_gamma_w2_and_cosine():
 
 @pytest.mark.parametrize("decay", ["l2", "decoupled"])
 def test_kfac_decay_placements_match_hand_written_rules(decay):
-  model, precondition, params, state, grads, curvature = _setup(layers=["layers/0", "head"])
+  model, precondition, reference, params, state, grads, curvature = _setup(layers=["layers/0", "head"])
   lr, wd, mu = 0.3, 0.05, 0.9
   tx = kfac.kfac(lr, damping=1e-2, weight_decay=wd, decay=decay, momentum=mu, layers=["layers/0", "head"])
   opt_state = tx.init(params)
   grads2 = jax.tree.map(lambda g: 0.5 * g, grads)
-  update, reference = jit_update(tx), jit_update(precondition)
+  update = jit_update(tx)
   u1, opt_state = update(grads, opt_state, params, curvature)
   u2, opt_state = update(grads2, opt_state, params, curvature)
 
