@@ -72,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     return 2
   enable_compilation_cache()
   workdir = args.workdir or os.path.join("runs", f"{args.command}{suffix}")
-  section = runner.run_study(args.command, workdir, quick=args.quick, seeds=args.seeds, overrides=args.overrides,
-                             progress=progress)
+  from experiments.train import TrainingDiverged
+  try:
+    section = runner.run_study(args.command, workdir, quick=args.quick, seeds=args.seeds,
+                               overrides=args.overrides, progress=progress)
+  except TrainingDiverged as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
   for claim in section.claims:
     print(f"{claim.id:6s} {claim.verdict:15s} {claim.measured}: {claim.effect}")
   print(f"wrote {os.path.join(workdir, 'REPORT.md')}")
