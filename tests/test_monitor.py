@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from wd_optax.diagnostics import flatten_by_path
-from wd_optax.monitor import MonitorState, monitor
+from wd_optax.monitor import MonitorState, monitor, unpack
 
 
 def _params():
@@ -69,6 +69,14 @@ def test_monitor_chained_last_leaves_adamw_bitwise_unchanged_and_records_hand_va
       # float64 arccos is accurate to ~1e-8 here; the angles are ~1e-2.
       np.testing.assert_allclose(flatten_by_path(record.angular_update)[path],
                                  _angle64(w_old, w_new), rtol=1e-4, atol=1e-6)
+  # packed=True stores the same numbers as one vector per field, and also leaves adamw untouched.
+  packed = _run(optax.chain(optax.adamw(1e-2, weight_decay=0.1), monitor(packed=True)), params)
+  for (_, _, ref_params, _), (_, _, new, state), (_, _, _, per_leaf) in zip(reference, packed, monitored):
+    jax.tree.map(np.testing.assert_array_equal, new, ref_params)
+    assert state[1].angular_update.shape == (3,)
+    for field in MonitorState._fields:
+      jax.tree.map(np.testing.assert_array_equal, unpack(getattr(state[1], field), params),
+                   getattr(per_leaf[1], field))
   # The zero-initialised bias starts at norm 0: its first angle is 0 by convention, never NaN.
   first_record = monitored[0][3][1]
   assert float(first_record.angular_update["dense"]["bias"]) == 0.0
