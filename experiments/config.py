@@ -66,8 +66,10 @@ class OptimConfig:
     name: ``sgd`` | ``adam`` (``wd_optax.adam``) | ``adam_buffers`` (``wd_optax.scale_by_adam_l2``
       with the three switches below, optionally followed by decoupled decay).
     learning_rate: peak η.
-    lr_schedule: ``constant`` | ``cosine`` (to 0 at the last step) | ``norm_sq`` (Zhang et al. Z2:
-      η_t = η·‖w_t‖²/‖w_0‖² over the scale-invariant weights, recomputed every step).
+    lr_schedule: ``constant`` | ``cosine`` (to 0 at the last step).
+    lr_norm_sq: multiply η_t by ‖w_t‖²/‖w_0‖², the squared norm of the scale-invariant weights relative to
+      its initial value, recomputed every step (Zhang et al. Z2: an lr schedule η_t ∝ ‖w_t‖² in place of
+      decay keeps the effective learning rate η_t/‖w_t‖² on the path of the base schedule).
     warmup_steps: linear warm-up length (``constant``/``cosine`` only).
     momentum: heavy-ball μ (SGD).
     nesterov: Nesterov momentum (SGD).
@@ -89,6 +91,7 @@ class OptimConfig:
   name: str = "sgd"
   learning_rate: float = 0.1
   lr_schedule: str = "constant"
+  lr_norm_sq: bool = False
   warmup_steps: int = 0
   momentum: float = 0.9
   nesterov: bool = False
@@ -296,7 +299,13 @@ def validate(config: ExperimentConfig) -> None:
   if len(set(names)) != len(names):
     raise ValueError(f"arms: names must be unique, got {names}.")
   for arm in config.arms:
-    config.arm_optim(arm)
+    optim = config.arm_optim(arm)
+    where = f"arms.{arm.name}" if arm.name != "base" else "optim"
+    # optim.name is not checked here: a study's make_tx hook may define its own optimizers.
+    for key, choices in (("lr_schedule", ("constant", "cosine")),
+                         ("decay_mask", ("all", "kernels", "conv", "classifier", "none"))):
+      if getattr(optim, key) not in choices:
+        raise ValueError(f"{where}.{key} must be one of {choices}, got {getattr(optim, key)!r}.")
     for key, values in arm.sweep.items():
       if key not in TRACED_FIELDS:
         raise ValueError(f"arms.{arm.name}.sweep: {key!r} cannot be swept inside one program; "

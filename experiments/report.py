@@ -8,9 +8,10 @@ contrast values.
 
 Verdict rules (also printed in every report):
 
-* **directional** claim "A beats B by at least δ": *reproduced* if the interval's lower end is above 0;
-  *not reproduced* if its upper end is below δ (the effect is confidently smaller than the smallest one
-  that would count, or of the opposite sign); otherwise *inconclusive*.
+* **directional** claim "A beats B by at least δ": *reproduced* if the interval's lower end is above 0 and
+  the mean effect is at least δ; *not reproduced* if the interval's upper end is below δ (the effect is
+  confidently smaller than the smallest one that would count, or of the opposite sign); otherwise
+  *inconclusive*.
 * **equivalence** claim "A matches B within ±m": *reproduced* if the whole interval lies in ``[−m, m]``;
   *not reproduced* if it lies entirely outside it; otherwise *inconclusive*.
 """
@@ -80,7 +81,7 @@ def paired_ci(a: Sequence[float], b: Sequence[float]) -> Interval:
 
 def directional_verdict(ci: Interval, min_effect: float = 0.0) -> str:
   """Verdict for "the effect is positive (and at least ``min_effect``)"; see the module docstring."""
-  if ci.low > 0:
+  if ci.low > 0 and ci.mean >= min_effect:
     return REPRODUCED
   if ci.high < min_effect:
     return NOT_REPRODUCED
@@ -146,8 +147,8 @@ class StudySection:
 VERDICT_RULES = """\
 **Verdict rules.** Effects are paired differences over seeds (every arm uses the same seeds, so seed `s`
 starts from the same weights and sees the same batches in every arm), reported as mean [95% t-interval].
-A *directional* claim with smallest relevant effect δ is *reproduced* when the interval lies above 0,
-*not reproduced* when it lies below δ, and *inconclusive* otherwise. An *equivalence* claim with margin m
+A *directional* claim with smallest relevant effect δ is *reproduced* when the interval lies above 0 and
+the mean is at least δ, *not reproduced* when the interval lies below δ, and *inconclusive* otherwise. An *equivalence* claim with margin m
 is *reproduced* when the interval lies inside [−m, m], *not reproduced* when it lies entirely outside,
 and *inconclusive* otherwise. Accuracies are in percentage points."""
 

@@ -33,7 +33,7 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
       config_lib.Arm("all", {"decay_mask": "all"}),
       config_lib.Arm("conv", {"decay_mask": "conv"}),
       config_lib.Arm("classifier", {"decay_mask": "classifier"}),
-      config_lib.Arm("norm_sq_lr", {"weight_decay": 0.0, "lr_schedule": "norm_sq"}),
+      config_lib.Arm("norm_sq_lr", {"weight_decay": 0.0, "lr_norm_sq": True}),
   ]
   return config
 
@@ -80,10 +80,11 @@ STUDY = Study(
     title="decay_placement — which parameters decay, and decay vs an lr schedule (Zhang et al. Z1, Z2)",
     setting=(
         "Same network, data and SGD as `early_decay` (BatchNorm MLP without affine BN parameters on MNIST-1D with "
-        "20% label noise; η = 0.1, momentum 0.9, coupled L2 λ = 5e-3). The hidden kernels play the role of "
+        "20% label noise; η = 0.1 cosine, momentum 0.9, coupled L2 λ = 5e-3). The hidden kernels play the role of "
         "Zhang et al.'s conv layers (scale-invariant); `classifier` is the final linear layer (kernel and bias). "
-        "`norm_sq_lr` has no decay and sets η_t = η·‖w_t‖²/‖w_0‖², recomputed every step from the current "
-        "norm of all scale-invariant kernels (one global factor, also applied to the classifier)."),
+        "`norm_sq_lr` has no decay and multiplies the cosine schedule by ‖w_t‖²/‖w_0‖², recomputed every step "
+        "from the current norm of all scale-invariant kernels (one global factor, also applied to the "
+        "classifier), so η_t/‖w_t‖² follows the cosine as it would if the norm stayed at its initial value."),
     make_config=make_config,
     analyze=analyze,
 )

@@ -73,7 +73,7 @@ STUDY = Study(
     name="early_decay",
     title="early_decay — when decay acts (Bjorck et al. B1, B2)",
     setting=(
-        "SGD (η = 0.1 constant, momentum 0.9) with coupled L2 (λ = 5e-3) on an MLP whose hidden layers feed "
+        "SGD (η = 0.1 with a cosine decay to 0, momentum 0.9) with coupled L2 (λ = 5e-3) on an MLP whose hidden layers feed "
         "BatchNorm without affine parameters, on MNIST-1D with 20% label noise. The hidden kernels are exactly "
         "scale-invariant, so decay acts on them through η/‖w‖² only. λ is larger than the CIFAR default (5e-4) "
         "so that decay changes ‖w‖ within the few thousand steps a CPU run affords (the shrink per step is "

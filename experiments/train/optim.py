@@ -1,7 +1,7 @@
 """From an :class:`~experiments.config.OptimConfig` to an optax transform, one step at a time.
 
 The harness rebuilds the transform inside the jitted step from the *current* rates: η_t and λ_t are computed
-from the step count (and, for ``lr_schedule="norm_sq"``, from the weights) as traced scalars and handed to
+from the step count (and, with ``lr_norm_sq``, from the weights) as traced scalars and handed to
 ``wd_optax.sgd`` / ``wd_optax.adam`` / ``wd_optax.scale_by_adam_l2`` as plain numbers. So every member of a
 vmapped population may carry its own η, λ and decay window (:data:`experiments.config.TRACED_FIELDS`), and the
 optimizer state has the same structure for all of them: the rates are not state.
@@ -60,14 +60,14 @@ def decay_gate(step: jax.Array, start: jax.Array, end: jax.Array, total_steps: i
 def lr_multiplier(optim: OptimConfig, step: jax.Array, total_steps: int) -> jax.Array:
   """Shape of the learning-rate schedule at ``step`` (peak 1)."""
   step = jnp.asarray(step, jnp.float32)
-  if optim.lr_schedule in ("constant", "norm_sq"):
+  if optim.lr_schedule == "constant":
     shape = jnp.ones([], jnp.float32)
   elif optim.lr_schedule == "cosine":
     span = max(total_steps - optim.warmup_steps, 1)
     progress = jnp.clip((step - optim.warmup_steps) / span, 0.0, 1.0)
     shape = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
   else:
-    raise ValueError(f"optim.lr_schedule must be 'constant', 'cosine' or 'norm_sq', got {optim.lr_schedule!r}.")
+    raise ValueError(f"optim.lr_schedule must be 'constant' or 'cosine', got {optim.lr_schedule!r}.")
   if optim.warmup_steps > 0:
     shape = shape * jnp.minimum(1.0, (step + 1.0) / optim.warmup_steps)
   return shape
@@ -75,7 +75,7 @@ def lr_multiplier(optim: OptimConfig, step: jax.Array, total_steps: int) -> jax.
 
 def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int,
              lr_scale: jax.Array | float = 1.0) -> dict[str, jax.Array]:
-  """η_t and λ_t of one member at ``step``; ``lr_scale`` multiplies η_t (the ‖w_t‖²/‖w_0‖² of ``norm_sq``)."""
+  """η_t and λ_t of one member at ``step``; ``lr_scale`` multiplies η_t (the ‖w_t‖²/‖w_0‖² of ``lr_norm_sq``)."""
   lr = hp["learning_rate"] * lr_multiplier(optim, step, total_steps) * lr_scale
   gate = decay_gate(step, hp["decay_start"], hp["decay_end"], total_steps)
   return {

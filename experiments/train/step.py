@@ -90,7 +90,7 @@ class StepSpec:
   total_steps: int
   batch_size: int
   num_examples: int
-  scale_invariant: frozenset            # paths of scale-invariant leaves (norm_sq lr, η_eff, angles)
+  scale_invariant: frozenset            # paths of scale-invariant leaves (lr_norm_sq, η_eff, angles)
   measured: frozenset                   # paths whose norms are logged
   make_tx: Callable[..., optax.GradientTransformation] = optim_lib.make_tx
   grad_fn: GradFn = default_grad_fn
@@ -99,7 +99,7 @@ class StepSpec:
   data_sharding: NamedSharding | None = None
 
   def lr_scale(self, state) -> jax.Array:
-    if self.optim.lr_schedule != "norm_sq":
+    if not self.optim.lr_norm_sq:
       return jnp.ones([], jnp.float32)
     current = sq_norm(select(state["params"], self.scale_invariant))
     return current / state["init_sq_norm"]

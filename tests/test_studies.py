@@ -1,0 +1,195 @@
+"""Studies and their statistics: registry, configs, the t-interval and verdict rules against hand computations,
+and each study's analysis on synthetic per-seed results whose right answers are known by construction."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from experiments import config as config_lib
+from experiments import report, studies
+from experiments.studies import adam_buffers, decay_placement, early_decay
+from experiments.train import make_groups
+from experiments.train.metrics import ArmResult
+
+
+# --- statistics -------------------------------------------------------------------------------------------------
+
+def test_mean_ci_matches_hand_computation():
+  x = [1.0, 2.0, 4.0, 7.0, 11.0]
+  mean = 5.0
+  sd = math.sqrt(((1 - 5) ** 2 + (2 - 5) ** 2 + (4 - 5) ** 2 + (7 - 5) ** 2 + (11 - 5) ** 2) / 4)  # = sqrt(16.5)
+  half = 2.776 * sd / math.sqrt(5)  # t_{0.975, 4} = 2.776 (printed t tables)
+  ci = report.mean_ci(x)
+  assert ci.n == 5 and ci.mean == pytest.approx(mean)
+  assert ci.low == pytest.approx(mean - half, rel=1e-9) and ci.high == pytest.approx(mean + half, rel=1e-9)
+
+
+@pytest.mark.parametrize("df,expected", [(1, 12.706), (9, 2.262), (30, 2.042), (40, 2.021), (60, 2.000),
+                                         (120, 1.980)])
+def test_t_critical_values_match_printed_tables(df, expected):
+  assert report.t_critical(df) == pytest.approx(expected, abs=2e-3)
+
+
+def test_paired_ci_is_the_interval_of_differences():
+  a, b = np.array([0.9, 0.8, 0.85, 0.95]), np.array([0.7, 0.75, 0.8, 0.8])
+  d = a - b
+  ci = report.paired_ci(a, b)
+  half = 3.182 * d.std(ddof=1) / 2.0
+  assert ci.mean == pytest.approx(d.mean()) and ci.high - ci.mean == pytest.approx(half, rel=1e-6)
+  with pytest.raises(ValueError, match="equal shapes"):
+    report.paired_ci(a, b[:3])
+
+
+def test_single_sample_gives_infinite_interval_and_inconclusive_verdict():
+  ci = report.mean_ci([3.0])
+  assert math.isinf(ci.low) and math.isinf(ci.high)
+  assert report.directional_verdict(ci, 0.5) == report.INCONCLUSIVE
+  assert report.equivalence_verdict(ci, 1.0) == report.INCONCLUSIVE
+
+
+@pytest.mark.parametrize("low,high,verdict", [(0.1, 2.0, report.REPRODUCED), (-1.0, 0.4, report.NOT_REPRODUCED),
+                                              (-3.0, -1.0, report.NOT_REPRODUCED), (-0.2, 1.0, report.INCONCLUSIVE),
+                                              (0.1, 0.8, report.INCONCLUSIVE)])
+def test_directional_verdict_rule(low, high, verdict):
+  assert report.directional_verdict(report.Interval((low + high) / 2, low, high, 5), 0.5) == verdict
+
+
+@pytest.mark.parametrize("low,high,verdict", [(-0.5, 0.9, report.REPRODUCED), (1.2, 3.0, report.NOT_REPRODUCED),
+                                              (-4.0, -1.1, report.NOT_REPRODUCED), (-0.5, 1.5, report.INCONCLUSIVE)])
+def test_equivalence_verdict_rule(low, high, verdict):
+  assert report.equivalence_verdict(report.Interval((low + high) / 2, low, high, 5), 1.0) == verdict
+
+
+# --- registry and configs ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", studies.names())
+@pytest.mark.parametrize("quick", [True, False])
+def test_registered_configs_validate_and_group(name, quick):
+  study = studies.get(name)
+  assert study.name == name and study.setting and study.title
+  config = study.make_config(quick)
+  config_lib.validate(config)
+  groups = make_groups(config)
+  members = sum(len(g.members) for g in groups)
+  assert members == sum(config.seeds * int(np.prod([len(v) for v in a.sweep.values()])) for a in config.arms)
+  if quick:  # reproduce --quick must fit in 10 minutes on 2 cores with every study: keep each one small
+    assert config.train.steps * members <= 60_000
+
+
+def test_early_decay_arms_share_one_program():
+  (group,) = make_groups(early_decay.make_config(True))
+  assert {m.arm for m in group.members} == set(early_decay.ARMS)
+
+
+def test_unknown_study_is_a_clear_error():
+  with pytest.raises(KeyError, match="unknown study 'nope'; registered studies: early_decay"):
+    studies.get("nope")
+
+
+# --- analyses on synthetic results ------------------------------------------------------------------------------
+
+def arm(label, acc, *, arm_name=None, swept=None, norms=None, steps=(100, 200)):
+  acc = np.asarray(acc, float)
+  seeds = list(range(len(acc)))
+  series = {"test_accuracy": np.stack([np.full(len(acc), np.nan), acc], axis=1),
+            "train_accuracy": np.ones((len(acc), 2))}
+  if norms is not None:
+    series["norm/scale_invariant"] = np.asarray(norms, float)
+  return ArmResult(label=label, arm=arm_name or label, seeds=seeds, swept=swept or {}, steps=np.array(steps),
+                   series=series)
+
+
+RNG = np.random.default_rng(0)
+BASE = 0.5 + 0.02 * RNG.standard_normal(8)
+
+
+def jitter(scale=0.001):
+  return scale * RNG.standard_normal(8)
+
+
+def test_early_decay_analysis_on_a_world_where_the_paper_is_right():
+  results = {
+      "none": arm("none", BASE, norms=np.tile([20.0, 30.0], (8, 1))),
+      "always": arm("always", BASE + 0.04 + jitter(), norms=np.tile([10.0, 9.0], (8, 1))),
+      "early25": arm("early25", BASE + 0.035 + jitter(), norms=np.tile([10.0, 14.0], (8, 1))),
+      "early50": arm("early50", BASE + 0.04 + jitter(), norms=np.tile([10.0, 12.0], (8, 1))),
+      "late50": arm("late50", BASE + jitter(), norms=np.tile([20.0, 15.0], (8, 1))),
+  }
+  claims, table = early_decay.analyze(results, early_decay.make_config(True))
+  verdicts = {c.id: c.verdict for c in claims}
+  assert verdicts == {"B1a": "reproduced", "B1b": "reproduced", "B1c": "reproduced", "B1d": "reproduced",
+                      "B2": "reproduced"}
+  b1a = next(c for c in claims if c.id == "B1a")
+  expected = report.paired_ci(100 * results["always"].final(), 100 * results["none"].final())
+  assert b1a.effect == expected and b1a.effect.mean == pytest.approx(4.0, abs=0.2)
+  b2 = next(c for c in claims if c.id == "B2")
+  assert b2.effect.mean == pytest.approx(math.log(30 / 14))
+  assert "| early50 | 8 |" in table
+
+
+def test_early_decay_analysis_on_a_world_where_the_paper_is_wrong():
+  results = {
+      "none": arm("none", BASE + 0.04, norms=np.tile([20.0, 30.0], (8, 1))),
+      "always": arm("always", BASE + jitter(), norms=np.tile([10.0, 9.0], (8, 1))),
+      "early25": arm("early25", BASE + 0.04 + jitter(), norms=np.tile([10.0, 29.0], (8, 1))),
+      "early50": arm("early50", BASE + 0.04 + jitter(), norms=np.tile([10.0, 29.5], (8, 1))),
+      "late50": arm("late50", BASE - 0.04 + jitter(), norms=np.tile([20.0, 15.0], (8, 1))),
+  }
+  verdicts = {c.id: c.verdict for c in early_decay.analyze(results, early_decay.make_config(True))[0]}
+  assert verdicts == {"B1a": "not reproduced", "B1b": "not reproduced", "B1c": "reproduced",
+                      "B1d": "not reproduced", "B2": "not reproduced"}
+
+
+def test_decay_placement_analysis():
+  grow = np.tile([10.0, 20.0, 30.0, 40.0], (8, 1))
+  flat = np.tile([10.0, 8.0, 8.0, 8.0], (8, 1))
+  steps = (100, 200, 300, 400)  # mid-training = step 200
+  results = {
+      "none": arm("none", BASE, norms=grow, steps=steps),
+      "all": arm("all", BASE + 0.03 + jitter(), norms=flat, steps=steps),
+      "conv": arm("conv", BASE + 0.03 + jitter(), norms=flat, steps=steps),
+      "classifier": arm("classifier", BASE + jitter(), norms=grow, steps=steps),
+      "norm_sq_lr": arm("norm_sq_lr", BASE + 0.005 + jitter(), norms=grow, steps=steps),
+  }
+  for r in results.values():  # 4 logged points
+    r.series["test_accuracy"] = np.concatenate([np.full((8, 2), np.nan), r.series["test_accuracy"]], axis=1)
+    r.series["train_accuracy"] = np.ones((8, 4))
+  claims, _ = decay_placement.analyze(results, decay_placement.make_config(True))
+  verdicts = {c.id: c.verdict for c in claims}
+  assert verdicts == {"Z1a": "reproduced", "Z1b": "reproduced", "Z1c": "reproduced", "Z1d": "reproduced",
+                      "Z2": "not reproduced"}
+  z1d = next(c for c in claims if c.id == "Z1d")
+  assert z1d.effect.mean == pytest.approx(math.log(40 / 20) - math.log(8 / 8))
+
+
+def sweep_results(curves: dict[str, tuple[list, list]]):
+  results = {}
+  for name, (lams, accs) in curves.items():
+    for lam, acc in zip(lams, accs):
+      label = f"{name}[weight_decay={lam:g}]"
+      results[label] = arm(label, BASE + acc + jitter(), arm_name=name, swept={"weight_decay": lam})
+  return results
+
+
+def test_adam_buffers_analysis_best_lambda_and_range():
+  l2, dec = adam_buffers.L2_GRID, adam_buffers.DECOUPLED_GRID
+  results = sweep_results({
+      "adam_l2": (l2, [0.00, 0.01, -0.05, -0.20]),      # best at 1e-3, only 2 of 4 within 2 pt
+      "adamw": (dec, [0.025, 0.04, 0.035, 0.03]),       # flat: 4 of 4 within 2 pt
+      "l2_0_1_1": (l2, [0.02, 0.04, 0.03, 0.0]),
+      "l2_0_0_1": (l2, [0.02, 0.045, 0.03, 0.0]),
+      "l2_1_0_0": (l2, [0.0, 0.012, -0.05, -0.2]),
+  })
+  claims, table = adam_buffers.analyze(results, adam_buffers.make_config(True))
+  verdicts = {c.id: c.verdict for c in claims}
+  assert verdicts == {"Z3": "reproduced", "B5a": "reproduced", "B5b": "reproduced", "B5c": "reproduced",
+                      "B5d": "reproduced"}
+  z3 = next(c for c in claims if c.id == "Z3")
+  assert z3.effect.mean == pytest.approx(3.0, abs=0.2)          # 4 pt (adamw at 0.1) − 1 pt (adam_l2 at 1e-3)
+  assert "best λ: adamw 0.1, adam_l2 0.001" in z3.notes
+  b5a = next(c for c in claims if c.id == "B5a")
+  assert b5a.effect.mean == pytest.approx(1.0 - 0.5)
+  assert "| adamw | 0.01:" in table
