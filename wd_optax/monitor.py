@@ -47,7 +47,8 @@ def _measure_blocked(params: list[jax.Array], updates: list[jax.Array]):
   w, owners = _blocks(params)
   u, _ = _blocks(updates)
   new = w + u
-  partial = jnp.stack([jnp.sum(w * w, 1), jnp.sum(u * u, 1), jnp.sum(w * u, 1), jnp.sum(new * new, 1)], 1)
+  # One reduction over the block axis for all four sums (fewer kernels than four reductions).
+  partial = jnp.sum(jnp.stack([w * w, u * u, w * u, new * new], -1), axis=1)
   sums = jax.ops.segment_sum(partial, owners, num_leaves, indices_are_sorted=True)
   w_sq, u_sq, wu, new_sq = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
   along_coefficient = jnp.where(w_sq > 0, wu / jnp.where(w_sq > 0, w_sq, 1.0), 0.0)
