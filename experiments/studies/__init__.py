@@ -42,6 +42,7 @@ REGISTRY: dict[str, str] = {
     "early_decay": "experiments.studies.early_decay",
     "decay_placement": "experiments.studies.decay_placement",
     "adam_buffers": "experiments.studies.adam_buffers",
+    "fixnorm": "experiments.studies.fixnorm",
 }
 
 
