@@ -94,8 +94,18 @@ def test_init_state_and_mask():
   assert set(flatten_by_path(state.angular_update)) == {"dense/kernel", "head/kernel"}
   updates = jax.tree.map(lambda w: 0.01 * jnp.ones_like(w), params)
   assert tx.update(updates, state, params)[0] is updates  # passed through, not copied
-  out, new_state = jax.jit(tx.update)(updates, state, params)
+  update = jax.jit(tx.update)
+  out, new_state = update(updates, state, params)
   jax.tree.map(np.testing.assert_array_equal, out, updates)
+  # Tiny steps: the angle keeps its relative accuracy (arccos of a float32 cosine would give 0).
+  tiny = jax.tree.map(lambda w: 1e-6 * jnp.flip(w) + 1e-7, params)
+  tiny_angle = update(tiny, state, params)[1].angular_update["head"]["kernel"]
+  w = np.asarray(params["head"]["kernel"], np.float64).ravel()
+  u = np.asarray(tiny["head"]["kernel"], np.float64).ravel()
+  u_perp = u - (u @ w) / (w @ w) * w
+  reference = np.arctan2(np.linalg.norm(u_perp), np.linalg.norm(w) + u @ w / np.linalg.norm(w))
+  assert 1e-8 < reference < 1e-5
+  np.testing.assert_allclose(tiny_angle, reference, rtol=1e-3)
   # The state keeps its structure and dtypes across update, as lax.cond / scan carries require.
   assert jax.tree.structure(new_state) == jax.tree.structure(state)
   assert all(x.dtype == jnp.float32 and x.shape == () for x in jax.tree.leaves(new_state))
