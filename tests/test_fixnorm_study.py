@@ -12,6 +12,7 @@ from experiments.train import make_groups
 from experiments.train.metrics import ArmResult
 
 SEEDS = 8
+QUICK = study.GRIDS[True]
 STEPS = np.arange(50, 650, 50)
 
 
@@ -47,7 +48,7 @@ def _paper_world(arm, swept):
   if arm == "sgd":
     return 0.595 - 0.05 * abs(math.log10(swept["learning_rate"] / 0.1)) \
         - 0.03 * abs(math.log10(swept["weight_decay"] / 5e-3))
-  c = study.DEFAULT_NORM if arm == "fixnorm_decay" else float(arm[len("fixnorm_c"):].replace("p", "."))
+  c = QUICK["default_norm"] if arm == "fixnorm_decay" else float(arm[len("fixnorm_c"):].replace("p", "."))
   return 0.60 - 0.04 * abs(math.log(swept["learning_rate"] / 0.2)) - 0.05 * abs(math.log(c / 1.5))
 
 
@@ -70,7 +71,7 @@ def test_analysis_rejects_the_claims_in_a_world_where_the_paper_is_wrong():
   def monotone_in_c(arm, swept):  # accuracy keeps rising with c; SGD+decay clearly better
     if arm == "sgd":
       return 0.65 - 0.05 * abs(math.log10(swept["learning_rate"] / 0.1))
-    c = study.DEFAULT_NORM if arm == "fixnorm_decay" else float(arm[len("fixnorm_c"):].replace("p", "."))
+    c = QUICK["default_norm"] if arm == "fixnorm_decay" else float(arm[len("fixnorm_c"):].replace("p", "."))
     return 0.55 - 0.04 * abs(math.log(swept["learning_rate"] / 0.2)) + 0.01 * math.log(c)
 
   # Decay on top costs 3 points, and the angle grows like (η_t/c²)^0.5 instead of proportionally.
@@ -88,6 +89,17 @@ def test_fixnorm_arms_train_as_one_program_and_carry_their_classifier_norm():
   fixnorm_groups = [g for g in groups if g.optim.name == "fixnorm"]
   assert len(fixnorm_groups) == 1
   norms = {m.arm: m.hp[study.CLASSIFIER_NORM_FIELD] for m in fixnorm_groups[0].members}
-  assert norms == {**{study._fixnorm_arm(c): c for c in study.CLASSIFIER_NORMS},
-                   "fixnorm_decay": study.DEFAULT_NORM}
+  assert norms == {**{study._fixnorm_arm(c): c for c in QUICK["classifier_norms"]},
+                   "fixnorm_decay": QUICK["default_norm"]}
   assert all("." not in a.name for a in config.arms)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_the_analysis_reads_the_grids_back_from_the_config(quick):
+  config = study.make_config(quick)
+  design = study.Design.from_config(config)
+  grids = study.GRIDS[quick]
+  assert design.fixnorm_lrs == sorted(grids["fixnorm_lrs"])
+  assert design.classifier_norms == sorted(grids["classifier_norms"])
+  assert (design.default_norm, design.decay_on_top) == (grids["default_norm"], grids["decay_on_top"])
+  assert (design.sgd_lrs, design.sgd_decays) == (sorted(grids["sgd_lrs"]), sorted(grids["sgd_decays"]))

@@ -3,12 +3,15 @@
 Arms (BatchNorm MLP without affine BN parameters, MNIST-1D with label noise, cosine learning rate):
 
 * ``fixnorm_c<c>`` (``.`` written ``p``: ``fixnorm_c1p5``) — ``wd_optax.fixnorm``: SGD with momentum, no decay, hidden (scale-invariant) kernels held at
-  their initial norms, classifier kernel held at norm ``c``; one arm per ``c`` in :data:`CLASSIFIER_NORMS`,
-  each swept over :data:`FIXNORM_LRS` (all vmapped in one program).
-* ``fixnorm_decay`` — the same at ``c =`` :data:`DEFAULT_NORM` with coupled L2 λ = :data:`DECAY_ON_TOP` on the
-  kernels added on top (F3: the projection should make it irrelevant).
-* ``sgd`` — ``wd_optax.sgd`` with coupled L2 on all parameters, swept over :data:`SGD_LRS` × :data:`SGD_DECAYS`
-  (the tuned SGD+decay baseline).
+  their initial norms, classifier kernel held at norm ``c``; one arm per classifier norm of the grid, each swept
+  over the FixNorm learning rates (all vmapped in one program).
+* ``fixnorm_decay`` — the same at the default ``c`` with coupled L2 λ on the kernels added on top (F3: the
+  projection should make it irrelevant).
+* ``sgd`` — ``wd_optax.sgd`` with coupled L2 on all parameters, swept over learning rate × λ (the tuned SGD+decay
+  baseline).
+
+The grids are in :data:`GRIDS` (the full grid is wider: the quick one is a smoke-sized version); the analysis
+reads them back from the config's arms, so ``--set`` overrides of an arm's values are analysed as run.
 
 Tuning protocol. Seeds are split: hyperparameters are chosen on the mean final test accuracy of the
 *tuning seeds* (the first :func:`_tuning_seed_count` seeds), and every claim is measured on the other,
@@ -34,6 +37,7 @@ Claims tested (papers.md §7):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import numpy as np
@@ -49,12 +53,16 @@ from experiments.train.trainer import Hooks, make_groups
 from wd_optax import tuning
 
 CLASSIFIER_NORM_FIELD = "decoupled_decay"
-FIXNORM_LRS = [0.05, 0.2, 0.8]
-CLASSIFIER_NORMS = [0.5, 1.5, 4.5, 13.5]
-DEFAULT_NORM = 1.5
-SGD_LRS = [0.03, 0.1, 0.3]
-SGD_DECAYS = [5e-4, 5e-3, 5e-2]
-DECAY_ON_TOP = 5e-3
+GRIDS = {
+    # quick: 600 steps of a 128-wide MLP, 3 seeds (kept under the harness's 60k member-step budget).
+    True: dict(fixnorm_lrs=[0.05, 0.2, 0.8], classifier_norms=[0.5, 1.5, 4.5, 13.5], default_norm=1.5,
+               sgd_lrs=[0.03, 0.1, 0.3], sgd_decays=[5e-4, 5e-3, 5e-2], decay_on_top=5e-3),
+    # full: 6000 steps of a 256-wide MLP, 10 seeds. A first full run on the narrower grid peaked at its edges
+    # (c = 13.5, η_SGD = 0.3, λ = 5e-4), so this grid extends past them.
+    False: dict(fixnorm_lrs=[0.05, 0.2, 0.8, 3.2], classifier_norms=[1.5, 4.5, 13.5, 40.5, 121.5],
+                default_norm=13.5, sgd_lrs=[0.03, 0.1, 0.3, 1.0], sgd_decays=[5e-5, 5e-4, 5e-3, 5e-2],
+                decay_on_top=5e-3),
+}
 RANDOM_SEARCH_REPEATS = 500
 NON_INFERIORITY = 1.0   # points: FixNorm "matches" SGD+decay if it is not worse by more than this
 EQUIVALENCE = 1.0       # points: decay on top "changes nothing" within this
@@ -71,6 +79,7 @@ def _fixnorm_arm(c: float) -> str:
 
 
 def make_config(quick: bool) -> config_lib.ExperimentConfig:
+  g = GRIDS[quick]
   config = _common.bn_mlp_config("fixnorm", quick)
   config.optim.lr_schedule = "cosine"
   config.seeds = 3 if quick else 10
@@ -79,15 +88,42 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
     config.train.eval_every = 100
   fixnorm = {"name": "fixnorm", "weight_decay": 0.0, "decay": "l2", "decay_mask": "kernels"}
   config.arms = [
-      config_lib.Arm(_fixnorm_arm(c), dict(fixnorm, **{CLASSIFIER_NORM_FIELD: c}), {"learning_rate": FIXNORM_LRS})
-      for c in CLASSIFIER_NORMS]
+      config_lib.Arm(_fixnorm_arm(c), dict(fixnorm, **{CLASSIFIER_NORM_FIELD: c}),
+                     {"learning_rate": list(g["fixnorm_lrs"])})
+      for c in g["classifier_norms"]]
   config.arms.append(config_lib.Arm(
-      "fixnorm_decay", dict(fixnorm, weight_decay=DECAY_ON_TOP, **{CLASSIFIER_NORM_FIELD: DEFAULT_NORM}),
-      {"learning_rate": FIXNORM_LRS}))
+      "fixnorm_decay", dict(fixnorm, weight_decay=g["decay_on_top"], **{CLASSIFIER_NORM_FIELD: g["default_norm"]}),
+      {"learning_rate": list(g["fixnorm_lrs"])}))
   config.arms.append(config_lib.Arm(
       "sgd", {"name": "sgd", "decay": "l2", "decay_mask": "all"},
-      {"learning_rate": SGD_LRS, "weight_decay": SGD_DECAYS}))
+      {"learning_rate": list(g["sgd_lrs"]), "weight_decay": list(g["sgd_decays"])}))
   return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Design:
+  """The grids of a config, read back from its arms (so overrides are analysed as they were run)."""
+  fixnorm_lrs: list
+  classifier_norms: list
+  default_norm: float
+  decay_on_top: float
+  sgd_lrs: list
+  sgd_decays: list
+
+  @classmethod
+  def from_config(cls, config: config_lib.ExperimentConfig) -> "Design":
+    arms = {a.name: a for a in config.arms}
+    fixnorm_arms = [a for a in config.arms if a.name.startswith("fixnorm_c")]
+    optims = {a.name: config.arm_optim(a) for a in config.arms}
+    lrs = lambda a: sorted(a.sweep.get("learning_rate", [optims[a.name].learning_rate]))
+    decay_optim = optims["fixnorm_decay"]
+    sgd = arms["sgd"]
+    return cls(
+        fixnorm_lrs=lrs(fixnorm_arms[0]),
+        classifier_norms=sorted(getattr(optims[a.name], CLASSIFIER_NORM_FIELD) for a in fixnorm_arms),
+        default_norm=getattr(decay_optim, CLASSIFIER_NORM_FIELD), decay_on_top=decay_optim.weight_decay,
+        sgd_lrs=lrs(sgd),
+        sgd_decays=sorted(sgd.sweep.get("weight_decay", [optims["sgd"].weight_decay])))
 
 
 def make_tx(optim: config_lib.OptimConfig, rates) -> optax.GradientTransformation:
@@ -115,6 +151,7 @@ class _Grid:
 
   def __init__(self, results, config):
     self.results = results
+    self.design = Design.from_config(config)
     self.labels = {}
     for group in make_groups(config):
       for m in group.members:
@@ -139,16 +176,17 @@ class _Grid:
 
 
 def _search(grid: _Grid):
+  d = grid.design
   evaluate_fix = lambda cfg: grid.tuning_score(grid.fixnorm_label(cfg["learning_rate"], cfg["classifier_norm"]))
-  decoupled = tuning.fixnorm_search(evaluate_fix, learning_rates=FIXNORM_LRS, classifier_norms=CLASSIFIER_NORMS,
-                                    default_classifier_norm=DEFAULT_NORM)
-  space = {"learning_rate": tuning.Choice(FIXNORM_LRS), "classifier_norm": tuning.Choice(CLASSIFIER_NORMS)}
+  decoupled = tuning.fixnorm_search(evaluate_fix, learning_rates=d.fixnorm_lrs, classifier_norms=d.classifier_norms,
+                                    default_classifier_norm=d.default_norm)
+  space = {"learning_rate": tuning.Choice(d.fixnorm_lrs), "classifier_norm": tuning.Choice(d.classifier_norms)}
   randoms = [tuning.random_search(evaluate_fix, space, num_trials=decoupled.num_trials, seed=s)
              for s in range(RANDOM_SEARCH_REPEATS)]
   sgd = tuning.grid_search(
       lambda cfg: grid.tuning_score(grid.label("sgd", learning_rate=cfg["learning_rate"],
                                                weight_decay=cfg["weight_decay"])),
-      [("learning_rate", SGD_LRS), ("weight_decay", SGD_DECAYS)])
+      [("learning_rate", d.sgd_lrs), ("weight_decay", d.sgd_decays)])
   return decoupled, randoms, sgd
 
 
@@ -185,6 +223,7 @@ def _non_inferiority_claim(id_: str, statement: str, measured: str, ci: report.I
 
 def analyze(results, config):
   grid = _Grid(results, config)
+  d = grid.design
   held = grid.heldout_seeds
   decoupled, randoms, sgd = _search(grid)
   lr_star, c_star = decoupled.best_config["learning_rate"], decoupled.best_config["classifier_norm"]
@@ -201,7 +240,7 @@ def analyze(results, config):
   random_acc = np.mean([grid.accuracy(grid.fixnorm_label(r.best_config["learning_rate"],
                                                          r.best_config["classifier_norm"]), held)
                         for r in randoms], axis=0)
-  oracle = max(((lr, c) for lr in FIXNORM_LRS for c in CLASSIFIER_NORMS),
+  oracle = max(((lr, c) for lr in d.fixnorm_lrs for c in d.classifier_norms),
                key=lambda p: grid.tuning_score(grid.fixnorm_label(*p)))
   claims.append(report.directional_claim(
       "F1b", "FixNorm's decoupled tuning (η, then c) does at least as well as random search with the same budget.",
@@ -209,23 +248,24 @@ def analyze(results, config):
       f"{decoupled.num_trials} trials from the same grid)",
       report.paired_ci(fix_acc, random_acc), min_effect=0.0, unit=" pt",
       notes=f"full-grid optimum on the tuning seeds: η={oracle[0]:g}, c={oracle[1]:g} "
-            f"({len(FIXNORM_LRS) * len(CLASSIFIER_NORMS)} trials); the decoupled search found "
+            f"({len(d.fixnorm_lrs) * len(d.classifier_norms)} trials); the decoupled search found "
             f"{'the same point' if oracle == (lr_star, c_star) else 'another point'}."))
 
-  curve = np.stack([grid.accuracy(grid.fixnorm_label(lr_star, c), held) for c in CLASSIFIER_NORMS], axis=1)
+  curve = np.stack([grid.accuracy(grid.fixnorm_label(lr_star, c), held) for c in d.classifier_norms], axis=1)
   means = curve.mean(axis=0)
   local_maxima = sum(1 for i in range(len(means)) if (i == 0 or means[i] > means[i - 1])
                      and (i == len(means) - 1 or means[i] > means[i + 1]))
-  peak = CLASSIFIER_NORMS.index(c_star)
-  shape = (f"held-out mean accuracy by c {dict(zip(CLASSIFIER_NORMS, np.round(means, 2)))} at η={lr_star:g}; "
+  peak = d.classifier_norms.index(c_star)
+  by_c = ", ".join(f"{c:g}: {m:.2f}" for c, m in zip(d.classifier_norms, means))
+  shape = (f"held-out mean accuracy by c {{{by_c}}} at η={lr_star:g}; "
            f"{local_maxima} local maxim{'um' if local_maxima == 1 else 'a'}; c*={c_star:g} chosen on tuning seeds")
   claims.append(report.directional_claim(
       "F2a", "Accuracy is unimodal in the classifier norm: too small a norm is worse than the peak.",
-      f"held-out acc(c*={c_star:g}) − acc(c={CLASSIFIER_NORMS[0]:g})",
+      f"held-out acc(c*={c_star:g}) − acc(c={d.classifier_norms[0]:g})",
       report.paired_ci(curve[:, peak], curve[:, 0]), min_effect=0.5, unit=" pt", notes=shape))
   claims.append(report.directional_claim(
       "F2b", "… and too large a norm is worse than the peak.",
-      f"held-out acc(c*={c_star:g}) − acc(c={CLASSIFIER_NORMS[-1]:g})",
+      f"held-out acc(c*={c_star:g}) − acc(c={d.classifier_norms[-1]:g})",
       report.paired_ci(curve[:, peak], curve[:, -1]), min_effect=0.5, unit=" pt"))
 
   tracked = results[fix_label]
@@ -237,18 +277,18 @@ def analyze(results, config):
       notes=f"mean Pearson r(log angle, log η_t/c²) = {np.nanmean(correlation):.3f}; η_t is the cosine schedule, "
             "c the layer's fixed norm; see fixnorm_angle_vs_prediction.png"))
 
-  plain = grid.accuracy(grid.fixnorm_label(lr_star, DEFAULT_NORM), held)
+  plain = grid.accuracy(grid.fixnorm_label(lr_star, d.default_norm), held)
   decayed = grid.accuracy(grid.label("fixnorm_decay", learning_rate=lr_star), held)
-  plain_angle = results[grid.fixnorm_label(lr_star, DEFAULT_NORM)].final("angle/scale_invariant")
+  plain_angle = results[grid.fixnorm_label(lr_star, d.default_norm)].final("angle/scale_invariant")
   decayed_angle = results[grid.label("fixnorm_decay", learning_rate=lr_star)].final("angle/scale_invariant")
   claims.append(report.equivalence_claim(
       "F3b", "With norms fixed, adding weight decay on top changes nothing.",
-      f"held-out acc: FixNorm + L2 λ={DECAY_ON_TOP:g} − FixNorm (η={lr_star:g}, c={DEFAULT_NORM:g})",
+      f"held-out acc: FixNorm + L2 λ={d.decay_on_top:g} − FixNorm (η={lr_star:g}, c={d.default_norm:g})",
       report.paired_ci(decayed, plain), margin=EQUIVALENCE, unit=" pt",
       notes=f"final angular update ratio (decay / none): {np.nanmean(decayed_angle / plain_angle):.3f}"))
 
   table_labels = [fix_label, sgd_label, grid.label("fixnorm_decay", learning_rate=lr_star)]
-  table_labels += [grid.fixnorm_label(lr_star, c) for c in CLASSIFIER_NORMS if grid.fixnorm_label(lr_star, c)
+  table_labels += [grid.fixnorm_label(lr_star, c) for c in d.classifier_norms if grid.fixnorm_label(lr_star, c)
                    not in table_labels]
   table = _common.arm_table(results, table_labels, extra={"norm/scale_invariant": "final ‖w_si‖",
                                                           "norm/classifier/kernel": "final ‖w_classifier‖",
@@ -293,14 +333,15 @@ def plots(results, config, outdir: str) -> list[str]:
   paths.append(path)
 
   fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  for lr in FIXNORM_LRS:
-    curve = np.stack([grid.accuracy(grid.fixnorm_label(lr, c), grid.heldout_seeds) for c in CLASSIFIER_NORMS], 1)
-    cis = [report.mean_ci(curve[:, j]) for j in range(len(CLASSIFIER_NORMS))]
+  d = grid.design
+  for lr in d.fixnorm_lrs:
+    curve = np.stack([grid.accuracy(grid.fixnorm_label(lr, c), grid.heldout_seeds) for c in d.classifier_norms], 1)
+    cis = [report.mean_ci(curve[:, j]) for j in range(len(d.classifier_norms))]
     mean = np.array([ci.mean for ci in cis])
     low = np.array([ci.low if np.isfinite(ci.low) else ci.mean for ci in cis])
     high = np.array([ci.high if np.isfinite(ci.high) else ci.mean for ci in cis])
-    line, = ax.plot(CLASSIFIER_NORMS, mean, "o-", label=f"η={lr:g}")
-    ax.fill_between(CLASSIFIER_NORMS, low, high, alpha=0.15, color=line.get_color())
+    line, = ax.plot(d.classifier_norms, mean, "o-", label=f"η={lr:g}")
+    ax.fill_between(d.classifier_norms, low, high, alpha=0.15, color=line.get_color())
   ax.set_xscale("log")
   ax.set_xlabel("classifier norm c")
   ax.set_ylabel("held-out-seed test accuracy % (95% CI)")
@@ -322,9 +363,9 @@ STUDY = Study(
         "BatchNorm MLP without affine BN parameters on MNIST-1D with 20% label noise (as `decay_placement`), "
         "cosine learning rate, momentum 0.9. FixNorm (`wd_optax.fixnorm`) holds every hidden kernel at its "
         "initial norm and the classifier kernel at norm c, with no decay; the classifier bias is free. "
-        f"Grids: FixNorm η ∈ {FIXNORM_LRS} × c ∈ {CLASSIFIER_NORMS} (default c = {DEFAULT_NORM:g}); "
-        f"SGD+coupled L2 η ∈ {SGD_LRS} × λ ∈ {SGD_DECAYS}; FixNorm + L2 λ = {DECAY_ON_TOP:g} on the kernels at "
-        f"c = {DEFAULT_NORM:g}. Hyperparameters are picked on the first quarter of the seeds (at least one) and "
+        "Grids (see the arms below): FixNorm η × c (a default c anchors the first tuning stage), SGD+coupled L2 "
+        "η × λ, and FixNorm + L2 λ on the kernels at the default c. Hyperparameters are picked on the first "
+        "quarter of the seeds (at least one) and "
         "every claim is measured on the remaining, held-out seeds. The tuners (`wd_optax.tuning`) run on the "
         "trained grid as a lookup: decoupled FixNorm search (η at the default c, then c), random search over the "
         "same grid with the same number of trials, and the full SGD grid. The classifier norm travels in the "
