@@ -57,10 +57,11 @@ GRIDS = {
     # quick: 600 steps of a 128-wide MLP, 3 seeds (kept under the harness's 60k member-step budget).
     True: dict(fixnorm_lrs=[0.05, 0.2, 0.8], classifier_norms=[0.5, 1.5, 4.5, 13.5], default_norm=1.5,
                sgd_lrs=[0.03, 0.1, 0.3], sgd_decays=[5e-4, 5e-3, 5e-2], decay_on_top=5e-3),
-    # full: 6000 steps of a 256-wide MLP, 10 seeds. A first full run on the narrower grid peaked at its edges
-    # (c = 13.5, η_SGD = 0.3, λ = 5e-4), so this grid extends past them.
+    # full: 6000 steps of a 256-wide MLP, 10 seeds. A first full run on the quick grid peaked at its edges
+    # (c = 13.5, η_SGD = 0.3, λ = 5e-4) and a second at the SGD grid's corner (η = 1, λ = 5e-2), so this grid
+    # extends past both; the SGD baseline gets the larger budget (25 trials against FixNorm's 8).
     False: dict(fixnorm_lrs=[0.05, 0.2, 0.8, 3.2], classifier_norms=[1.5, 4.5, 13.5, 40.5, 121.5],
-                default_norm=13.5, sgd_lrs=[0.03, 0.1, 0.3, 1.0], sgd_decays=[5e-5, 5e-4, 5e-3, 5e-2],
+                default_norm=13.5, sgd_lrs=[0.03, 0.1, 0.3, 1.0, 3.0], sgd_decays=[5e-5, 5e-4, 5e-3, 5e-2, 5e-1],
                 decay_on_top=5e-3),
 }
 RANDOM_SEARCH_REPEATS = 500
