@@ -13,7 +13,7 @@ from experiments.train.metrics import ArmResult
 
 SEEDS = 8
 QUICK = study.GRIDS[True]
-STEPS = np.arange(50, 650, 50)
+STEPS = np.arange(50, 550, 50)
 
 
 def _world(accuracy, *, decay_shift=0.0, angle_power=1.0, seed=0):
@@ -22,7 +22,7 @@ def _world(accuracy, *, decay_shift=0.0, angle_power=1.0, seed=0):
   rng = np.random.default_rng(seed)
   config = study.make_config(True)
   config.seeds = SEEDS
-  lr_shape = 0.5 * (1 + np.cos(np.pi * STEPS / 600.0)) + 1e-4
+  lr_shape = 0.5 * (1 + np.cos(np.pi * STEPS / 500.0)) + 1e-4
   results = {}
   for group in make_groups(config):
     for label in dict.fromkeys(m.label for m in group.members):
