@@ -92,6 +92,10 @@ def _headline(result: dict | None) -> str:
   return "; ".join(parts) if parts else "see below"
 
 
+def _loads(values: list | None) -> str | None:
+  return None if not values else ", ".join(f"{v:.2f}" for v in values)
+
+
 def render(results_path: pathlib.Path, out: pathlib.Path) -> str:
   """Writes ``out/benchmarks.md``; returns its markdown."""
   out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +130,7 @@ def _from_summary(summary: dict, path: pathlib.Path) -> str:
   for label, value in [
       ("platform", machine.get("platform")), ("processor", machine.get("processor") or machine.get("machine")),
       ("CPU count", machine.get("cpu_count")),
-      ("load average at start (1, 5, 15 min)", machine.get("load_average_at_start")),
+      ("load average at start (1, 5, 15 min)", _loads(machine.get("load_average_at_start"))),
       ("Python", machine.get("python")), ("jax", machine.get("jax")), ("jax backend", machine.get("backend")),
       ("jax devices", f"{len(devices)} × {device_text}" if devices else "—"), ("git commit", commit),
       ("total wall time", f"{summary['total_wall_s']:.0f} s" if "total_wall_s" in summary else None)]:
@@ -135,7 +139,7 @@ def _from_summary(summary: dict, path: pathlib.Path) -> str:
   benchmarks = summary.get("benchmarks", {})
   for name, entry in benchmarks.items():
     status = "ok" if entry.get("ok") else f"**failed** ({entry.get('error', 'unknown')})"
-    lines.append(f"| [`{name}`](#bench-{name}) | {status} | {entry.get('wall_s', 0):.0f} s | "
+    lines.append(f"| {{ref}}`{name} <bench-{name}>` | {status} | {entry.get('wall_s', 0):.0f} s | "
                  f"{_cell(_headline(entry.get('result')))} |")
   for name, entry in benchmarks.items():
     lines += ["", f"(bench-{name})=", f"## `{name}`", "", f"Command: `{entry.get('command', '')}`", ""]
