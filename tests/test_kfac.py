@@ -453,3 +453,20 @@ def test_least_squares_converges_in_a_handful_of_steps_where_sgd_does_not():
   _, last_sgd = run(wd_optax.sgd(1.0 / largest, momentum=None), 5, False)
   assert last_kfac < 1e-4 * first
   assert last_sgd > 1e-2 * first
+
+
+@pytest.mark.parametrize("options", [dict(kernel_dilation=2), dict(padding=((1, 0), (2, 1)), strides=(1, 2)),
+                                     dict(input_dilation=2, padding=((1, 1), (0, 1)))])
+def test_conv_patches_reproduce_the_convolution_for_other_geometries(options):
+  """patches @ kernel + bias equals the layer's own (XLA) convolution: same padding, order and strides."""
+  conv = kfac.Conv(2, 3, kernel_size=(3, 2), rngs=nnx.Rngs(0), **options)
+  x = jax.random.normal(jax.random.key(0), (2, 6, 5, 2))
+
+  @jax.jit
+  def both(x):
+    patches = conv._patches(x)
+    kernel = conv.kernel[...].reshape(-1, 3)
+    return patches @ kernel + conv.bias[...], conv(x)
+
+  from_patches, direct = both(x)
+  np.testing.assert_allclose(from_patches, direct, rtol=1e-5, atol=1e-5)

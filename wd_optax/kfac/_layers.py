@@ -9,6 +9,7 @@ flax parents: nothing is recorded and no variable is added to the module.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any, Sequence
 
@@ -105,8 +106,8 @@ class Conv(nnx.Conv):
   r"""``nnx.Conv`` registered for K-FAC with the KFC approximation (Grosse & Martens, 2016).
 
   Same constructor and call as :class:`flax.nnx.Conv`, restricted to ``feature_group_count=1``, no
-  ``mask`` and the paddings ``"SAME"``, ``"VALID"`` or explicit pads. The input patches
-  (``lax.conv_general_dilated_patches``) are the activations and each of the :math:`T` output locations
+  ``mask`` and the paddings ``"SAME"``, ``"VALID"`` or explicit pads. The input patches (strided slices
+  of the padded input) are the activations and each of the :math:`T` output locations
   is an extra sample:
 
   .. math::
@@ -152,28 +153,49 @@ class Conv(nnx.Conv):
       return (value,) * len(self.kernel_size)
     return tuple(value)
 
-  def _input_stats(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def _patches(self, inputs: jax.Array) -> jax.Array:
+    """``(N, *out_spatial, prod(kernel_size) * in_features)`` patches in the kernel's flattening order.
+
+    Strided slices of the padded input, one per kernel offset: on CPU about 3x faster than
+    ``lax.conv_general_dilated_patches`` (which also orders the features channel-major). That function
+    remains the path for ``input_dilation != 1``.
+    """
     kernel_size = tuple(self.kernel_size)
     spatial = len(kernel_size)
+    strides = self._broadcast(self.strides)
+    kernel_dilation = self._broadcast(self.kernel_dilation)
+    input_dilation = self._broadcast(self.input_dilation)
+    padding = nnx_linear.canonicalize_padding(self.padding, spatial)
+    dilated = tuple((k - 1) * d + 1 for k, d in zip(kernel_size, kernel_dilation))
+    if isinstance(padding, str):
+      # As lax.conv_general_dilated resolves it: on the dilated input, for the dilated kernel.
+      dilated_input = [(n - 1) * d + 1 for n, d in zip(inputs.shape[1:-1], input_dilation)]
+      padding = jax.lax.padtype_to_pads(dilated_input, dilated, strides, padding)
+    if any(d != 1 for d in input_dilation):
+      patches = jax.lax.conv_general_dilated_patches(
+          inputs, kernel_size, strides, padding, lhs_dilation=input_dilation,
+          rhs_dilation=kernel_dilation, dimension_numbers=nnx_linear._conv_dimension_numbers(inputs.shape),
+          precision=jax.lax.Precision.HIGHEST)
+      window = math.prod(kernel_size)
+      order = jnp.arange(self.in_features * window).reshape(self.in_features, window).T.reshape(-1)
+      return patches[..., order]
+    padded = jnp.pad(inputs, [(0, 0), *[tuple(p) for p in padding], (0, 0)])
+    out_shape = [(padded.shape[1 + i] - dilated[i]) // strides[i] + 1 for i in range(spatial)]
+    columns = []
+    for offset in itertools.product(*[range(k) for k in kernel_size]):
+      start = [0] + [o * d for o, d in zip(offset, kernel_dilation)] + [0]
+      limit = ([padded.shape[0]] + [s + (n - 1) * st + 1 for s, n, st in zip(start[1:], out_shape, strides)]
+               + [padded.shape[-1]])
+      columns.append(jax.lax.slice(padded, start, limit, (1, *strides, 1)))
+    return jnp.concatenate(columns, axis=-1)
+
+  def _input_stats(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    spatial = len(self.kernel_size)
     inputs = inputs.reshape((-1,) + inputs.shape[inputs.ndim - spatial - 1:])
-    dimension_numbers = nnx_linear._conv_dimension_numbers(inputs.shape)
-    patches = jax.lax.conv_general_dilated_patches(
-        inputs, kernel_size, self._broadcast(self.strides),
-        nnx_linear.canonicalize_padding(self.padding, spatial),
-        lhs_dilation=self._broadcast(self.input_dilation),
-        rhs_dilation=self._broadcast(self.kernel_dilation),
-        dimension_numbers=dimension_numbers,
-        precision=jax.lax.Precision.HIGHEST)
+    patches = self._patches(inputs)
     locations = math.prod(patches.shape[1:-1])
-    stats = _second_moment(patches.reshape(-1, patches.shape[-1]), False)
-    # The patches are ordered (in_features, *kernel_size); the kernel flattens as (*kernel_size, in).
-    window = math.prod(kernel_size)
-    order = jnp.arange(self.in_features * window).reshape(self.in_features, window).T.reshape(-1)
-    stats = stats[order][:, order]
-    if self.use_bias:
-      rows = patches.reshape(-1, patches.shape[-1]).astype(stats.dtype)
-      mean = jnp.mean(rows, axis=0)[order]
-      stats = jnp.block([[stats, mean[:, None]], [mean[None, :], jnp.ones((1, 1), stats.dtype)]])
+    rows = patches.reshape(-1, patches.shape[-1])
+    stats = _second_moment(rows, self.use_bias)
     return stats, jnp.asarray(locations, stats.dtype)
 
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
