@@ -4,9 +4,9 @@ The model is split once (``nnx.split``) into a graph definition and pure dicts o
 (batch statistics); every jitted function below takes and returns only arrays and merges the model inside
 the trace. One member's step is
 
-  1. draw its batch on device: the permutation of epoch ``t // (N // B)`` from the member's data key,
-     slice ``t mod (N // B)`` of it (so the data order is a function of (key, t) and a restarted run sees
-     the same batches);
+  1. draw its batch on device: the permutation of epoch ``t // (N // B)`` from the member's data key
+     (drawn once per epoch), slice ``t mod (N // B)`` of it (so the data order is a function of (key, t) and
+     a restarted run sees the same batches);
   2. η_t, λ_t from the member's hyperparameters (:func:`experiments.train.optim.rates_at`);
   3. loss and gradient through ``grad_fn`` (default: ``jax.value_and_grad`` of the cross-entropy);
   4. ``tx = make_tx(optim, rates)``; ``tx.update(grads, opt_state, params, **extra)``.
@@ -61,12 +61,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, smoothing: float = 0.0) 
   return optax.softmax_cross_entropy(logits, targets).mean()
 
 
-def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
-  """Indices of the batch at ``step``: epoch-wise shuffling without replacement, last partial batch dropped."""
-  per_epoch = num_examples // batch_size
-  epoch = step // per_epoch
-  position = step % per_epoch
-  order = jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+def epoch_order(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """The example order of the epoch containing ``step``: a permutation drawn from ``fold_in(key, epoch)``."""
+  epoch = step // (num_examples // batch_size)
+  return jax.random.permutation(jax.random.fold_in(key, epoch), num_examples)
+
+
+def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int,
+                  order: jax.Array | None = None) -> jax.Array:
+  """Indices of the batch at ``step``: epoch-wise shuffling without replacement, last partial batch dropped.
+
+  ``order`` is the epoch's permutation if the caller already has it (the scan keeps it between steps and
+  redraws it once per epoch, not once per step: a sort of the whole training set each step would cost
+  more than the step of a small network).
+  """
+  if order is None:
+    order = epoch_order(key, step, num_examples, batch_size)
+  position = step % (num_examples // batch_size)
   return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
@@ -113,10 +124,13 @@ class StepSpec:
 
 
 def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
-                *, diagnose: bool = False) -> tuple[dict, dict]:
-  """One optimizer step of one member. Returns the new state and this step's metrics."""
+                *, diagnose: bool = False, order: jax.Array | None = None) -> tuple[dict, dict]:
+  """One optimizer step of one member. Returns the new state and this step's metrics.
+
+  ``order``: the current epoch's example order (:func:`epoch_order`), computed here when not given.
+  """
   step = state["step"]
-  idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size)
+  idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size, order)
   x, y = x_all[idx], y_all[idx]
   if spec.data_sharding is not None:
     x = jax.lax.with_sharding_constraint(x, spec.data_sharding)
@@ -172,14 +186,28 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
   once (the scan body); the parameters before the last step ride along in the carry so the angular update
   of that step can be measured after the scan.
   """
-  step_all = jax.vmap(lambda s, h: member_step(spec, s, h, x_all, y_all, diagnose=False))
+  step_all = jax.vmap(lambda s, h, o: member_step(spec, s, h, x_all, y_all, order=o))
+  if jax.tree.leaves(state)[0].shape[0] == 1:
+    # A population of one runs unbatched: size-1 batch dimensions can cost XLA:CPU a better matmul layout.
+    squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
+    expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
+    step_all = lambda s, h, o: expand(member_step(spec, squeeze(s), squeeze(h), x_all, y_all, order=o[0]))
+  # Members of a population always share the step count, so the epoch boundary is one scalar predicate
+  # and the permutations are redrawn under a real conditional once per epoch.
+  orders_at = jax.vmap(lambda k, t: epoch_order(k, t, spec.num_examples, spec.batch_size))
+  per_epoch = spec.num_examples // spec.batch_size
 
   def body(carry, _):
-    current, _ = carry
-    new, metrics = step_all(current, hp)
-    return (new, current["params"]), metrics
+    current, _, orders = carry
+    step = current["step"][0]
+    orders = jax.lax.cond(step % per_epoch == 0, lambda: orders_at(current["key"], current["step"]),
+                          lambda: orders)
+    new, metrics = step_all(current, hp, orders)
+    return (new, current["params"], orders), metrics
 
-  (state, before_last), history = jax.lax.scan(body, (state, state["params"]), None, length=num_steps)
+  orders = orders_at(state["key"], state["step"])
+  (state, before_last, _), history = jax.lax.scan(body, (state, state["params"], orders), None,
+                                                  length=num_steps)
 
   def diagnose_member(s, h, old_params):
     previous = dict(s, step=s["step"] - 1, params=old_params)
