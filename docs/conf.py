@@ -54,6 +54,13 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_preserve_defaults = True
+# Keep optax's aliases by name: expanded, ScalarOrSchedule is a union of a dozen array types.
+autodoc_type_aliases = {
+    name: name for name in (
+        "optax.ScalarOrSchedule", "optax.Schedule", "optax.GradientTransformation",
+        "optax.GradientTransformationExtraArgs", "optax.Params", "optax.Updates", "PyTree", "Mask",
+        "Target", "_tree.MaskOrFn", "Config", "Evaluate")
+}
 autodoc_default_options = {"members": True, "show-inheritance": False}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
