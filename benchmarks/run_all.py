@@ -116,13 +116,18 @@ def machine_info() -> dict:
   return info
 
 
-def run_one(script: pathlib.Path, extra_args: list[str], timeout: float) -> dict:
-  command = [sys.executable, str(script.relative_to(ROOT)), *extra_args]
+def run_one(script: pathlib.Path, extra_args: list[str], timeout: float, cwd: pathlib.Path = ROOT) -> dict:
+  """Runs one benchmark script in a subprocess (from ``cwd``) and collects the JSON object it prints."""
+  try:
+    shown = str(script.resolve().relative_to(cwd.resolve()))
+  except ValueError:
+    shown = str(script)
+  command = [sys.executable, shown, *extra_args]
   env = dict(os.environ)
   env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
   start = time.perf_counter()
   try:
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     returncode, stdout, stderr = result.returncode, result.stdout, result.stderr
   except subprocess.TimeoutExpired as error:
     returncode = None

@@ -75,12 +75,10 @@ def render(workdir: pathlib.Path, out: pathlib.Path) -> str:
 
 
 def _from_report(report: pathlib.Path, workdir: pathlib.Path, images_dir: pathlib.Path) -> str:
-  body = report.read_text()
-  lines = body.splitlines()
+  lines = report.read_text().splitlines()
+  title = lines[0] if lines and lines[0].startswith("# ") else ""
   # The report's own "# title" is replaced by this page's title; its "##" sections stay below it.
-  if lines and lines[0].startswith("# "):
-    lines = lines[1:]
-  body = "\n".join(lines)
+  body = "\n".join(lines[1:] if title else lines)
 
   def copy_image(match: re.Match) -> str:
     alt, target = match.group(1), match.group(2)
@@ -94,15 +92,28 @@ def _from_report(report: pathlib.Path, workdir: pathlib.Path, images_dir: pathli
 
   body = IMAGE.sub(copy_image, body)
   made = datetime.datetime.fromtimestamp(report.stat().st_mtime, tz=datetime.timezone.utc)
-  quick = "--quick" in body.split("\n\n", 2)[0] or "reproduce --quick" in body
-  command = COMMAND if quick and workdir.resolve() == DEFAULT_WORKDIR.resolve() else (
-      f"python -m experiments reproduce{' --quick' if quick else ''} --workdir {_relative(workdir)}")
   provenance = (
       f"\n```{{admonition}} Provenance\n"
       f"Generated from `{_relative(report)}`, written {made:%Y-%m-%d %H:%M} UTC by\n\n"
-      f"    {command}\n\n"
-      f"Rerun that command and rebuild the docs (`bash scripts/build_docs.sh`) to refresh this page.\n```\n")
+      f"    {command_for(title, body, workdir)}\n\n"
+      f"plus the `--seeds` / `--set` options recorded in each study's `config.json`. Rerun it and rebuild the\n"
+      f"docs (`bash scripts/build_docs.sh`) to refresh this page.\n```\n")
   return HEADER + provenance + "\n" + body.strip() + "\n"
+
+
+def command_for(title: str, body: str, workdir: pathlib.Path) -> str:
+  """The command that writes a report like this one in ``workdir``.
+
+  ``reproduce`` reports say "Produced by `python -m experiments reproduce[ --quick]`"; single-study
+  reports are titled "Study `<name>`" and say "Mode: quick" or "Mode: full" in their settings.
+  """
+  quick = "reproduce --quick" in body or "Mode: quick" in body
+  study = re.match(r"# Study `([^`]+)`", title)
+  if study:
+    return f"python -m experiments {study.group(1)}{' --quick' if quick else ''} --workdir {_relative(workdir)}"
+  if quick and workdir.resolve() == DEFAULT_WORKDIR.resolve():
+    return COMMAND
+  return f"python -m experiments reproduce{' --quick' if quick else ''} --workdir {_relative(workdir)}"
 
 
 def main(argv: list[str] | None = None) -> int:
