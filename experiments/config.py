@@ -67,9 +67,10 @@ class OptimConfig:
       with the three switches below, optionally followed by decoupled decay).
     learning_rate: peak η.
     lr_schedule: ``constant`` | ``cosine`` (to 0 at the last step).
-    lr_norm_sq: multiply η_t by ‖w_t‖²/‖w_0‖², the squared norm of the scale-invariant weights relative to
+    lr_norm_sq: scale the step of each scale-invariant layer by ‖w_t‖²/‖w_0‖², its squared norm relative to
       its initial value, recomputed every step (Zhang et al. Z2: an lr schedule η_t ∝ ‖w_t‖² in place of
-      decay keeps the effective learning rate η_t/‖w_t‖² on the path of the base schedule).
+      decay keeps each layer's effective learning rate η_t/‖w_t‖² on the path of the base schedule); the
+      other parameters keep the base schedule.
     warmup_steps: linear warm-up length (``constant``/``cosine`` only).
     momentum: heavy-ball μ (SGD).
     nesterov: Nesterov momentum (SGD).
@@ -130,6 +131,9 @@ class TrainConfig:
     eval_batch_size: test examples per evaluation batch.
     num_devices: data-parallel devices (0: all visible).
     label_smoothing: cross-entropy label smoothing.
+    on_nan: ``stop`` (raise, naming the step; the last good checkpoint stays) or ``continue`` (for sweeps whose
+      extreme settings may diverge: the diverged member is marked with ``diverged_at`` in its records and
+      trained on; its NaN weights cannot affect the other members).
   """
   steps: int = 500
   batch_size: int = 128
@@ -139,6 +143,7 @@ class TrainConfig:
   eval_batch_size: int = 1000
   num_devices: int = 1
   label_smoothing: float = 0.0
+  on_nan: str = "stop"
 
 
 @dataclasses.dataclass
@@ -291,6 +296,8 @@ def validate(config: ExperimentConfig) -> None:
   if t.checkpoint_every < 0 or (t.checkpoint_every and t.checkpoint_every % t.log_every):
     raise ValueError(f"train.checkpoint_every ({t.checkpoint_every}) must be 0 or a multiple of "
                      f"train.log_every ({t.log_every}).")
+  if t.on_nan not in ("stop", "continue"):
+    raise ValueError(f"train.on_nan must be 'stop' or 'continue', got {t.on_nan!r}.")
   if config.seeds <= 0:
     raise ValueError(f"seeds must be > 0, got {config.seeds}.")
   if not config.arms:

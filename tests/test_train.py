@@ -193,11 +193,37 @@ def test_decay_gate_equals_wd_optax_window(start, end):
   np.testing.assert_array_equal(np.asarray(gate), np.asarray(jax.vmap(window)(steps)))
 
 
-def test_norm_sq_schedule_scales_lr_by_squared_norm_ratio():
-  optim = config_lib.OptimConfig(learning_rate=0.1, lr_schedule="norm_sq")
+def test_lr_norm_sq_scales_each_scale_invariant_step_by_its_squared_norm_ratio():
+  """Z2's η_t ∝ ‖w_t‖²: plain SGD, the hidden kernel's step is scaled by ‖W_t‖²/‖W_0‖², the classifier's is not."""
+  from experiments.train import step as step_lib
+
+  def apply(params, model_state, x, train):
+    h = x @ params["hidden"]
+    h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+    return jax.nn.relu(h) @ params["classifier"], model_state
+
+  optim = config_lib.OptimConfig(name="sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0, lr_norm_sq=True)
+  spec = step_lib.StepSpec(apply=apply, optim=optim, total_steps=10, batch_size=8, num_examples=8,
+                           scale_invariant=frozenset({"hidden"}), measured=frozenset({"hidden", "classifier"}))
+  rng = np.random.default_rng(0)
+  w0 = {"hidden": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32),
+        "classifier": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32)}
+  params = {"hidden": 2.0 * w0["hidden"], "classifier": w0["classifier"]}   # ‖W_t‖² = 4 ‖W_0‖²
+  x, y = jnp.asarray(rng.standard_normal((8, 4)), jnp.float32), jnp.asarray(rng.integers(0, 2, 8), jnp.int32)
   hp = {k: jnp.float32(getattr(optim, k)) for k in config_lib.TRACED_FIELDS}
-  rates = optim_lib.rates_at(optim, hp, jnp.int32(7), 100, lr_scale=jnp.float32(2.5))
-  np.testing.assert_allclose(float(rates["learning_rate"]), 0.25, rtol=1e-6)
+  state = {"step": jnp.int32(0), "params": params, "model_state": {}, "key": jax.random.PRNGKey(0),
+           "opt_state": spec.init_opt_state(params, hp), "init_sq_norm": spec.si_sq_norms(w0)}
+  new, metrics = step_lib.member_step(spec, state, hp, x, y, diagnose=True)
+
+  order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(0), 0), 8))
+  grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, {}, x[order], True)[0],
+                                                                              y[order]).mean())(params)
+  np.testing.assert_allclose(new["params"]["hidden"], params["hidden"] - 0.1 * 4.0 * grads["hidden"], rtol=1e-5)
+  np.testing.assert_allclose(new["params"]["classifier"], params["classifier"] - 0.1 * grads["classifier"],
+                             rtol=1e-5)
+  # The logged effective learning rate uses the layer's own step size, 0.1·4, over the new ‖W‖².
+  np.testing.assert_allclose(metrics["eff_lr/hidden"], 0.4 / float(jnp.sum(new["params"]["hidden"] ** 2)),
+                             rtol=1e-5)
 
 
 def test_bad_batch_size_names_the_setting(dataset):

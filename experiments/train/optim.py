@@ -73,10 +73,9 @@ def lr_multiplier(optim: OptimConfig, step: jax.Array, total_steps: int) -> jax.
   return shape
 
 
-def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int,
-             lr_scale: jax.Array | float = 1.0) -> dict[str, jax.Array]:
-  """η_t and λ_t of one member at ``step``; ``lr_scale`` multiplies η_t (the ‖w_t‖²/‖w_0‖² of ``lr_norm_sq``)."""
-  lr = hp["learning_rate"] * lr_multiplier(optim, step, total_steps) * lr_scale
+def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int) -> dict[str, jax.Array]:
+  """η_t and λ_t of one member at ``step`` (``lr_norm_sq``'s per-layer factor is applied by the step)."""
+  lr = hp["learning_rate"] * lr_multiplier(optim, step, total_steps)
   gate = decay_gate(step, hp["decay_start"], hp["decay_end"], total_steps)
   return {
       "learning_rate": lr,

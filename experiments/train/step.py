@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from experiments.config import OptimConfig
 from experiments.train import optim as optim_lib
+from wd_optax import _tree
 from wd_optax import diagnostics
 
 PyTree = Any
@@ -109,14 +110,25 @@ class StepSpec:
   label_smoothing: float = 0.0
   data_sharding: NamedSharding | None = None
 
-  def lr_scale(self, state) -> jax.Array:
+  def si_paths(self) -> list[str]:
+    return sorted(self.scale_invariant)
+
+  def si_sq_norms(self, params) -> jax.Array:
+    """‖w_l‖² of each scale-invariant leaf, in :meth:`si_paths` order (shape ``(layers,)``)."""
+    chosen = select(params, self.scale_invariant)
+    if not chosen:
+      return jnp.zeros([0], jnp.float32)
+    return jnp.stack([sq_norm(chosen[p]) for p in self.si_paths()])
+
+  def lr_factors(self, state) -> dict[str, jax.Array]:
+    """Per scale-invariant leaf, the factor on its step: ‖w_l,t‖²/‖w_l,0‖² with ``lr_norm_sq``, else none."""
     if not self.optim.lr_norm_sq:
-      return jnp.ones([], jnp.float32)
-    current = sq_norm(select(state["params"], self.scale_invariant))
-    return current / state["init_sq_norm"]
+      return {}
+    ratios = self.si_sq_norms(state["params"]) / state["init_sq_norm"]
+    return dict(zip(self.si_paths(), ratios))
 
   def rates(self, state, hp) -> dict[str, jax.Array]:
-    return optim_lib.rates_at(self.optim, hp, state["step"], self.total_steps, self.lr_scale(state))
+    return optim_lib.rates_at(self.optim, hp, state["step"], self.total_steps)
 
   def init_opt_state(self, params: PyTree, hp) -> PyTree:
     rates = optim_lib.rates_at(self.optim, hp, jnp.zeros([], jnp.int32), self.total_steps)
@@ -147,6 +159,11 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: 
   result = spec.grad_fn(loss_fn, state["params"], (x, y), step_key)
   tx = spec.make_tx(spec.optim, rates)
   updates, opt_state = tx.update(result.grads, state["opt_state"], state["params"], **result.extra)
+  factors = spec.lr_factors(state)
+  if factors:
+    # Zhang et al. Z2: η_t ∝ ‖w_t‖² per scale-invariant layer, i.e. its step scaled by ‖w_t‖²/‖w_0‖²;
+    # the other parameters (classifier) keep the base schedule.
+    updates = _tree.map_with_path(lambda path, u: u * factors[path] if path in factors else u, updates)
   params = optax.apply_updates(state["params"], updates)
   new_state = dict(state, step=step + 1, params=params, model_state=result.model_state, opt_state=opt_state)
   metrics = {
@@ -154,11 +171,12 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: 
       "accuracy": jnp.mean(jnp.argmax(result.logits, -1) == y),
   }
   if diagnose:
-    metrics.update(diagnose_step(spec, state["params"], params, rates))
+    metrics.update(diagnose_step(spec, state["params"], params, rates, spec.lr_factors(state)))
   return new_state, metrics
 
 
-def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates: dict) -> dict:
+def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates: dict,
+                  lr_factors: dict | None = None) -> dict:
   """Per-layer ‖w‖, η_eff and angular update of one step (Zhang et al. 2019 §4.1, via wd_optax.diagnostics)."""
   old = select(old_params, spec.measured | spec.scale_invariant)
   new = select(new_params, spec.measured | spec.scale_invariant)
@@ -167,8 +185,10 @@ def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates:
   optimizer = "adam" if spec.optim.name.startswith("adam") else "sgd"
   out = {"lr": rates["learning_rate"], "weight_decay": rates["weight_decay"]}
   out.update(diagnostics.flatten_by_path(diagnostics.weight_norms(new), prefix="norm"))
-  out.update(diagnostics.flatten_by_path(
-      diagnostics.effective_learning_rate(rates["learning_rate"], si_new, optimizer=optimizer), prefix="eff_lr"))
+  lr_factors = lr_factors or {}
+  for path, w in si_new.items():  # η_eff = η_l/‖w‖² with the leaf's own step size η_l
+    lr = rates["learning_rate"] * lr_factors.get(path, 1.0)
+    out[f"eff_lr/{path}"] = diagnostics.effective_learning_rate(lr, {"w": w}, optimizer=optimizer)["w"]
   out.update(diagnostics.flatten_by_path(diagnostics.angular_update(si_old, si_new), prefix="angle"))
   if spec.scale_invariant:
     out["norm/scale_invariant"] = jnp.sqrt(sq_norm(si_new))
@@ -211,7 +231,7 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
 
   def diagnose_member(s, h, old_params):
     previous = dict(s, step=s["step"] - 1, params=old_params)
-    return diagnose_step(spec, old_params, s["params"], spec.rates(previous, h))
+    return diagnose_step(spec, old_params, s["params"], spec.rates(previous, h), spec.lr_factors(previous))
 
   out = jax.vmap(diagnose_member)(state, hp, before_last)
   for key in ("loss", "accuracy"):

@@ -180,7 +180,7 @@ class Program:
 
     @jax.jit
     def init_rest(params, model_state, hp, seeds):
-      init_sq = jax.vmap(lambda p: step_lib.sq_norm(step_lib.select(p, self.scale_invariant)))(params)
+      init_sq = jax.vmap(self.spec.si_sq_norms)(params)
       return {
           "step": jnp.zeros(seeds.shape, jnp.int32), "params": params, "model_state": model_state,
           "opt_state": jax.vmap(self.spec.init_opt_state)(params, hp),
@@ -214,6 +214,7 @@ class Program:
     state = self._init_rest(params, model_state, hp, seeds)
     self.state = sharding_lib.replicate(state, self.mesh)
     self.hp = sharding_lib.replicate(hp, self.mesh)
+    self.diverged: dict[int, int] = {}
 
   @property
   def step(self) -> int:
@@ -272,7 +273,15 @@ class Program:
         num = min(t.log_every - start % t.log_every, end - start)
         metrics = jax.device_get(self.run_chunk(num))
         bad = ~np.isfinite(metrics["loss"])
-        if bad.any():
+        if bad.any() and t.on_nan == "continue":
+          for member, offset in np.argwhere(bad):
+            if int(member) not in self.diverged:
+              self.diverged[int(member)] = start + int(offset)
+              if log is not None:
+                m = self.group.members[int(member)]
+                log(f"[{self.group.name}] {m.label} seed {m.seed} diverged at step {start + int(offset)}; "
+                    "continuing the others (train.on_nan=continue)")
+        elif bad.any():
           member, offset = map(int, np.argwhere(bad)[0])
           m = self.group.members[member]
           kept = ckpt.latest_step() if ckpt is not None else None
@@ -306,7 +315,7 @@ class Program:
     out = []
     for i, m in enumerate(self.group.members):
       record = {"group": self.group.name, "arm": m.arm, "label": m.label, "seed": m.seed, "step": step,
-                "swept": m.swept,
+                "swept": m.swept, "diverged_at": self.diverged.get(i),
                 "train_loss": float(np.mean(metrics["loss"][i])),
                 "train_accuracy": float(np.mean(metrics["accuracy"][i]))}
       for key, value in metrics.items():
