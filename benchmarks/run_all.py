@@ -1,10 +1,10 @@
 """Runs every benchmark script and writes one JSON summary with the machine it ran on.
 
-A benchmark is a ``benchmarks/<name>.py`` whose module docstring has a line
-``Usage: python benchmarks/<name>.py ...`` and that prints one JSON object (the project's convention).
-Files starting with ``_`` (scratch) and helpers without such a line (e.g. ``kfac_models.py``, the
-``kfac_jax_worker.py`` that ``kfac_speed.py`` launches) are not run; they are listed under ``skipped``
-with the reason, so nothing disappears silently.
+A benchmark is a ``benchmarks/<name>.py`` whose module docstring has a line starting with
+``python benchmarks/<name>.py`` (optionally after ``Usage:``), i.e. says how to run it by hand, and that
+prints one JSON object (the project's convention). Files starting with ``_`` (scratch) and helpers without
+such a line (e.g. ``kfac_models.py``, the ``kfac_jax_worker.py`` that ``kfac_speed.py`` launches) are not
+run; they are listed under ``skipped`` with the reason, so nothing disappears silently.
 
 Each benchmark runs in its own subprocess (its own jax runtime, no cross-talk through compilation
 caches or device memory), one after another, with a time limit. The summary,
@@ -43,9 +43,9 @@ def discover(directory: pathlib.Path = HERE) -> tuple[list[pathlib.Path], dict[s
     if path.name.startswith("_"):
       skipped[path.name] = "private/scratch file (name starts with '_')"
       continue
-    usage = re.compile(rf"^\s*Usage:\s*python\s+benchmarks/{re.escape(path.name)}\b", re.M)
+    usage = re.compile(rf"^\s*(Usage:\s*)?python\s+benchmarks/{re.escape(path.name)}\b", re.M)
     if not usage.search(_docstring(path)):
-      skipped[path.name] = f"helper: its docstring has no 'Usage: python benchmarks/{path.name}' line"
+      skipped[path.name] = f"helper: its docstring has no 'python benchmarks/{path.name}' usage line"
       continue
     scripts.append(path)
   return scripts, skipped

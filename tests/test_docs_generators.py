@@ -106,11 +106,13 @@ def test_run_all_reads_the_last_json_object_printed():
 
 def test_run_all_runs_only_scripts_with_a_usage_line(tmp_path):
   (tmp_path / "speed.py").write_text('"""Speed.\n\nUsage: python benchmarks/speed.py [--full]\n"""\n')
+  (tmp_path / "sweep.py").write_text('"""Sweep.\n\n  python benchmarks/sweep.py [--full]\n"""\n')
   (tmp_path / "helper_models.py").write_text('"""Models shared by speed.py."""\n')
+  (tmp_path / "worker.py").write_text('"""Usage:\n  /venv/bin/python benchmarks/worker.py CONFIG\n"""\n')
   (tmp_path / "_scratch.py").write_text('"""Usage: python benchmarks/_scratch.py"""\n')
   scripts, skipped = run_all.discover(tmp_path)
-  assert [s.name for s in scripts] == ["speed.py"]
-  assert set(skipped) == {"helper_models.py", "_scratch.py"}
+  assert [s.name for s in scripts] == ["speed.py", "sweep.py"]
+  assert set(skipped) == {"helper_models.py", "worker.py", "_scratch.py"}
 
 
 def test_run_all_collects_a_benchmarks_json_and_reports_failures(tmp_path):
