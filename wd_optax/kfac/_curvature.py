@@ -88,6 +88,10 @@ def value_grad_and_curvature(
     :math:`r \sim N(0, I)` is back-propagated from the logits, so :math:`s = J^\top r` and
     :math:`E[s s^\top] = E[J^\top J]`, whatever loss trains the model.
 
+  Scale convention: :math:`S` is the second moment of *per-example* output gradients. kfac-jax's
+  ``"fisher_empirical"`` divides it by the batch size once more (its :math:`S` is ours over :math:`n`);
+  ``tests/test_kfac_reference.py`` matches it with damping and learning rate multiplied by :math:`n`.
+
   The forward pass runs once; the sampled modes add one backward pass (``jax.vjp`` is applied twice).
   Mutable non-parameter state the forward pass changes (batch statistics, RNG counters) is written back
   to ``model``. Under ``jit`` with a batch sharded over devices the means are over the global batch.
