@@ -8,6 +8,7 @@ import subprocess
 import sys
 import types
 
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -90,8 +91,14 @@ def _tiny_analyze(results, config):
   return [claim], "| arm |\n|---|\n| fast |"
 
 
+def _logit_scale(apply, params, model_state, x, y):
+  logits, _ = apply(params, model_state, x, False)
+  return {"mean_abs_logit": jnp.mean(jnp.abs(logits))}
+
+
 def _tiny_hooks(config):
-  return Hooks(make_tx=lambda optim, rates: optax.sgd(rates["learning_rate"], momentum=0.9))
+  return Hooks(make_tx=lambda optim, rates: optax.sgd(rates["learning_rate"], momentum=0.9),
+               eval_metrics=_logit_scale)
 
 
 def test_reproduce_writes_report_with_claims_verdicts_and_plots(tmp_path, monkeypatch):
@@ -117,6 +124,9 @@ def test_reproduce_writes_report_with_claims_verdicts_and_plots(tmp_path, monkey
   from experiments.train import load_results
   results = load_results(str(tmp_path / "tiny_custom" / "metrics.jsonl"))
   assert sorted(results) == ["fast", "slow"] and len(results["fast"].seeds) == 3
+  # The eval_metrics hook's measurement is logged at every evaluation step (4 and 8).
+  logged = results["fast"].series["mean_abs_logit"]
+  assert logged.shape == (3, 2) and np.all(np.isfinite(logged)) and np.all(logged > 0)
   ci = report.paired_ci(100 * results["fast"].final("test_accuracy"), 100 * results["slow"].final("test_accuracy"))
   assert verdict == report.directional_verdict(ci, 1.0)
 

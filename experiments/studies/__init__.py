@@ -25,6 +25,8 @@ A study whose optimizer is not one of ``OptimConfig.name`` (FixNorm's norm proje
   (``extra={"curvature": ...}``), computed with its own value-and-grad function (e.g. sampled-target
   backward passes through registered layers).
 
+* ``eval_metrics(apply, params, model_state, x, y) -> {name: scalar}`` adds measurements to every evaluation
+  (logged to metrics.jsonl like test accuracy), e.g. a Jacobian norm.
 * ``build_model(rngs=...) -> nnx.Module`` replaces ``experiments.models.build`` (e.g. to pass K-FAC-registered
   ``linear_cls`` / ``conv_cls``).
 

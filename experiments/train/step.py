@@ -109,6 +109,8 @@ class StepSpec:
   augment: Callable[..., jax.Array] | None = None
   label_smoothing: float = 0.0
   data_sharding: NamedSharding | None = None
+  # eval_metrics(apply, params, model_state, x, y) -> {name: scalar}, on the first evaluation batch.
+  eval_metrics: Callable[..., dict] | None = None
 
   def si_paths(self) -> list[str]:
     return sorted(self.scale_invariant)
@@ -259,6 +261,10 @@ def evaluate(spec: StepSpec, state: dict, x_test: jax.Array, y_test: jax.Array, 
       correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
       return jnp.sum(losses * w), jnp.sum(correct * w)
     losses, correct = jax.lax.map(one_batch, (xs, ys, ws))
-    return {"test_loss": jnp.sum(losses) / n, "test_accuracy": jnp.sum(correct) / n}
+    out = {"test_loss": jnp.sum(losses) / n, "test_accuracy": jnp.sum(correct) / n}
+    if spec.eval_metrics is not None:
+      first = min(batch_size, n)
+      out.update(spec.eval_metrics(spec.apply, params, model_state, x_test[:first], y_test[:first]))
+    return out
 
   return jax.vmap(one_member)(state["params"], state["model_state"])

@@ -104,10 +104,14 @@ class Hooks:
     grad_fn: ``grad_fn(loss_fn, params, batch, key) -> GradResult``; its ``extra`` goes to ``tx.update``.
     build_model: ``build_model(rngs=...) -> nnx.Module``, replacing ``experiments.models.build`` with the
       config's model (e.g. with K-FAC-registered ``linear_cls`` / ``conv_cls``).
+    eval_metrics: ``eval_metrics(apply, params, model_state, x, y) -> {name: scalar}``, traced into the
+      evaluation (one member, first test batch) and logged at every evaluation step, e.g. the Jacobian norm
+      E‖J_x‖²_F of Zhang et al. Z4 (``apply(params, model_state, x, train) -> (logits, model_state)``).
   """
   make_tx: Callable[..., Any] = optim_lib.make_tx
   grad_fn: Callable[..., Any] = step_lib.default_grad_fn
   build_model: Callable[..., Any] | None = None
+  eval_metrics: Callable[..., Any] | None = None
 
 
 def model_inputs(config: ExperimentConfig, dataset) -> dict:
@@ -166,6 +170,9 @@ class Program:
           lambda p, x: apply(p, first(model_state), x, True)[0], first(params), probe)
     self.scale_invariant = _SCALE_INVARIANT_CACHE[cache_key]
     first_params = first(params)
+    if group.optim.lr_norm_sq and not self.scale_invariant:
+      raise ValueError(f"optim.lr_norm_sq (group {group.name!r}) scales the steps of scale-invariant layers, but "
+                       f"model {config.model.name!r} with norm={config.model.norm!r} has none.")
     measured = frozenset(p for p, leaf in _tree.named_leaves(first_params) if np.ndim(leaf) >= 2)
     augment = None
     if config.data.augment:
@@ -175,12 +182,13 @@ class Program:
         apply=apply, optim=group.optim, total_steps=t.steps, batch_size=t.batch_size,
         num_examples=len(dataset.y_train), scale_invariant=self.scale_invariant, measured=measured,
         make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, augment=augment,
-        label_smoothing=t.label_smoothing,
+        label_smoothing=t.label_smoothing, eval_metrics=self.hooks.eval_metrics,
         data_sharding=sharding_lib.batch_sharding(self.mesh) if self.mesh.size > 1 else None)
 
     @jax.jit
     def init_rest(params, model_state, hp, seeds):
-      init_sq = jax.vmap(self.spec.si_sq_norms)(params)
+      # (members, 1) of ones without scale-invariant leaves: checkpoints avoid zero-size arrays.
+      init_sq = jax.vmap(self.spec.si_sq_norms)(params) if self.scale_invariant else jnp.ones((seeds.shape[0], 1))
       return {
           "step": jnp.zeros(seeds.shape, jnp.int32), "params": params, "model_state": model_state,
           "opt_state": jax.vmap(self.spec.init_opt_state)(params, hp),
