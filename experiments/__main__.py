@@ -36,7 +36,7 @@ def enable_compilation_cache() -> None:
   import jax
   cache = os.environ.get("WD_OPTAX_JAX_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "wd_optax", "jax"))
   jax.config.update("jax_compilation_cache_dir", cache)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from experiments.train import read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 120
+STEPS = 80
 OVERRIDES = [
     "data.name=digits", "data.n_train=256", "data.n_test=64", "model.kwargs={\"hidden\": [16]}",
     f"train.steps={STEPS}", "train.batch_size=32", "train.log_every=10", "train.eval_every=40",
