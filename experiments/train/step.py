@@ -205,8 +205,8 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
 
   Returns the new state and metrics: ``loss``/``accuracy`` of shape ``(members, num_steps)``, diagnostics
   of shape ``(members,)``. Nothing leaves the device until the caller fetches the result. The step is traced
-  once (the scan body); the parameters before the last step ride along in the carry so the angular update
-  of that step can be measured after the scan.
+  once (the scan body); the parameters before the last step are kept in the carry (set on that step only)
+  so the angular update of that step can be measured after the scan.
   """
   step_all = jax.vmap(lambda s, h, o: member_step(spec, s, h, x_all, y_all, order=o))
   if jax.tree.leaves(state)[0].shape[0] == 1:
@@ -219,17 +219,20 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
   orders_at = jax.vmap(lambda k, t: epoch_order(k, t, spec.num_examples, spec.batch_size))
   per_epoch = spec.num_examples // spec.batch_size
 
-  def body(carry, _):
-    current, _, orders = carry
+  def body(carry, index):
+    current, before_last, orders = carry
     step = current["step"][0]
     orders = jax.lax.cond(step % per_epoch == 0, lambda: orders_at(current["key"], current["step"]),
                           lambda: orders)
     new, metrics = step_all(current, hp, orders)
-    return (new, current["params"], orders), metrics
+    # Keep the parameters before the chunk's last step (for its angular update) without copying them on
+    # every step.
+    before_last = jax.lax.cond(index == num_steps - 1, lambda: current["params"], lambda: before_last)
+    return (new, before_last, orders), metrics
 
   orders = orders_at(state["key"], state["step"])
-  (state, before_last, _), history = jax.lax.scan(body, (state, state["params"], orders), None,
-                                                  length=num_steps)
+  (state, before_last, _), history = jax.lax.scan(body, (state, state["params"], orders),
+                                                  jnp.arange(num_steps))
 
   def diagnose_member(s, h, old_params):
     previous = dict(s, step=s["step"] - 1, params=old_params)
