@@ -17,7 +17,6 @@ from experiments import __main__ as cli
 from experiments import config as config_lib
 from experiments import report, runner, studies
 from experiments.train import Hooks
-from experiments.train import optim as optim_lib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

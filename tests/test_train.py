@@ -23,7 +23,7 @@ import wd_optax
 from experiments import config as config_lib
 from experiments.data import load
 from experiments.models import build
-from experiments.train import Hooks, Member, Program, TrainingDiverged, make_groups
+from experiments.train import Hooks, Program, TrainingDiverged, make_groups
 from experiments.train import optim as optim_lib
 from experiments.train.checkpoint import Checkpointer
 

@@ -3,7 +3,6 @@ uninterrupted run ends. Both runs are real ``python -m experiments`` processes."
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from experiments import config as config_lib
@@ -75,18 +73,8 @@ def arm_table(results: dict[str, ArmResult], labels: list[str] | None = None,
   return "\n".join(lines)
 
 
-def log_ratio(values: np.ndarray) -> np.ndarray:
-  return np.log(np.asarray(values, np.float64))
-
-
 def ident(values: np.ndarray) -> np.ndarray:
   return np.asarray(values, np.float64)
 
 
-def fmt_mean(values) -> str:
-  values = np.asarray(values, np.float64)
-  return f"{np.nanmean(values):.2f}" if values.size else "nan"
-
-
-__all__ = ["bn_mlp_config", "final_accuracy", "aligned", "arm_table", "log_ratio", "pct", "ident", "fmt_mean",
-           "math"]
+__all__ = ["bn_mlp_config", "final_accuracy", "aligned", "arm_table", "pct", "ident"]

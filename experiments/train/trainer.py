@@ -14,10 +14,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import sys
-import time
 from typing import Any, Callable, Sequence
 
 import jax
