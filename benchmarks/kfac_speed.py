@@ -9,7 +9,8 @@ fixed learning rate 1e-3, momentum 0.9, damping 1e-3 and the same inverse period
   (``benchmarks/kfac_jax_worker.py``) so that both run in this one invocation;
 * SGD: ``wd_optax.sgd`` (momentum 0.9) on the same nnx model, same step structure.
 
-Repeats are interleaved (ours, SGD, kfac-jax, ours, ...), each timing a block of ``--steps`` steps (a
+Repeats are interleaved (ours, SGD, kfac-jax, then rotated), with a 1 s pause before each block so that
+spinning XLA threads of the previous side do not bleed into the next; each block times ``--steps`` steps (a
 multiple of the inverse period, so inverse updates are amortised as in training); medians are reported.
 Compile time is ``init + warm-up − warm-up steps × median step``, with a warm-up of ``inverse_every + 1``
 steps for every side (kfac-jax compiles separate steps with and without the inverse update).
@@ -46,6 +47,7 @@ import wd_optax  # noqa: E402
 from wd_optax import kfac  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PAUSE_S = 1.0
 HYPER = {"learning_rate": 1e-3, "momentum": 0.9, "damping": 1e-3, "inverse_every": 20}
 
 
@@ -175,9 +177,13 @@ def bench(config: dict, reps: int, steps: int, kfac_jax_python: str | None) -> d
     worker = KfacJax(kfac_jax_python, config)
     sides["kfac_jax"] = {"init_s": worker.header["init_s"], "warmup_s": worker.header["warmup_s"],
                          "run": worker.run, "times": []}
-  for _ in range(reps):
-    for side in sides.values():
-      side["times"].append(side["run"](steps) / steps)
+  names = list(sides)
+  for rep in range(reps):
+    # Rotate the order, and pause between sides: the XLA CPU threads of the side that just ran (in this
+    # process or the worker's) keep spinning for a moment and would slow whichever side runs next.
+    for name in names[rep % len(names):] + names[:rep % len(names)]:
+      time.sleep(PAUSE_S)
+      sides[name]["times"].append(sides[name]["run"](steps) / steps)
   if worker is not None:
     worker.close()
   result = {}
