@@ -138,13 +138,14 @@ class StepSpec:
 
 
 def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
-                *, diagnose: bool = False, order: jax.Array | None = None) -> tuple[dict, dict]:
+                *, diagnose: bool = False, idx: jax.Array | None = None) -> tuple[dict, dict]:
   """One optimizer step of one member. Returns the new state and this step's metrics.
 
-  ``order``: the current epoch's example order (:func:`epoch_order`), computed here when not given.
+  ``idx``: this step's batch indices (:func:`batch_indices`), computed here when not given.
   """
   step = state["step"]
-  idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size, order)
+  if idx is None:
+    idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size)
   x, y = x_all[idx], y_all[idx]
   if spec.data_sharding is not None:
     x = jax.lax.with_sharding_constraint(x, spec.data_sharding)
@@ -204,35 +205,46 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
   """``num_steps`` steps of every member (vmapped), scanned on device; diagnostics of the last step.
 
   Returns the new state and metrics: ``loss``/``accuracy`` of shape ``(members, num_steps)``, diagnostics
-  of shape ``(members,)``. Nothing leaves the device until the caller fetches the result. The step is traced
-  once (the scan body); the parameters before the last step are kept in the carry (set on that step only)
-  so the angular update of that step can be measured after the scan.
+  of shape ``(members,)``. Nothing leaves the device until the caller fetches the result.
   """
-  step_all = jax.vmap(lambda s, h, o: member_step(spec, s, h, x_all, y_all, order=o))
-  if jax.tree.leaves(state)[0].shape[0] == 1:
-    # A population of one runs unbatched: size-1 batch dimensions can cost XLA:CPU a better matmul layout.
-    squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
-    expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
-    step_all = lambda s, h, o: expand(member_step(spec, squeeze(s), squeeze(h), x_all, y_all, order=o[0]))
-  # Members of a population always share the step count, so the epoch boundary is one scalar predicate
-  # and the permutations are redrawn under a real conditional once per epoch.
-  orders_at = jax.vmap(lambda k, t: epoch_order(k, t, spec.num_examples, spec.batch_size))
-  per_epoch = spec.num_examples // spec.batch_size
+  single = jax.tree.leaves(state)[0].shape[0] == 1
+  squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
+  expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
+  if single:
+    # A population of one runs unbatched (squeezed once, outside the loop): size-1 batch dimensions and
+    # per-step reshapes cost XLA:CPU time.
+    step_all = lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i[0])
+  else:
+    step_all = jax.vmap(lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i))
+  keys, first_step = state["key"], state["step"][0]
+  # Members of a population share the step count, so the chunk's epochs are known: their permutations are
+  # drawn once before the scan (a sort of the training set per step would cost more than a small
+  # network's step; a conditional redraw inside the loop costs buffer copies on XLA:CPU). They are laid out
+  # end to end per member, so a step's batch is one contiguous slice (indexing an epoch axis first costs a
+  # copy per step).
+  n, batch, per_epoch = spec.num_examples, spec.batch_size, spec.num_examples // spec.batch_size
+  first_epoch = first_step // per_epoch
+  epochs = first_epoch + jnp.arange((num_steps - 1) // per_epoch + 2)
+  orders = jax.vmap(lambda k: jax.vmap(lambda e: epoch_order(k, e * per_epoch, n, batch))(epochs).reshape(-1))(keys)
+  member_hp = squeeze(hp) if single else hp
 
-  def body(carry, index):
-    current, before_last, orders = carry
-    step = current["step"][0]
-    orders = jax.lax.cond(step % per_epoch == 0, lambda: orders_at(current["key"], current["step"]),
-                          lambda: orders)
-    new, metrics = step_all(current, hp, orders)
-    # Keep the parameters before the chunk's last step (for its angular update) without copying them on
-    # every step.
-    before_last = jax.lax.cond(index == num_steps - 1, lambda: current["params"], lambda: before_last)
-    return (new, before_last, orders), metrics
+  def body(current, _):
+    step = current["step"] if single else current["step"][0]
+    offset = (step // per_epoch - first_epoch) * n + (step % per_epoch) * batch
+    idx = jax.vmap(lambda o: jax.lax.dynamic_slice(o, (offset,), (batch,)))(orders)
+    return step_all(current, member_hp, idx)
 
-  orders = orders_at(state["key"], state["step"])
-  (state, before_last, _), history = jax.lax.scan(body, (state, state["params"], orders),
-                                                  jnp.arange(num_steps))
+  if single:
+    state = squeeze(state)
+
+  # The last step runs outside the scan so the parameters before it are at hand for its angular update;
+  # carrying them through the scan costs a copy of all parameters per step on XLA:CPU.
+  state, history = jax.lax.scan(body, state, None, length=num_steps - 1)
+  before_last = state["params"]
+  state, last = body(state, None)
+  history = jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]]), history, last)
+  if single:
+    state, before_last, history = expand(state), expand(before_last), jax.tree.map(lambda h: h[:, None], history)
 
   def diagnose_member(s, h, old_params):
     previous = dict(s, step=s["step"] - 1, params=old_params)
