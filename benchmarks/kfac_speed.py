@@ -192,6 +192,7 @@ def bench(config: dict, reps: int, steps: int, kfac_jax_python: str | None) -> d
     result[f"{name}_step_ms"] = 1e3 * step_s
     if name != "sgd":
       result[f"{name}_compile_s"] = compile_seconds(side["init_s"], side["warmup_s"], warmup_steps, step_s)
+      result[f"{name}_init_s"] = side["init_s"]
   result["kfac_over_sgd_step"] = result["ours_step_ms"] / result["sgd_step_ms"]
   if worker is not None:
     result["ours_over_kfac_jax_step"] = result["ours_step_ms"] / result["kfac_jax_step_ms"]
