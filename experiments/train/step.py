@@ -72,9 +72,8 @@ def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size
                   order: jax.Array | None = None) -> jax.Array:
   """Indices of the batch at ``step``: epoch-wise shuffling without replacement, last partial batch dropped.
 
-  ``order`` is the epoch's permutation if the caller already has it (the scan keeps it between steps and
-  redraws it once per epoch, not once per step: a sort of the whole training set each step would cost
-  more than the step of a small network).
+  ``order`` is the epoch's permutation if the caller already has it. :func:`population_chunk` draws the
+  permutations of a chunk's epochs once before its scan and slices the same indices out of them.
   """
   if order is None:
     order = epoch_order(key, step, num_examples, batch_size)
