@@ -45,6 +45,7 @@ REGISTRY: dict[str, str] = {
     "decay_placement": "experiments.studies.decay_placement",
     "adam_buffers": "experiments.studies.adam_buffers",
     "fixnorm": "experiments.studies.fixnorm",
+    "three_mechanisms": "experiments.studies.three_mechanisms",
 }
 
 
