@@ -79,7 +79,7 @@ def test_analysis_reproduces_every_claim_in_a_world_where_the_paper_is_right():
                            "Z6a", "Z6a-bn", "Z6b", "Z6b-bn"}
   assert all(v == "reproduced" for v in verdicts.values()), verdicts
   by_id = {c.id: c for c in claims}
-  assert by_id["Z4a"].effect.mean == pytest.approx(2.0, abs=0.05)        # 3 pt K-FAC gain − 1 pt SGD gain
+  assert by_id["Z4a"].effect.mean == pytest.approx(2.0, abs=0.2)  # 3 pt K-FAC gain − 1 pt SGD gain (0.1 pt noise)
   assert by_id["Z4c"].effect.mean == pytest.approx(math.log(2.0), abs=0.02)
   assert by_id["Z5a"].effect.mean == pytest.approx(math.log(300.0), abs=0.05)
   assert by_id["Z5c"].effect.mean == pytest.approx(0.39, abs=0.01)
@@ -134,16 +134,20 @@ def test_optimizer_wrapper_sets_the_gate_once_and_routes_the_decay(optimizer):
   y = jnp.arange(32) % 10
   zeros = jax.tree.map(jnp.zeros_like, params)
 
-  def run(code, lam, steps=2):
-    rates = {"learning_rate": jnp.asarray(0.1), "weight_decay": jnp.asarray(lam),
-             "decoupled_decay": jnp.asarray(code), "peak_learning_rate": jnp.asarray(0.1)}
+  @jax.jit
+  def two_steps(code, lam):
+    rates = {"learning_rate": jnp.asarray(0.1), "weight_decay": lam, "decoupled_decay": code,
+             "peak_learning_rate": jnp.asarray(0.1)}
     tx = study.make_tx(model, optim, rates)
     state, p, out = tx.init(params), params, []
-    for _ in range(steps):
+    for _ in range(2):
       updates, state = tx.update(zeros, state, p, batch=(x, y), key=jax.random.key(3))
       p = jax.tree.map(lambda a, u: a + u, p, updates)
       out.append(p)
     return out
+
+  def run(code, lam, steps=2):
+    return two_steps(jnp.asarray(code, jnp.float32), jnp.asarray(lam, jnp.float32))[:steps]
 
   on = run(study.arm_code("decoupled", "bn"), 0.0)
   assert float(on[0]["bn_gate"]) == 1.0 and float(on[1]["bn_gate"]) == 1.0

@@ -61,6 +61,8 @@ from wd_optax import kfac
 from wd_optax.diagnostics import jacobian_norm
 
 OPTIMIZERS = ("sgd", "adam", "kfacf", "kfacg")
+# Quick mode keeps what the claims need most within its ~90 s budget: SGD (Z4's reference) and KFAC-F.
+QUICK_OPTIMIZERS = ("sgd", "kfacf")
 DECAYS = ("none", "l2", "decoupled")
 NETS = ("plain", "bn")
 KFAC_MODES = {"kfacf": "fisher", "kfacg": "ggn"}
@@ -76,7 +78,8 @@ DAMPING = 1e-3
 KL_CLIP = 1e-2
 GATE = "bn_gate"
 EVAL_EXAMPLES = 256
-JACOBIAN_EXAMPLES = 128
+JACOBIAN_EXAMPLES = 64
+JACOBIAN_PROBES = 2
 MIN_GAIN = 0.5               # points: smallest accuracy difference that counts
 MIN_GROWTH = float(np.log(10.0))   # Z5: "orders of magnitude" counts from a factor 10
 MIN_BOUND = float(np.log(2.0))     # Z5: decay keeps γ_eff at least 2x below no decay
@@ -125,10 +128,10 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
       optim=config_lib.OptimConfig(name="sgd", learning_rate=0.1, lr_schedule="cosine", momentum=0.9,
                                    decay="l2", decay_mask="all"),
       train=config_lib.TrainConfig(steps=300 if quick else 3000, batch_size=128, log_every=50 if quick else 100,
-                                   eval_every=100 if quick else 500, checkpoint_every=0, on_nan="continue"),
+                                   eval_every=50 if quick else 200, checkpoint_every=0, on_nan="continue"),
       seeds=3 if quick else 8,
       arms=[])
-  for optimizer in OPTIMIZERS:
+  for optimizer in QUICK_OPTIMIZERS if quick else OPTIMIZERS:
     s = SETTINGS[optimizer]
     for net in NETS:
       for decay in DECAYS:
@@ -219,29 +222,35 @@ def grad_fn(loss_fn, params, batch, key) -> GradResult:
   return result._replace(extra={"batch": batch, "key": key})
 
 
-def eval_metrics(model: _Model, apply, params, model_state, x, y) -> dict:
+def eval_metrics(model: _Model, modes: Sequence[str], apply, params, model_state, x, y) -> dict:
   """E‖J_x‖²_F (inference mode) and, per layer, γ‖W‖² and cos(K-FAC direction, gradient) for F and G."""
   probe_key = jax.random.key(0)
   logits_fn = lambda p, xs: apply(p, model_state, xs, False)[0]
-  out = {"jacobian_norm": jacobian_norm(logits_fn, params, x[:JACOBIAN_EXAMPLES], probe_key, num_probes=4).value}
+  out = {"jacobian_norm": jacobian_norm(logits_fn, params, x[:JACOBIAN_EXAMPLES], probe_key,
+                                        num_probes=JACOBIAN_PROBES).value}
   batch = (x[:EVAL_EXAMPLES], y[:EVAL_EXAMPLES])
   plain = _strip(params)
   for name, mode in (("f", "fisher"), ("g", "ggn")):
+    if mode not in modes:
+      continue
     _, grads, curvature = model.curvature(params, batch, jax.random.key(1), mode)
     tx = kfac.scale_by_kfac(DAMPING, layers=model.layers)
     _, state = tx.update(grads, tx.init(plain), plain, curvature=curvature)
     for layer, d in kfac.effective_damping(state, plain).items():
       out[f"cos_{name}/{layer}"] = d.cosine
-      if name == "f":
-        out[f"gamma_eff/{layer}"] = d.effective_damping
+      out[f"gamma_eff/{layer}"] = d.effective_damping  # the same for both modes
   return out
 
 
 def hooks(config: config_lib.ExperimentConfig) -> Hooks:
   model = _Model(config)
+  names = {config.arm_optim(a).name for a in config.arms}
+  # γ_eff and the cosine are measured with the curvature of the K-FAC variants that are trained (Fisher
+  # for KFAC-F, GGN for KFAC-G), and with the Fisher if there is none.
+  modes = tuple(KFAC_MODES[n] for n in KFAC_MODES if n in names) or ("fisher",)
   return Hooks(make_tx=lambda optim, rates: make_tx(model, optim, rates), grad_fn=grad_fn,
                build_model=lambda rngs: model.build(rngs),
-               eval_metrics=lambda *args: eval_metrics(model, *args))
+               eval_metrics=lambda *args: eval_metrics(model, modes, *args))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,18 +290,27 @@ def analyze(results, config):
          for label, r in results.items()}
   claims = []
 
-  sgd_gain = acc[arm_name("sgd", "decoupled", "plain")] - acc[arm_name("sgd", "none", "plain")]
-  sgd_gain = np.maximum(sgd_gain, acc[arm_name("sgd", "l2", "plain")] - acc[arm_name("sgd", "none", "plain")])
+  present = lambda optimizer: all(arm_name(optimizer, d, n) in results for d in DECAYS for n in NETS)
+  if present("sgd"):
+    # SGD's reference gain: the decay placement with the larger mean gain (Zhang et al. compare tuned runs).
+    sgd_gains = {d: acc[arm_name("sgd", d, "plain")] - acc[arm_name("sgd", "none", "plain")]
+                 for d in ("l2", "decoupled")}
+    sgd_decay = max(sgd_gains, key=lambda d: np.mean(sgd_gains[d]))
+    sgd_gain = sgd_gains[sgd_decay]
   for optimizer, tag in (("kfacf", "a"), ("kfacg", "b")):
+    if not present(optimizer) or not present("sgd"):
+      continue
     name = PRETTY[optimizer]
     gain = acc[arm_name(optimizer, "decoupled", "plain")] - acc[arm_name(optimizer, "none", "plain")]
     claims.append(report.directional_claim(
         f"Z4{tag}", f"{name}, no normalisation: decay gains more than for SGD.",
-        f"[acc({optimizer} decoupled) − acc({optimizer} none)] − [best SGD decay − SGD none], plain MLP",
+        f"[acc({optimizer} decoupled) − acc({optimizer} none)] − [acc(SGD {sgd_decay}) − acc(SGD none)], plain MLP",
         report.mean_ci(gain - sgd_gain), min_effect=MIN_GAIN, unit=" pt",
-        notes=f"{name} gain {np.mean(gain):+.2f} pt, SGD gain (better of L2 / decoupled, per seed) "
-              f"{np.mean(sgd_gain):+.2f} pt."))
+        notes=f"{name} gain {np.mean(gain):+.2f} pt; SGD gains: L2 {np.mean(sgd_gains['l2']):+.2f}, decoupled "
+              f"{np.mean(sgd_gains['decoupled']):+.2f} pt (the larger is the reference)."))
   for optimizer, tag in (("kfacf", "c"), ("kfacg", "d")):
+    if not present(optimizer):
+      continue
     j = lambda decay: _per_seed(results, arm_name(optimizer, decay, "plain"),
                                 results[arm_name(optimizer, decay, "plain")].final("jacobian_norm"), seeds)
     none, dec = j("none"), j("decoupled")
@@ -304,6 +322,8 @@ def analyze(results, config):
               "reduction; test inputs, inference mode, 4 Gaussian probes)"))
 
   for optimizer, cos_key, tag in (("kfacf", "cos_f", ("a", "b", "c")), ("kfacg", "cos_g", ("d", "e", "f"))):
+    if not present(optimizer):
+      continue
     none_r = results[arm_name(optimizer, "none", "bn")]
     dec_r = results[arm_name(optimizer, "decoupled", "bn")]
     growth = lambda r: _per_seed(results, r.label, np.log(_mean_over_layers(r, "gamma_eff", which=1)
@@ -330,6 +350,8 @@ def analyze(results, config):
               f"evaluation (no decay) {np.mean(_per_seed(results, none_r.label, _mean_over_layers(none_r, cos_key, which=0), seeds)):.3f}"))
 
   for optimizer, tag in (("kfacf", "a"), ("kfacg", "b")):
+    if not present(optimizer):
+      continue
     for net in NETS:
       dec, l2 = acc[arm_name(optimizer, "decoupled", net)], acc[arm_name(optimizer, "l2", net)]
       none = acc[arm_name(optimizer, "none", net)]
@@ -358,6 +380,8 @@ def plots(results, config, outdir: str) -> list[str]:
         continue
       layers = _hidden_layers(r)
       gamma = np.nanmean(np.stack([r.series[f"gamma_eff/{l}"] for l in layers]), axis=(0, 1))
+      if f"{cos_key}/{layers[0]}" not in r.series:
+        continue
       cos = np.nanmean(np.stack([r.series[f"{cos_key}/{l}"] for l in layers]), axis=(0, 1))
       keep = np.isfinite(gamma)
       axes[0].plot(r.steps[keep], gamma[keep], style, label=f"{optimizer} {decay}")
@@ -405,7 +429,7 @@ STUDY = Study(
         "cos(K-FAC direction, gradient) are measured at every evaluation with `kfac.effective_damping` "
         f"of a fresh K-FAC state updated once with the curvature of {EVAL_EXAMPLES} test inputs (the harness "
         "does not expose the optimizer state, so this is the cosine without the factor averaging). Z4 "
-        "compares K-FAC's decoupled gain to the better of SGD's two decays per seed. Seeds are paired."),
+        "compares K-FAC's decoupled gain to SGD's better decay placement (larger mean gain). Seeds are paired."),
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,
