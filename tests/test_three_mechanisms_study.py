@@ -169,3 +169,31 @@ def test_tiny_end_to_end_run(tmp_path):
   assert {c.id for c in section.claims} >= {"Z4a", "Z5a", "Z6a"}
   assert all(np.isfinite(c.effect.mean) for c in section.claims)
   assert (tmp_path / "REPORT.md").exists()
+
+
+def test_damping_report_matches_effective_damping_of_the_library():
+  """γ‖W‖² and cos(U, G) from the study's matmul-only inverses equal wd_optax.kfac.effective_damping after
+  one scale_by_kfac update (LAPACK inverses) on the same curvature."""
+  from wd_optax import kfac
+  config = study.make_config(True)
+  config.model.kwargs = {"hidden": [6, 5]}
+  model = study._Model(config)
+  params = nnx.to_pure_dict(nnx.split(model.build(nnx.Rngs(4)), nnx.Param, ...)[1])
+  params["bn_gate"] = jnp.ones(())
+  x = jax.random.normal(jax.random.key(5), (64, 40))
+  y = jnp.arange(64) % 10
+
+  @jax.jit
+  def both(params):
+    _, grads, curvature = model.curvature(params, (x, y), jax.random.key(6), "fisher")
+    plain = study._strip(params)
+    ours = study.damping_report(plain, grads, curvature, model.layers)
+    tx = kfac.scale_by_kfac(study.DAMPING, layers=model.layers)
+    _, state = tx.update(grads, tx.init(plain), plain, curvature=curvature)
+    return ours, kfac.effective_damping(state, plain)
+
+  ours, reference = both(params)
+  assert set(reference) == set(model.layers) == {"layers/0", "layers/1", "classifier"}
+  for layer, d in reference.items():
+    np.testing.assert_allclose(ours[f"gamma_eff/{layer}"], d.effective_damping, rtol=1e-5)
+    np.testing.assert_allclose(ours[f"cos/{layer}"], d.cosine, rtol=1e-3, atol=1e-4)

@@ -22,9 +22,11 @@ How the harness carries the design (it has one model and one grad/tx hook per st
   (true Fisher for KFAC-F, ``"ggn"`` for KFAC-G) on the member's parameters. SGD and Adam ignore the batch,
   so they pay nothing for the curvature.
 * **Effective damping.** The harness logs no optimizer state, so ``eval_metrics`` measures γ‖W‖² and
-  cos(K-FAC direction, gradient) with ``wd_optax.kfac.effective_damping`` of a fresh ``scale_by_kfac`` state
-  updated once with the curvature of an evaluation batch (true Fisher and GGN both, for every arm): the
-  cosine of the current weights' preconditioned gradient without the factor averaging of training.
+  cos(K-FAC direction, gradient) for the factors of one evaluation batch (the Fisher and/or GGN of the
+  trained K-FAC variants, for every arm): what ``wd_optax.kfac.effective_damping`` reports after one fresh
+  ``scale_by_kfac`` update (tested against it), without the factor averaging of training. The damped
+  inverses are by Newton–Schulz iteration: a vmapped LAPACK inverse inside the harness's evaluation
+  program hung on this CPU backend.
   The input-Jacobian norm E‖J_x‖²_F uses ``wd_optax.diagnostics.jacobian_norm`` in inference mode.
 
 Claims tested (papers.md §7):
@@ -41,6 +43,7 @@ References:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -57,8 +60,10 @@ from experiments.studies import Study
 from experiments.studies import _common
 from experiments.train import GradResult, Hooks
 from experiments.train.step import cross_entropy, default_grad_fn
+from wd_optax import _tree
 from wd_optax import kfac
 from wd_optax.diagnostics import jacobian_norm
+from wd_optax.kfac import _preconditioner
 
 OPTIMIZERS = ("sgd", "adam", "kfacf", "kfacg")
 # Quick mode keeps what the claims need most within its ~90 s budget: SGD (Z4's reference) and KFAC-F.
@@ -127,7 +132,7 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
                                    kwargs={"hidden": [64, 64] if quick else [128, 128]}),
       optim=config_lib.OptimConfig(name="sgd", learning_rate=0.1, lr_schedule="cosine", momentum=0.9,
                                    decay="l2", decay_mask="all"),
-      train=config_lib.TrainConfig(steps=300 if quick else 3000, batch_size=128, log_every=50 if quick else 100,
+      train=config_lib.TrainConfig(steps=200 if quick else 3000, batch_size=128, log_every=50 if quick else 100,
                                    eval_every=50 if quick else 200, checkpoint_every=0, on_nan="continue"),
       seeds=3 if quick else 8,
       arms=[])
@@ -208,7 +213,8 @@ def make_tx(model: _Model, optim: config_lib.OptimConfig, rates) -> optax.Gradie
     extra = {}
     if mode is not None:
       extra["curvature"] = model.curvature(params, batch, key, mode)[2]
-    new, inner_state = inner.update(_strip(updates), state.inner, _strip(params), **extra)
+    with _matmul_inverses() if mode is not None else contextlib.nullcontext():
+      new, inner_state = inner.update(_strip(updates), state.inner, _strip(params), **extra)
     new = dict(new)
     new[GATE] = jnp.where(state.count == 0, bn - params[GATE], 0.0).astype(params[GATE].dtype)
     return new, GatedState(state.count + 1, inner_state)
@@ -222,8 +228,67 @@ def grad_fn(loss_fn, params, batch, key) -> GradResult:
   return result._replace(extra={"batch": batch, "key": key})
 
 
+def _spd_inverse_by_iteration(matrix: jax.Array, iterations: int = 30) -> jax.Array:
+  """Newton–Schulz iteration X ← X(2I − MX) from X₀ = I/‖M‖_F: the inverse of an SPD matrix by matmuls only.
+
+  The residual I − MX is squared each step from ‖I − MX₀‖ ≤ 1 − λ_min/‖M‖_F, so 30 steps suffice for
+  condition numbers up to about 10⁸ (the damped factors here stay far below). Used at evaluation because a vmapped LAPACK inverse inside the harness's
+  evaluation program deadlocked on this project's CPU backend (see the study's setting text).
+  """
+  eye = jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+  x0 = eye / jnp.linalg.norm(matrix)
+  step = lambda _, x: x @ (2.0 * eye - matrix @ x)
+  return jax.lax.fori_loop(0, iterations, step, x0)
+
+
+@contextlib.contextmanager
+def _matmul_inverses():
+  """While tracing, ``wd_optax.kfac`` inverts its damped factors by :func:`_spd_inverse_by_iteration`.
+
+  Workaround, not a library change: the library's LAPACK inverse (``jnp.linalg.inv``) inside the vmapped,
+  scanned training step hung the CPU backend here (every thread waiting, no progress) for a population of
+  18 members. The swap is scoped to this study's traces; the damped factors are SPD with eigenvalues at
+  least the damping, so the iteration converges (tested against the library's inverse).
+  """
+  if not hasattr(_preconditioner, "_spd_inverse"):
+    raise RuntimeError("three_mechanisms: wd_optax.kfac._preconditioner._spd_inverse is gone; update the "
+                       "study's inverse workaround (_matmul_inverses).")
+  original = _preconditioner._spd_inverse
+  _preconditioner._spd_inverse = _spd_inverse_by_iteration
+  try:
+    yield
+  finally:
+    _preconditioner._spd_inverse = original
+
+
+def damping_report(params: dict, grads: dict, curvature, layers: Sequence[str]) -> dict:
+  """Per layer: γ‖W‖² and cos(U, G), U the K-FAC direction of one fresh factor estimate (no averaging).
+
+  The same quantities as ``wd_optax.kfac.effective_damping`` after one ``scale_by_kfac(DAMPING)`` update
+  with ``curvature`` (tested against it), with the damped inverses by :func:`_spd_inverse_by_iteration`.
+  """
+  out = {}
+  leaves, grad_leaves = dict(_tree.named_leaves(params)), dict(_tree.named_leaves(grads))
+  for layer in layers:
+    c = curvature[layer]
+    kernel = leaves[f"{layer}/kernel"]
+    gm = grad_leaves[f"{layer}/kernel"].reshape(-1, kernel.shape[-1])
+    if f"{layer}/bias" in grad_leaves:
+      gm = jnp.concatenate([gm, grad_leaves[f"{layer}/bias"][None]], axis=0)
+    mean_a, mean_s = jnp.trace(c.a) / c.a.shape[0], jnp.trace(c.s) / c.s.shape[0]
+    pi = jnp.sqrt(mean_a / jnp.maximum(mean_s, 1e-30))
+    damping = DAMPING / c.locations
+    root = jnp.sqrt(damping)
+    inv_a = _spd_inverse_by_iteration(c.a + pi * root * jnp.eye(c.a.shape[0]))
+    inv_s = _spd_inverse_by_iteration(c.s + root / pi * jnp.eye(c.s.shape[0]))
+    u = inv_a @ gm @ inv_s
+    out[f"cos/{layer}"] = jnp.vdot(u, gm) / (jnp.linalg.norm(u) * jnp.linalg.norm(gm) + 1e-30)
+    out[f"gamma_eff/{layer}"] = DAMPING * jnp.sum(jnp.square(kernel))
+  return out
+
+
 def eval_metrics(model: _Model, modes: Sequence[str], apply, params, model_state, x, y) -> dict:
-  """E‖J_x‖²_F (inference mode) and, per layer, γ‖W‖² and cos(K-FAC direction, gradient) for F and G."""
+  """E‖J_x‖²_F (inference mode) and, per layer, γ‖W‖² and cos(K-FAC direction, gradient) for F and/or G."""
   probe_key = jax.random.key(0)
   logits_fn = lambda p, xs: apply(p, model_state, xs, False)[0]
   out = {"jacobian_norm": jacobian_norm(logits_fn, params, x[:JACOBIAN_EXAMPLES], probe_key,
@@ -234,11 +299,9 @@ def eval_metrics(model: _Model, modes: Sequence[str], apply, params, model_state
     if mode not in modes:
       continue
     _, grads, curvature = model.curvature(params, batch, jax.random.key(1), mode)
-    tx = kfac.scale_by_kfac(DAMPING, layers=model.layers)
-    _, state = tx.update(grads, tx.init(plain), plain, curvature=curvature)
-    for layer, d in kfac.effective_damping(state, plain).items():
-      out[f"cos_{name}/{layer}"] = d.cosine
-      out[f"gamma_eff/{layer}"] = d.effective_damping  # the same for both modes
+    for key, value in damping_report(plain, grads, curvature, model.layers).items():
+      kind, layer = key.split("/", 1)
+      out[f"cos_{name}/{layer}" if kind == "cos" else key] = value
   return out
 
 
@@ -422,13 +485,15 @@ STUDY = Study(
         "× {no normalisation, BatchNorm without affine parameters}; per optimizer one η and one λ for both the "
         f"L2 and the decoupled arm ({_SETTINGS_TEXT}), "
         f"chosen by hand for a short run, not tuned. K-FAC: damping γ={DAMPING:g} (π-split), factor EMA 0.95, "
-        f"inverses every 10 steps, KL clip {KL_CLIP:g} (Zhang et al. clip too; without it the first steps "
-        "with a fresh curvature estimate are unstable at this η). BN is a frozen gate in one model (the "
+        f"inverses every 10 steps, KL clip {KL_CLIP:g} (as in Zhang et al.'s code). BN is a frozen gate in one model (the "
         "harness trains one model per study): BN arms switch it on at their first update, so that step is "
-        "taken without BN. E‖J_x‖²_F on 128 test inputs in inference mode (4 Gaussian probes); γ_eff and "
-        "cos(K-FAC direction, gradient) are measured at every evaluation with `kfac.effective_damping` "
-        f"of a fresh K-FAC state updated once with the curvature of {EVAL_EXAMPLES} test inputs (the harness "
-        "does not expose the optimizer state, so this is the cosine without the factor averaging). Z4 "
+        f"taken without BN. E‖J_x‖²_F on {JACOBIAN_EXAMPLES} test inputs in inference mode ({JACOBIAN_PROBES} "
+        "Gaussian probes); γ_eff and "
+        "cos(K-FAC direction, gradient) are measured at every evaluation for the factors of "
+        f"{EVAL_EXAMPLES} test inputs, as `kfac.effective_damping` reports them after one fresh K-FAC update "
+        "(the harness does not expose the optimizer state, so this is the cosine without the factor "
+        "averaging; inverses by Newton–Schulz iteration, since a vmapped LAPACK inverse in the evaluation "
+        "program hung on the CPU backend). Z4 "
         "compares K-FAC's decoupled gain to SGD's better decay placement (larger mean gain). Seeds are paired."),
     make_config=make_config,
     analyze=analyze,
