@@ -201,6 +201,8 @@ class Program:
     spec = self.spec
     self._chunk = jax.jit(functools.partial(step_lib.population_chunk, spec), static_argnums=4)
     self._eval = jax.jit(functools.partial(step_lib.evaluate, spec), static_argnums=3)
+    self._eval_extra = (jax.jit(functools.partial(step_lib.evaluate_extra, spec), static_argnums=3)
+                        if spec.eval_metrics is not None else None)
     self.reset(group.members)
 
   def reset(self, members: Sequence[Member]) -> None:
@@ -232,7 +234,13 @@ class Program:
     return metrics
 
   def evaluate(self) -> dict:
-    return self._eval(self.state, self.x_test, self.y_test, self.config.train.eval_batch_size)
+    args = (self.state, self.x_test, self.y_test, self.config.train.eval_batch_size)
+    out = jax.device_get(self._eval(*args))
+    if self._eval_extra is not None:
+      # Fetched before the study's program is dispatched (and, the first time, compiled): compiling it while
+      # the evaluation still ran on the CPU thread pool deadlocked XLA:CPU in a K-FAC study.
+      out.update(jax.device_get(self._eval_extra(*args)))
+    return out
 
   def params(self, index: int) -> Any:
     """Parameters of member ``index`` as host numpy arrays."""
