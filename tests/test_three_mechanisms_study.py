@@ -161,6 +161,7 @@ def test_optimizer_wrapper_sets_the_gate_once_and_routes_the_decay(optimizer):
     np.testing.assert_allclose(l2, (1 - 0.1 * 0.5) * w0, rtol=1e-5)
 
 
+@pytest.mark.slow  # ~30-80 s (two programs to compile); its pieces are covered by the wrapper/analysis tests
 def test_tiny_end_to_end_run(tmp_path):
   from experiments.runner import run_study
   section = run_study("three_mechanisms", str(tmp_path), quick=True, seeds=2,

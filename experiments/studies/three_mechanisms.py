@@ -347,6 +347,11 @@ def _per_seed(results, label: str, values: np.ndarray, seeds: list[int]) -> np.n
   return np.array([values[r.seeds.index(s)] for s in seeds])
 
 
+def _final_mean(results, label: str, metric: str) -> str:
+  r = results[label]
+  return f"{np.nanmean(r.final(metric)):.3g}" if metric in r.series else "—"
+
+
 def analyze(results, config):
   seeds = sorted(set.intersection(*(set(r.seeds) for r in results.values())))
   acc = {label: _per_seed(results, label, _common.pct(r.final("test_accuracy")), seeds)
@@ -422,7 +427,11 @@ def analyze(results, config):
           f"Z6{tag}{'-bn' if net == 'bn' else ''}", f"{PRETTY[optimizer]} ({net}): coupled L2 is much weaker than decoupled decay.",
           f"acc({optimizer} decoupled) − acc({optimizer} L2), {net} MLP, same λ",
           report.paired_ci(dec, l2), min_effect=MIN_GAIN, unit=" pt",
-          notes=f"gains over no decay: decoupled {np.mean(dec - none):+.2f}, L2 {np.mean(l2 - none):+.2f} pt"))
+          notes=f"gains over no decay: decoupled {np.mean(dec - none):+.2f}, L2 {np.mean(l2 - none):+.2f} pt; "
+                f"final E‖J_x‖²_F decoupled {_final_mean(results, arm_name(optimizer, 'decoupled', net), 'jacobian_norm')}"
+                f", L2 {_final_mean(results, arm_name(optimizer, 'l2', net), 'jacobian_norm')} (one λ for both "
+                "placements, not tuned per placement: preconditioned L2 also shrinks low-curvature directions "
+                "fast, so a collapsed L2 run counts against L2 here)"))
 
   labels = [arm_name(o, d, n) for n in NETS for o in OPTIMIZERS for d in DECAYS if arm_name(o, d, n) in results]
   table = _common.arm_table(results, labels, extra={"jacobian_norm": "final E‖J_x‖²_F",
