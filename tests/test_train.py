@@ -213,7 +213,7 @@ def test_lr_norm_sq_scales_each_scale_invariant_step_by_its_squared_norm_ratio()
   hp = {k: jnp.float32(getattr(optim, k)) for k in config_lib.TRACED_FIELDS}
   state = {"step": jnp.int32(0), "params": params, "model_state": {}, "key": jax.random.PRNGKey(0),
            "opt_state": spec.init_opt_state(params, hp), "init_sq_norm": spec.si_sq_norms(w0)}
-  new, metrics = step_lib.member_step(spec, state, hp, x, y, diagnose=True)
+  new, metrics = jax.jit(lambda s, h: step_lib.member_step(spec, s, h, x, y, diagnose=True))(state, hp)
 
   order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(0), 0), 8))
   grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, {}, x[order], True)[0],
