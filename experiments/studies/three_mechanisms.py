@@ -43,7 +43,6 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -63,7 +62,6 @@ from experiments.train.step import cross_entropy, default_grad_fn
 from wd_optax import _tree
 from wd_optax import kfac
 from wd_optax.diagnostics import jacobian_norm
-from wd_optax.kfac import _preconditioner
 
 OPTIMIZERS = ("sgd", "adam", "kfacf", "kfacg")
 # Quick mode keeps what the claims need most within its ~90 s budget: SGD (Z4's reference) and KFAC-F.
@@ -81,6 +79,9 @@ SETTINGS = {
 }
 DAMPING = 1e-3
 KL_CLIP = 1e-2
+# Matmul-only inverses: a vmapped LAPACK inverse inside the scanned, vmapped training step deadlocked the
+# CPU backend here (every thread waiting) for a population of 18 members.
+INVERSE = "newton_schulz"
 GATE = "bn_gate"
 EVAL_EXAMPLES = 256
 JACOBIAN_EXAMPLES = 64
@@ -200,7 +201,7 @@ def make_tx(model: _Model, optim: config_lib.OptimConfig, rates) -> optax.Gradie
     base = wd_optax.adam(lr, weight_decay=l2, decay="l2")
   elif optim.name in KFAC_MODES:
     base = kfac.kfac(lr, damping=DAMPING, weight_decay=l2, decay="l2", momentum=optim.momentum, kl_clip=KL_CLIP,
-                     inverse_every=10, layers=model.layers)
+                     inverse_every=10, inverse=INVERSE, layers=model.layers)
   else:
     raise ValueError(f"three_mechanisms: optim.name must be one of {OPTIMIZERS}, got {optim.name!r}.")
   inner = optax.chain(base, wd_optax.decoupled_decay(dec, learning_rate=lr))
@@ -213,8 +214,7 @@ def make_tx(model: _Model, optim: config_lib.OptimConfig, rates) -> optax.Gradie
     extra = {}
     if mode is not None:
       extra["curvature"] = model.curvature(params, batch, key, mode)[2]
-    with _matmul_inverses() if mode is not None else contextlib.nullcontext():
-      new, inner_state = inner.update(_strip(updates), state.inner, _strip(params), **extra)
+    new, inner_state = inner.update(_strip(updates), state.inner, _strip(params), **extra)
     new = dict(new)
     new[GATE] = jnp.where(state.count == 0, bn - params[GATE], 0.0).astype(params[GATE].dtype)
     return new, GatedState(state.count + 1, inner_state)
@@ -228,44 +228,11 @@ def grad_fn(loss_fn, params, batch, key) -> GradResult:
   return result._replace(extra={"batch": batch, "key": key})
 
 
-def _spd_inverse_by_iteration(matrix: jax.Array, iterations: int = 30) -> jax.Array:
-  """Newton–Schulz iteration X ← X(2I − MX) from X₀ = I/‖M‖_F: the inverse of an SPD matrix by matmuls only.
-
-  The residual I − MX is squared each step from ‖I − MX₀‖ ≤ 1 − λ_min/‖M‖_F, so 30 steps suffice for
-  condition numbers up to about 10⁸ (the damped factors here stay far below). Used at evaluation because a vmapped LAPACK inverse inside the harness's
-  evaluation program deadlocked on this project's CPU backend (see the study's setting text).
-  """
-  eye = jnp.eye(matrix.shape[0], dtype=matrix.dtype)
-  x0 = eye / jnp.linalg.norm(matrix)
-  step = lambda _, x: x @ (2.0 * eye - matrix @ x)
-  return jax.lax.fori_loop(0, iterations, step, x0)
-
-
-@contextlib.contextmanager
-def _matmul_inverses():
-  """While tracing, ``wd_optax.kfac`` inverts its damped factors by :func:`_spd_inverse_by_iteration`.
-
-  Workaround, not a library change: the library's LAPACK inverse (``jnp.linalg.inv``) inside the vmapped,
-  scanned training step hung the CPU backend here (every thread waiting, no progress) for a population of
-  18 members. The swap is scoped to this study's traces; the damped factors are SPD with eigenvalues at
-  least the damping, so the iteration converges (tested against the library's inverse).
-  """
-  if not hasattr(_preconditioner, "_spd_inverse"):
-    raise RuntimeError("three_mechanisms: wd_optax.kfac._preconditioner._spd_inverse is gone; update the "
-                       "study's inverse workaround (_matmul_inverses).")
-  original = _preconditioner._spd_inverse
-  _preconditioner._spd_inverse = _spd_inverse_by_iteration
-  try:
-    yield
-  finally:
-    _preconditioner._spd_inverse = original
-
-
 def damping_report(params: dict, grads: dict, curvature, layers: Sequence[str]) -> dict:
   """Per layer: γ‖W‖² and cos(U, G), U the K-FAC direction of one fresh factor estimate (no averaging).
 
   The same quantities as ``wd_optax.kfac.effective_damping`` after one ``scale_by_kfac(DAMPING)`` update
-  with ``curvature`` (tested against it), with the damped inverses by :func:`_spd_inverse_by_iteration`.
+  with ``curvature`` (tested against it), with the damped inverses by Newton–Schulz iteration (``INVERSE``).
   """
   out = {}
   leaves, grad_leaves = dict(_tree.named_leaves(params)), dict(_tree.named_leaves(grads))
@@ -275,12 +242,8 @@ def damping_report(params: dict, grads: dict, curvature, layers: Sequence[str]) 
     gm = grad_leaves[f"{layer}/kernel"].reshape(-1, kernel.shape[-1])
     if f"{layer}/bias" in grad_leaves:
       gm = jnp.concatenate([gm, grad_leaves[f"{layer}/bias"][None]], axis=0)
-    mean_a, mean_s = jnp.trace(c.a) / c.a.shape[0], jnp.trace(c.s) / c.s.shape[0]
-    pi = jnp.sqrt(mean_a / jnp.maximum(mean_s, 1e-30))
     damping = DAMPING / c.locations
-    root = jnp.sqrt(damping)
-    inv_a = _spd_inverse_by_iteration(c.a + pi * root * jnp.eye(c.a.shape[0]))
-    inv_s = _spd_inverse_by_iteration(c.s + root / pi * jnp.eye(c.s.shape[0]))
+    inv_a, inv_s = kfac.damped_inverses(c.a, c.s, damping, pi_damping=True, inverse=INVERSE)
     u = inv_a @ gm @ inv_s
     out[f"cos/{layer}"] = jnp.vdot(u, gm) / (jnp.linalg.norm(u) * jnp.linalg.norm(gm) + 1e-30)
     out[f"gamma_eff/{layer}"] = DAMPING * jnp.sum(jnp.square(kernel))

@@ -27,6 +27,7 @@ def kfac(
     ema: float = 0.95,
     inverse_every: int = 20,
     pi_damping: bool = True,
+    inverse: str = "lu",
     layers: Sequence[str] | None = None,
     coupling: str = "lr",
     peak_learning_rate: float | None = None,
@@ -57,6 +58,7 @@ def kfac(
     ema: factor averaging, see :func:`scale_by_kfac`.
     inverse_every: inverse period, see :func:`scale_by_kfac`.
     pi_damping: π-split damping, see :func:`scale_by_kfac`.
+    inverse: ``"lu"`` or ``"newton_schulz"``, see :func:`scale_by_kfac`.
     layers: registered layer paths, see :func:`scale_by_kfac`.
     coupling: for ``decay="decoupled"``: ``"lr"``, ``"schedule"``, ``"independent"`` or ``"corrected"``.
     peak_learning_rate: :math:`\eta_{\max}` for the ``"schedule"`` and ``"corrected"`` couplings.
@@ -96,7 +98,7 @@ def kfac(
   if momentum is not None and not _checks.is_traced(momentum) and not 0.0 <= float(momentum) < 1.0:
     raise ValueError(f"momentum must be in [0, 1) or None, got {momentum!r}.")
   precondition = scale_by_kfac(damping, ema=ema, inverse_every=inverse_every, pi_damping=pi_damping,
-                               layers=layers, kl_clip=kl_clip,
+                               inverse=inverse, layers=layers, kl_clip=kl_clip,
                                learning_rate=learning_rate if kl_clip is not None else None)
   momentum_step = [] if momentum is None else [optax.trace(decay=momentum)]
   if decay == "l2":

@@ -133,19 +133,45 @@ def _pi(a: jax.Array, s: jax.Array) -> jax.Array:
   return jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a / jnp.where(ok, mean_s, 1.0), 1.0)), 1.0)
 
 
-def _spd_inverse(matrix: jax.Array) -> jax.Array:
+INVERSES = ("lu", "newton_schulz")
+NEWTON_SCHULZ_ITERATIONS = 30
+
+
+def _lu_inverse(matrix: jax.Array) -> jax.Array:
   """Inverse of a damped (so well-conditioned) SPD factor, by LU; symmetrised against round-off."""
   inverse = jnp.linalg.inv(matrix)
   return 0.5 * (inverse + inverse.T)
 
 
-def damped_inverses(a: jax.Array, s: jax.Array, damping: jax.Array, pi_damping: bool = True
-                    ) -> KfacFactors:
-  r"""``((A + π√γ I)^{-1}, (S + √γ/π I)^{-1})`` with π from the traces (1 without ``pi_damping``)."""
+def _newton_schulz_inverse(matrix: jax.Array) -> jax.Array:
+  r"""Inverse of an SPD matrix by matmuls only: :math:`X \leftarrow X(2I - MX)` from :math:`X_0 = I/\|M\|_F`.
+
+  The residual :math:`I - MX` is squared at every step from :math:`\|I - MX_0\| \le 1 - \lambda_{\min}/\|M\|_F`,
+  so 30 steps reach float32 accuracy for condition numbers up to about :math:`10^8`; damping keeps the
+  factors far below that. No LAPACK call: a vmapped LAPACK inverse inside a scanned training step was
+  seen to deadlock the CPU backend (experiments/studies/three_mechanisms.py).
+  """
+  eye = jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+  x0 = eye / jnp.linalg.norm(matrix)
+  inverse = jax.lax.fori_loop(0, NEWTON_SCHULZ_ITERATIONS, lambda _, x: x @ (2.0 * eye - matrix @ x), x0)
+  return 0.5 * (inverse + inverse.T)
+
+
+_INVERTERS = {"lu": _lu_inverse, "newton_schulz": _newton_schulz_inverse}
+
+
+def damped_inverses(a: jax.Array, s: jax.Array, damping: jax.Array, pi_damping: bool = True,
+                    inverse: str = "lu") -> KfacFactors:
+  r"""``((A + π√γ I)^{-1}, (S + √γ/π I)^{-1})`` with π from the traces (1 without ``pi_damping``).
+
+  ``inverse`` is ``"lu"`` (``jnp.linalg.inv``) or ``"newton_schulz"`` (matmuls only, 30 iterations).
+  """
+  _checks.check_choice(inverse, "inverse", INVERSES)
+  invert = _INVERTERS[inverse]
   pi = _pi(a, s) if pi_damping else jnp.ones((), a.dtype)
   root = jnp.sqrt(damping).astype(a.dtype)
-  return KfacFactors(_spd_inverse(a + pi * root * jnp.eye(a.shape[0], dtype=a.dtype)),
-                     _spd_inverse(s + root / pi * jnp.eye(s.shape[0], dtype=s.dtype)))
+  return KfacFactors(invert(a + pi * root * jnp.eye(a.shape[0], dtype=a.dtype)),
+                     invert(s + root / pi * jnp.eye(s.shape[0], dtype=s.dtype)))
 
 
 def scale_by_kfac(
@@ -157,6 +183,7 @@ def scale_by_kfac(
     layers: Sequence[str] | None = None,
     kl_clip: float | None = None,
     learning_rate: optax.ScalarOrSchedule | None = None,
+    inverse: str = "lu",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Preconditions the gradients of the registered layers with K-FAC; other parameters pass unchanged.
 
@@ -199,8 +226,11 @@ def scale_by_kfac(
       ``wd_optax.kfac.registered_layers(model)``.
     kl_clip: :math:`\kappa`, or ``None`` for no clipping.
     learning_rate: :math:`\eta`, required with ``kl_clip``.
+    inverse: how the damped factors are inverted: ``"lu"`` (``jnp.linalg.inv``, the default) or
+      ``"newton_schulz"`` (matmuls only; use it where LAPACK calls are slow or unavailable, or inside
+      large vmapped programs on CPU).
 
-  Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping")``:
+  Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping", "inverse")``:
   those shape the computation and cannot be traced.
 
   Returns:
@@ -237,6 +267,7 @@ def scale_by_kfac(
     raise ValueError(
         f"inverse_every must be a Python int >= 1, got {inverse_every!r} (inside optax.inject_hyperparams "
         "name it in static_args, with layers and pi_damping).")
+  _checks.check_choice(inverse, "inverse", INVERSES)
   if kl_clip is not None:
     _checks.check_rate(kl_clip, "kl_clip", positive=True)
     _checks.check_rate(learning_rate, "learning_rate")
@@ -266,7 +297,7 @@ def scale_by_kfac(
 
     def fresh_inverses(operands):
       factors, gamma, locations = operands
-      return {l: damped_inverses(f.a, f.s, gamma / locations[l], pi_damping) for l, f in factors.items()}
+      return {l: damped_inverses(f.a, f.s, gamma / locations[l], pi_damping, inverse) for l, f in factors.items()}
 
     inverses = jax.lax.cond(count % inverse_every == 0, fresh_inverses, lambda _: state.inverses,
                             (factors, gamma, locations))
