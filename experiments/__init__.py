@@ -11,3 +11,18 @@ Layout: :mod:`experiments.config` (dataclass configs, ``--set key=value``), :mod
 :mod:`experiments.studies` (one module per study, plus the registry) and :mod:`experiments.report`
 (statistics and REPORT.md).
 """
+
+import os as _os
+
+
+def _avoid_xla_cpu_eigen_deadlock() -> None:
+  # XLA's CPU backend can wedge its multithreaded Eigen pool on large vmapped programs: every thread
+  # parked, no progress, reproducibly in three_mechanisms' vmapped populations on 2 cores (also reported
+  # upstream for vmap graphs). Single-threaded Eigen avoids it and only affects the CPU backend; it must
+  # be set before jax starts its backends, hence here. Set the flag yourself to override.
+  flags = _os.environ.get("XLA_FLAGS", "")
+  if "xla_cpu_multi_thread_eigen" not in flags:
+    _os.environ["XLA_FLAGS"] = (flags + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
+_avoid_xla_cpu_eigen_deadlock()

@@ -1,12 +1,19 @@
 """Test configuration shared by the whole suite.
 
 XLA reads ``XLA_FLAGS`` once, when jax first initialises its backends, so the eight simulated CPU devices
-that the sharding tests need are requested here, before any test module imports jax.
+that the sharding tests need are requested here, before any test module imports jax, together with
+single-threaded Eigen: XLA's multithreaded CPU Eigen pool was seen to deadlock on vmapped populations
+(see experiments/__init__.py).
 """
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  _flags += " --xla_force_host_platform_device_count=8"
+if "xla_cpu_multi_thread_eigen" not in _flags:
+  _flags += " --xla_cpu_multi_thread_eigen=false"
+os.environ["XLA_FLAGS"] = _flags.strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402  (must come after XLA_FLAGS is set)
