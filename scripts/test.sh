@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/setup.sh dev
-args=(-q -p no:cacheprovider)
+# Two workers: the suite is dominated by single-threaded XLA compiles, so it scales with cores (CI has 2).
+args=(-q -p no:cacheprovider -n "${WD_OPTAX_TEST_WORKERS:-2}")
 [ "${CI:-}" = "true" ] && args+=(-m "not slow")
 exec "$WD_OPTAX_PYTHON" -m pytest "${args[@]}" "$@"
