@@ -21,6 +21,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_WORKDIR = ROOT / "runs" / "quick"
+# The committed snapshot of a reproduce run (results/README.md says which commit and machine): the page
+# shows it when no fresh run exists in runs/quick.
+PUBLISHED_WORKDIR = ROOT / "results" / "quick"
 COMMAND = "bash scripts/reproduce.sh"
 UNDERLYING = "python -m experiments reproduce --quick --workdir runs/quick"
 IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+)\)")
@@ -111,16 +114,17 @@ def command_for(title: str, body: str, workdir: pathlib.Path) -> str:
   study = re.match(r"# Study `([^`]+)`", title)
   if study:
     return f"python -m experiments {study.group(1)}{' --quick' if quick else ''} --workdir {_relative(workdir)}"
-  if quick and workdir.resolve() == DEFAULT_WORKDIR.resolve():
+  if quick and workdir.resolve() in (DEFAULT_WORKDIR.resolve(), PUBLISHED_WORKDIR.resolve()):
     return COMMAND
   return f"python -m experiments reproduce{' --quick' if quick else ''} --workdir {_relative(workdir)}"
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--workdir", default=os.environ.get("WD_OPTAX_RESULTS_DIR", str(DEFAULT_WORKDIR)),
-                      help="reproduce work directory holding REPORT.md (default: runs/quick, or "
-                      "$WD_OPTAX_RESULTS_DIR)")
+  fallback = DEFAULT_WORKDIR if (DEFAULT_WORKDIR / "REPORT.md").exists() else PUBLISHED_WORKDIR
+  parser.add_argument("--workdir", default=os.environ.get("WD_OPTAX_RESULTS_DIR", str(fallback)),
+                      help="reproduce work directory holding REPORT.md (default: runs/quick if it has a "
+                      "report, else the published results/quick; or $WD_OPTAX_RESULTS_DIR)")
   parser.add_argument("--out", default=str(pathlib.Path(__file__).resolve().parent / "_generated"),
                       help="where results.md and its plots are written")
   args = parser.parse_args(argv)
