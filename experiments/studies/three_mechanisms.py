@@ -135,7 +135,7 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
                                    decay="l2", decay_mask="all"),
       train=config_lib.TrainConfig(steps=200 if quick else 3000, batch_size=128, log_every=50 if quick else 100,
                                    eval_every=50 if quick else 200, checkpoint_every=0, on_nan="continue"),
-      seeds=3 if quick else 8,
+      seeds=6 if quick else 8,
       arms=[])
   for optimizer in QUICK_OPTIMIZERS if quick else OPTIMIZERS:
     s = SETTINGS[optimizer]
