@@ -33,13 +33,14 @@ from wd_optax.kfac._curvature import MODES, Curvature, LayerCurvature, value_gra
 from wd_optax.kfac._layers import (Conv, KfacInputStats, KfacOutputPerturbation, Linear,
                                    registered_layers)
 from wd_optax.kfac._optimizer import DECAYS, kfac
-from wd_optax.kfac._preconditioner import (KfacFactors, LayerDamping, ScaleByKfacState,
+from wd_optax.kfac._preconditioner import (INVERSES, KfacFactors, LayerDamping, ScaleByKfacState,
                                            damped_inverses, effective_damping, scale_by_kfac)
 
 __all__ = [
     "Conv",
     "Curvature",
     "DECAYS",
+    "INVERSES",
     "KfacFactors",
     "KfacInputStats",
     "KfacOutputPerturbation",

@@ -6,6 +6,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from wd_optax import _checks
@@ -27,10 +28,14 @@ class LayerCurvature(NamedTuple):
       loss at the layer's output.
     locations: :math:`T`, the number of spatial locations a convolution kernel is applied to (1 for
       ``Linear``), a float32 scalar.
+    estimated: 1 if the factors were estimated on this batch, 0 if ``value_grad_and_curvature`` was told
+      not to (``estimate=False``; ``a`` and ``s`` are then zeros and :func:`scale_by_kfac` keeps its
+      running averages). A float32 scalar; defaults to 1 for factors built by hand.
   """
   a: jax.Array
   s: jax.Array
   locations: jax.Array
+  estimated: Any = 1.0
 
 
 #: The curvature of a model: a dict from each registered layer's module path to its factors.
@@ -64,6 +69,7 @@ def value_grad_and_curvature(
     *,
     mode: str = "fisher",
     key: jax.Array | None = None,
+    estimate: bool | jax.Array = True,
 ) -> tuple[tuple[jax.Array, jax.Array], nnx.State, Curvature]:
   r"""Loss, gradients with respect to the ``nnx.Param`` s, and the K-FAC factors of every registered layer.
 
@@ -96,6 +102,12 @@ def value_grad_and_curvature(
   Mutable non-parameter state the forward pass changes (batch statistics, RNG counters) is written back
   to ``model``. Under ``jit`` with a batch sharded over devices the means are over the global batch.
 
+  ``estimate`` skips the statistics on steps that do not need them (Zhang et al. refresh the factors
+  every 10 steps): ``False`` runs a plain forward and backward pass and returns zero factors marked
+  ``estimated=0``, which :func:`scale_by_kfac` leaves out of its running averages. A traced boolean (e.g.
+  ``optimizer.step[...] % 10 == 0``) chooses inside ``jit`` with ``lax.cond``: one compiled step, and only
+  the chosen branch runs. Loss and gradients are the same either way.
+
   Args:
     loss_fn: ``(model, batch) -> (mean loss, logits)``; the model contains
       :class:`wd_optax.kfac.Linear` / :class:`wd_optax.kfac.Conv` layers, each called once.
@@ -103,6 +115,7 @@ def value_grad_and_curvature(
     batch: anything ``loss_fn`` accepts.
     mode: ``"fisher"``, ``"empirical"`` or ``"ggn"``.
     key: a PRNG key, required for ``"fisher"`` and ``"ggn"``.
+    estimate: whether to estimate the factors on this batch: a Python bool or a boolean scalar array.
 
   Returns:
     ``((loss, logits), grads, curvature)``: ``grads`` is an ``nnx.State`` of the ``nnx.Param`` s (as
@@ -132,8 +145,72 @@ def value_grad_and_curvature(
     raise ValueError(f"value_grad_and_curvature(mode={mode!r}) samples its output gradients: pass key=.")
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
+  static_estimate = _static_bool(estimate)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
+  def estimated(params: nnx.State, key: jax.Array | None):
+    return _estimated(loss_fn, graphdef, params, rest, batch, mode, key)
+
+  def plain(params: nnx.State, key: jax.Array | None):
+    del key
+    (loss, logits), grads, new_rest = _plain(loss_fn, graphdef, params, rest, batch)
+    shapes = jax.eval_shape(estimated, params, key_arg)[2]
+    zeros = {layer: LayerCurvature(jnp.zeros(c.a.shape, c.a.dtype), jnp.zeros(c.s.shape, c.s.dtype),
+                                   jnp.zeros(c.locations.shape, c.locations.dtype), jnp.zeros((), jnp.float32))
+             for layer, c in shapes.items()}
+    return (loss, logits), grads, zeros, new_rest
+
+  key_arg = None if mode == "empirical" else key
+  if static_estimate is True:
+    out = estimated(params, key_arg)
+  elif static_estimate is False:
+    out = plain(params, key_arg)
+  else:
+    out = jax.lax.cond(estimate, estimated, plain, params, key_arg)
+  (loss, logits), grads, curvature, new_rest = out
+  nnx.update(model, new_rest)
+  return (loss, logits), grads, curvature
+
+
+def _static_bool(estimate: Any) -> bool | None:
+  """``estimate`` as a Python bool, or ``None`` when it is a (traced) boolean scalar."""
+  if isinstance(estimate, (bool, np.bool_)):
+    return bool(estimate)
+  shape, dtype = jnp.shape(estimate), getattr(estimate, "dtype", None)
+  if shape != () or dtype != jnp.bool_:
+    raise TypeError(
+        f"estimate must be a Python bool or a boolean scalar array, got {type(estimate).__name__} with "
+        f"shape {shape} and dtype {dtype}.")
+  if not _checks.is_traced(estimate):
+    return bool(estimate)
+  return None
+
+
+def _check_outputs(outputs: Any) -> tuple[jax.Array, jax.Array]:
+  if not (isinstance(outputs, tuple) and len(outputs) == 2):
+    raise TypeError(
+        "loss_fn must return (loss, logits), the mean loss and the logits it was computed from; got "
+        f"{type(outputs).__name__}.")
+  loss, logits = outputs
+  if jnp.shape(loss) != ():
+    raise ValueError(f"loss_fn must return a scalar (mean) loss first, got shape {jnp.shape(loss)}.")
+  return loss, logits
+
+
+def _plain(loss_fn, graphdef, params, rest, batch):
+  """Loss, logits, gradients and the updated non-parameter state, without any statistics."""
+  def forward(params: nnx.State):
+    module = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
+    loss, logits = _check_outputs(loss_fn(module, batch))
+    return (loss, logits), nnx.split(module, nnx.Param, ...)[2]
+
+  (loss, logits), vjp_fn, new_rest = jax.vjp(forward, params, has_aux=True)
+  (grads,) = vjp_fn((jnp.ones_like(loss), jnp.zeros_like(logits)))
+  return (loss, logits), grads, new_rest
+
+
+def _estimated(loss_fn, graphdef, params, rest, batch, mode, key):
+  """Loss, logits, gradients, curvature and the updated non-parameter state."""
   def run(params: nnx.State, rest: nnx.State, perturbations: nnx.State | None, *var_types: type):
     # Fresh Variables for the mutable state, so that the forward pass may update them inside the trace.
     module = nnx.merge(graphdef, params, jax.tree.map(lambda x: x, rest))
@@ -146,14 +223,7 @@ def value_grad_and_curvature(
 
   def forward(params: nnx.State, perturbations: nnx.State):
     (outputs, stats), new_rest = run(params, rest, perturbations, _layers.KfacInputStats)
-    if not (isinstance(outputs, tuple) and len(outputs) == 2):
-      raise TypeError(
-          "loss_fn must return (loss, logits), the mean loss and the logits it was computed from; got "
-          f"{type(outputs).__name__}.")
-    loss, logits = outputs
-    if jnp.shape(loss) != ():
-      raise ValueError(f"loss_fn must return a scalar (mean) loss first, got shape {jnp.shape(loss)}.")
-    return (loss, logits), (stats, new_rest)
+    return _check_outputs(outputs), (stats, new_rest)
 
   (loss, logits), vjp_fn, (stats, new_rest) = jax.vjp(forward, params, perturbations, has_aux=True)
   grads, output_grads = vjp_fn((jnp.ones_like(loss), jnp.zeros_like(logits)))
@@ -172,9 +242,7 @@ def value_grad_and_curvature(
     # The cotangent is already a per-example output gradient: no factor n.
     _, output_grads = vjp_fn((jnp.zeros_like(loss), cotangent.astype(logits.dtype)))
     scale = 1.0
-  nnx.update(model, new_rest)
-
-  return (loss, logits), grads, _assemble(stats, output_grads, scale)
+  return (loss, logits), grads, _assemble(stats, output_grads, scale), new_rest
 
 
 def _by_layer(state: nnx.State) -> dict[str, Any]:
@@ -197,5 +265,6 @@ def _assemble(stats: nnx.State, output_grads: nnx.State, scale: float) -> Curvat
     raise ValueError(
         "registered layers whose input statistics and output gradients do not pair up: "
         f"{sorted(set(inputs) ^ set(outputs))}.")
-  return {layer: LayerCurvature(a, _output_second_moment(outputs[layer], scale), locations)
+  return {layer: LayerCurvature(a, _output_second_moment(outputs[layer], scale), locations,
+                                jnp.ones((), jnp.float32))
           for layer, (a, locations) in sorted(inputs.items())}

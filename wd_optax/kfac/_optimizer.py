@@ -27,7 +27,7 @@ def kfac(
     ema: float = 0.95,
     inverse_every: int = 20,
     pi_damping: bool = True,
-    inverse: str = "lu",
+    inverse: str = "cholesky",
     layers: Sequence[str] | None = None,
     coupling: str = "lr",
     peak_learning_rate: float | None = None,
@@ -58,7 +58,7 @@ def kfac(
     ema: factor averaging, see :func:`scale_by_kfac`.
     inverse_every: inverse period, see :func:`scale_by_kfac`.
     pi_damping: π-split damping, see :func:`scale_by_kfac`.
-    inverse: ``"lu"`` or ``"newton_schulz"``, see :func:`scale_by_kfac`.
+    inverse: ``"cholesky"``, ``"eigh"``, ``"lu"`` or ``"newton_schulz"``, see :func:`scale_by_kfac`.
     layers: registered layer paths, see :func:`scale_by_kfac`.
     coupling: for ``decay="decoupled"``: ``"lr"``, ``"schedule"``, ``"independent"`` or ``"corrected"``.
     peak_learning_rate: :math:`\eta_{\max}` for the ``"schedule"`` and ``"corrected"`` couplings.

@@ -6,6 +6,7 @@ import math
 from typing import Any, NamedTuple, Sequence
 
 import jax
+import numpy as np
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -31,17 +32,22 @@ class ScaleByKfacState(NamedTuple):
 
   Attributes:
     count: number of updates so far (int32).
+    curvature_count: number of updates that brought an estimated curvature (int32); the averaging
+      weights :math:`\\beta_t` count these, not ``count``.
     factors: per layer, the running averages of :math:`A` and :math:`S`.
     inverses: per layer, :math:`(A + \\pi\\sqrt{\\gamma'} I)^{-1}` and :math:`(S + \\sqrt{\\gamma'}/\\pi\\, I)^{-1}`
       from the last inverse update.
     damping: :math:`\\gamma` at the last update.
     cosine: per layer, the cosine between the preconditioned and the incoming gradient at the last update.
+    locations: per layer, :math:`T` from the last estimated curvature (1 before any).
   """
   count: jax.Array
+  curvature_count: jax.Array
   factors: dict[str, KfacFactors]
   inverses: dict[str, KfacFactors]
   damping: jax.Array
   cosine: dict[str, jax.Array]
+  locations: dict[str, jax.Array]
 
 
 class LayerDamping(NamedTuple):
@@ -133,8 +139,25 @@ def _pi(a: jax.Array, s: jax.Array) -> jax.Array:
   return jnp.where(ok, jnp.sqrt(jnp.where(ok, mean_a / jnp.where(ok, mean_s, 1.0), 1.0)), 1.0)
 
 
-INVERSES = ("lu", "newton_schulz")
+INVERSES = ("cholesky", "eigh", "lu", "newton_schulz")
 NEWTON_SCHULZ_ITERATIONS = 30
+
+
+def _cholesky_inverse(matrix: jax.Array) -> jax.Array:
+  r"""Inverse of a damped SPD factor :math:`M = LL^\top` as :math:`L^{-\top}L^{-1}`: one Cholesky, one
+  triangular solve against :math:`I`, one matmul (no pivoting and no ``custom_linear_solve``, which is
+  what makes ``jnp.linalg.inv`` slow to compile)."""
+  lower = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
+  eye = jnp.eye(matrix.shape[0], dtype=matrix.dtype)
+  lower_inverse = jax.lax.linalg.triangular_solve(lower, eye, left_side=True, lower=True)
+  return lower_inverse.T @ lower_inverse
+
+
+def _eigh_inverse(matrix: jax.Array) -> jax.Array:
+  """Inverse of a damped SPD factor from its eigendecomposition, eigenvalues floored at the smallest normal."""
+  eigenvalues, vectors = jnp.linalg.eigh(matrix, symmetrize_input=False)
+  eigenvalues = jnp.maximum(eigenvalues, jnp.finfo(matrix.dtype).tiny)
+  return (vectors / eigenvalues) @ vectors.T
 
 
 def _lu_inverse(matrix: jax.Array) -> jax.Array:
@@ -157,14 +180,16 @@ def _newton_schulz_inverse(matrix: jax.Array) -> jax.Array:
   return 0.5 * (inverse + inverse.T)
 
 
-_INVERTERS = {"lu": _lu_inverse, "newton_schulz": _newton_schulz_inverse}
+_INVERTERS = {"cholesky": _cholesky_inverse, "eigh": _eigh_inverse, "lu": _lu_inverse,
+              "newton_schulz": _newton_schulz_inverse}
 
 
 def damped_inverses(a: jax.Array, s: jax.Array, damping: jax.Array, pi_damping: bool = True,
-                    inverse: str = "lu") -> KfacFactors:
+                    inverse: str = "cholesky") -> KfacFactors:
   r"""``((A + π√γ I)^{-1}, (S + √γ/π I)^{-1})`` with π from the traces (1 without ``pi_damping``).
 
-  ``inverse`` is ``"lu"`` (``jnp.linalg.inv``) or ``"newton_schulz"`` (matmuls only, 30 iterations).
+  ``inverse`` is ``"cholesky"`` (the default), ``"eigh"``, ``"lu"`` (``jnp.linalg.inv``) or
+  ``"newton_schulz"`` (matmuls only, 30 iterations); see :func:`scale_by_kfac` for the measurements.
   """
   _checks.check_choice(inverse, "inverse", INVERSES)
   invert = _INVERTERS[inverse]
@@ -183,7 +208,7 @@ def scale_by_kfac(
     layers: Sequence[str] | None = None,
     kl_clip: float | None = None,
     learning_rate: optax.ScalarOrSchedule | None = None,
-    inverse: str = "lu",
+    inverse: str = "cholesky",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Preconditions the gradients of the registered layers with K-FAC; other parameters pass unchanged.
 
@@ -205,12 +230,22 @@ def scale_by_kfac(
   The damped inverses are recomputed when ``count % inverse_every == 0`` (the first update included),
   inside ``jit`` through ``lax.cond``: no recompilation, and between recomputations the last inverses,
   with the damping of that step, are reused (a damping schedule therefore takes effect at the next
-  recomputation). Inverses are explicit (``jnp.linalg.inv``; the damped factors are well conditioned), chosen
-  by measurement on this project's 2-core CPU: alone, a 257 / 577 square factor took 1.9 / 7.5 ms against
-  1.4 / 9.6 ms by Cholesky and 6.2 / 25.5 ms by eigendecomposition; in a jitted K-FAC step of a
-  128-256-256-10 MLP recomputing inverses every step, LU compiled in 3.1-3.6 s (Cholesky 4.9-5.7 s,
-  eigendecomposition 2.3-3.9 s) and ran in 16-18 ms (Cholesky 18-49 ms, eigendecomposition 44-149 ms). Parameters outside the registered layers (norm scales, embeddings, plain
-  ``nnx.Linear``) pass through unchanged.
+  recomputation). Inverses are explicit, by Cholesky (:math:`M^{-1} = L^{-\top}L^{-1}`; the damped factors
+  are symmetric positive definite), chosen by measurement on this project's 2-core CPU: a 129 / 257 / 577
+  square factor took 0.4 / 2.0 / 14.6 ms against 2.0 / 5.1 / 35 ms by eigendecomposition and 11 / 12 / 41 ms
+  by ``jnp.linalg.inv`` (LU); the preconditioner of a 128-256-256-10 MLP compiled in 0.8 s with Cholesky,
+  0.5 s with eigendecomposition, 1.0 s by Newton-Schulz and 1.8 s with LU (``benchmarks/kfac_speed.py``
+  times the whole step). ``inverse`` selects another method.
+
+  **Curvature every k steps.** :func:`wd_optax.kfac.value_grad_and_curvature` with ``estimate=False`` (or a
+  traced false, e.g. ``step % 10 != 0``, Zhang et al.'s factor period) skips the statistics and marks the
+  curvature as not estimated (:attr:`LayerCurvature.estimated` is 0): the running averages are then left
+  as they are, and :math:`t` in :math:`\beta_t` counts only the estimated batches. Inverses are recomputed
+  on schedule from the averages so far; before the first estimated batch they stay the identity (the
+  gradient passes unchanged), so estimate the curvature on the first step.
+
+  Parameters outside the registered layers (norm scales, embeddings, plain ``nnx.Linear``) pass through
+  unchanged.
 
   With ``kl_clip`` :math:`\kappa` (Ba et al., 2017, as in Zhang et al.'s code) every update is scaled by
   :math:`\nu = \min(1, \sqrt{\kappa / (\eta_t^2 \sum \langle U, G\rangle)})`, the sum over all
@@ -226,9 +261,9 @@ def scale_by_kfac(
       ``wd_optax.kfac.registered_layers(model)``.
     kl_clip: :math:`\kappa`, or ``None`` for no clipping.
     learning_rate: :math:`\eta`, required with ``kl_clip``.
-    inverse: how the damped factors are inverted: ``"lu"`` (``jnp.linalg.inv``, the default) or
-      ``"newton_schulz"`` (matmuls only; use it where LAPACK calls are slow or unavailable, or inside
-      large vmapped programs on CPU).
+    inverse: how the damped factors are inverted: ``"cholesky"`` (the default), ``"eigh"``
+      (eigendecomposition), ``"lu"`` (``jnp.linalg.inv``) or ``"newton_schulz"`` (matmuls only; use it
+      where LAPACK calls are slow or unavailable, or inside large vmapped programs on CPU).
 
   Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping", "inverse")``:
   those shape the computation and cannot be traced.
@@ -274,13 +309,19 @@ def scale_by_kfac(
 
   def init_fn(params: Any) -> ScaleByKfacState:
     dims = _layer_dims(params, layers)
-    zeros = {l: KfacFactors(jnp.zeros((da, da), jnp.float32), jnp.zeros((ds, ds), jnp.float32))
+    # Built in numpy and transferred: eager jnp.zeros / jnp.eye compile one small program per shape, which
+    # made init take over a second on CPU.
+    def host(array: np.ndarray) -> jax.Array:
+      return jnp.asarray(array)
+    zeros = {l: KfacFactors(host(np.zeros((da, da), np.float32)), host(np.zeros((ds, ds), np.float32)))
              for l, (da, ds, _) in dims.items()}
-    eyes = {l: KfacFactors(jnp.eye(da, dtype=jnp.float32), jnp.eye(ds, dtype=jnp.float32))
+    eyes = {l: KfacFactors(host(np.eye(da, dtype=np.float32)), host(np.eye(ds, dtype=np.float32)))
             for l, (da, ds, _) in dims.items()}
     return ScaleByKfacState(
-        count=jnp.zeros((), jnp.int32), factors=zeros, inverses=eyes,
-        damping=jnp.zeros((), jnp.float32), cosine={l: jnp.zeros((), jnp.float32) for l in dims})
+        count=host(np.zeros((), np.int32)), curvature_count=host(np.zeros((), np.int32)), factors=zeros,
+        inverses=eyes, damping=host(np.zeros((), np.float32)),
+        cosine={l: host(np.zeros((), np.float32)) for l in dims},
+        locations={l: host(np.ones((), np.float32)) for l in dims})
 
   def update_fn(updates: Any, state: ScaleByKfacState, params: Any = None, *,
                 curvature: dict[str, LayerCurvature] | None = None, **extra_args: Any):
@@ -288,19 +329,26 @@ def scale_by_kfac(
     _check_curvature(curvature, state)
     count = state.count
     gamma = jnp.asarray(damping(count) if callable(damping) else damping, jnp.float32)
-    beta = jnp.minimum(jnp.asarray(ema, jnp.float32), count / (count + 1.0))
-    factors = {
-        l: KfacFactors(beta * f.a + (1 - beta) * jnp.asarray(curvature[l].a, jnp.float32),
-                       beta * f.s + (1 - beta) * jnp.asarray(curvature[l].s, jnp.float32))
-        for l, f in state.factors.items()}
-    locations = {l: jnp.asarray(curvature[l].locations, jnp.float32) for l in state.factors}
+    seen = state.curvature_count
+    beta = jnp.minimum(jnp.asarray(ema, jnp.float32), seen / (seen + 1.0))
+    factors, locations, estimated_any = {}, {}, jnp.zeros((), bool)
+    for l, f in state.factors.items():
+      # A batch without curvature (estimate=False) leaves the averages as they are.
+      estimated = jnp.asarray(curvature[l].estimated, jnp.float32) > 0
+      estimated_any = estimated_any | estimated
+      factors[l] = KfacFactors(
+          jnp.where(estimated, beta * f.a + (1 - beta) * jnp.asarray(curvature[l].a, jnp.float32), f.a),
+          jnp.where(estimated, beta * f.s + (1 - beta) * jnp.asarray(curvature[l].s, jnp.float32), f.s))
+      # T comes with the statistics; a batch without them reports none.
+      locations[l] = jnp.where(estimated, jnp.asarray(curvature[l].locations, jnp.float32), state.locations[l])
+    curvature_count = seen + estimated_any.astype(jnp.int32)
 
     def fresh_inverses(operands):
       factors, gamma, locations = operands
       return {l: damped_inverses(f.a, f.s, gamma / locations[l], pi_damping, inverse) for l, f in factors.items()}
 
-    inverses = jax.lax.cond(count % inverse_every == 0, fresh_inverses, lambda _: state.inverses,
-                            (factors, gamma, locations))
+    due = (count % inverse_every == 0) & (curvature_count > 0)
+    inverses = jax.lax.cond(due, fresh_inverses, lambda _: state.inverses, (factors, gamma, locations))
 
     grads = dict(_tree.named_leaves(updates))
     new_leaves, cosine = {}, {}
@@ -330,8 +378,9 @@ def scale_by_kfac(
       nu = jnp.where(size > kl_clip, jnp.sqrt(kl_clip / jnp.maximum(size, _TINY)), 1.0)
       new_leaves = {p: (new_leaves.get(p, g) * nu).astype(g.dtype) for p, g in grads.items()}
     updates = _tree.map_with_path(lambda p, g: new_leaves.get(p, g), updates)
-    return updates, ScaleByKfacState(count=optax.safe_int32_increment(count), factors=factors,
-                                     inverses=inverses, damping=gamma, cosine=cosine)
+    return updates, ScaleByKfacState(count=optax.safe_int32_increment(count), curvature_count=curvature_count,
+                                     factors=factors, inverses=inverses, damping=gamma, cosine=cosine,
+                                     locations=locations)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

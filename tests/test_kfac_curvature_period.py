@@ -1,0 +1,151 @@
+"""Curvature every k steps: ``value_grad_and_curvature(estimate=...)`` and how ``scale_by_kfac`` folds it in.
+
+References: ``nnx.value_and_grad`` for loss, gradients and batch statistics; a numpy float64 running average,
+π-damped inverse and preconditioned update written out by hand.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from wd_optax import kfac
+
+
+class Net(nnx.Module):
+  def __init__(self, rngs):
+    self.body = kfac.Linear(5, 6, rngs=rngs)
+    self.norm = nnx.BatchNorm(6, rngs=rngs)          # mutable batch statistics must be written back
+    self.head = kfac.Linear(6, 3, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(jnp.tanh(self.norm(self.body(x))))
+
+
+def ce_loss(model, batch):
+  logits = model(batch["x"])
+  return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean(), logits
+
+
+def batch_of(seed=0, n=16):
+  rng = np.random.default_rng(seed)
+  return {"x": jnp.asarray(rng.normal(size=(n, 5)), jnp.float32),
+          "y": jnp.asarray(rng.integers(0, 3, size=n), jnp.int32)}
+
+
+@functools.lru_cache(maxsize=None)
+def traced_call():
+  """One compilation with ``estimate`` as a traced argument."""
+  return nnx.jit(lambda model, batch, key, estimate: kfac.value_grad_and_curvature(
+      ce_loss, model, batch, mode="fisher", key=key, estimate=estimate))
+
+
+def test_estimate_false_keeps_loss_gradients_and_batch_stats_and_marks_no_curvature():
+  batch, key = batch_of(), jax.random.key(3)
+  reference = Net(nnx.Rngs(0))
+  (ref_loss, _), ref_grads = nnx.value_and_grad(ce_loss, has_aux=True)(reference, batch)
+  ref_stats = nnx.state(reference, nnx.BatchStat)
+  results = {}
+  for name, call in (("static", lambda m, e: kfac.value_grad_and_curvature(ce_loss, m, batch, mode="fisher",
+                                                                           key=key, estimate=e)),
+                     ("traced", lambda m, e: traced_call()(m, batch, key, jnp.asarray(e)))):
+    for estimate in (True, False):
+      model = Net(nnx.Rngs(0))
+      (loss, _), grads, curvature = call(model, estimate)
+      np.testing.assert_allclose(loss, ref_loss, rtol=1e-6)
+      jax.tree.map(lambda g, r: np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-7), grads, ref_grads)
+      jax.tree.map(lambda s, r: np.testing.assert_allclose(s, r, rtol=1e-6),
+                   nnx.state(model, nnx.BatchStat), ref_stats)
+      assert sorted(curvature) == ["body", "head"]
+      for layer in curvature.values():
+        assert float(layer.estimated) == float(estimate)
+        assert (np.abs(np.asarray(layer.a)).sum() > 0) == estimate
+      results[name, estimate] = curvature
+  for layer in ("body", "head"):            # the traced branch computes what the static call does
+    np.testing.assert_allclose(results["traced", True][layer].a, results["static", True][layer].a, rtol=1e-6)
+    np.testing.assert_allclose(results["traced", True][layer].s, results["static", True][layer].s, rtol=1e-6)
+
+
+def test_estimate_must_be_a_boolean_scalar():
+  model = Net(nnx.Rngs(0))
+  with pytest.raises(TypeError, match="estimate must be a Python bool or a boolean scalar"):
+    kfac.value_grad_and_curvature(ce_loss, model, batch_of(), mode="empirical", estimate=jnp.ones(3, bool))
+  with pytest.raises(TypeError, match="estimate"):
+    kfac.value_grad_and_curvature(ce_loss, model, batch_of(), mode="empirical", estimate=1)
+
+
+def _numpy_inverse(factor, root):
+  return np.linalg.inv(factor + root * np.eye(factor.shape[0]))
+
+
+def test_running_averages_skip_batches_without_curvature_numpy_reference():
+  """Estimated on steps 0, 2, 3 of 5; ema 0.5; inverses every step. Averages, inverses, updates vs numpy."""
+  damping, ema = 1e-2, 0.5
+  model = Net(nnx.Rngs(0))
+  tx = kfac.scale_by_kfac(damping, ema=ema, inverse_every=1)
+  update = jax.jit(lambda g, s, c: tx.update(g, s, None, curvature=c))
+  state = tx.init(nnx.state(model, nnx.Param))
+  flags = [True, False, True, True, False]
+  averages, seen = {}, 0
+  for step, flag in enumerate(flags):
+    (_, _), grads, curvature = kfac.value_grad_and_curvature(ce_loss, model, batch_of(step), mode="empirical",
+                                                             estimate=flag)
+    grads = nnx.as_pure(grads)
+    updates, state = update(grads, state, curvature)
+    beta = min(ema, seen / (seen + 1.0))
+    if flag:
+      for layer, c in curvature.items():
+        a, s = np.float64(c.a), np.float64(c.s)
+        old = averages.get(layer, (np.zeros_like(a), np.zeros_like(s)))
+        averages[layer] = (beta * old[0] + (1 - beta) * a, beta * old[1] + (1 - beta) * s)
+      seen += 1
+    assert int(state.curvature_count) == seen
+    for layer, (a, s) in averages.items():
+      np.testing.assert_allclose(state.factors[layer].a, a, rtol=1e-5, atol=1e-8)
+      pi = np.sqrt((np.trace(a) / a.shape[0]) / (np.trace(s) / s.shape[0]))
+      inv_a, inv_s = _numpy_inverse(a, pi * np.sqrt(damping)), _numpy_inverse(s, np.sqrt(damping) / pi)
+      g = np.concatenate([np.float64(grads[layer]["kernel"]), np.float64(grads[layer]["bias"])[None]])
+      expected = inv_a @ g @ inv_s
+      np.testing.assert_allclose(updates[layer]["kernel"], expected[:-1], rtol=2e-3,
+                                 atol=1e-4 * np.abs(expected).max(), err_msg=f"step {step} {layer}")
+      np.testing.assert_allclose(updates[layer]["bias"], expected[-1], rtol=2e-3,
+                                 atol=1e-4 * np.abs(expected).max(), err_msg=f"step {step} {layer}")
+
+
+def test_before_any_curvature_the_gradient_passes_unchanged():
+  model = Net(nnx.Rngs(0))
+  tx = kfac.scale_by_kfac(1e-3, inverse_every=1)
+  state = tx.init(nnx.state(model, nnx.Param))
+  (_, _), grads, curvature = kfac.value_grad_and_curvature(ce_loss, model, batch_of(), mode="empirical",
+                                                           estimate=False)
+  grads = nnx.as_pure(grads)
+  updates, state = tx.update(grads, state, None, curvature=curvature)
+  jax.tree.map(np.testing.assert_array_equal, updates, grads)     # not grads / γ from zero factors
+  assert int(state.curvature_count) == 0
+
+
+def test_nnx_training_step_with_curvature_every_third_step_compiles_once():
+  model = Net(nnx.Rngs(0))
+  optimizer = nnx.Optimizer(model, kfac.kfac(0.05, damping=1e-2, inverse_every=3), wrt=nnx.Param)
+  traces = []
+
+  @nnx.jit
+  def train_step(model, optimizer, batch, key):
+    traces.append(1)
+    estimate = optimizer.step[...] % 3 == 0
+    (loss, _), grads, curvature = kfac.value_grad_and_curvature(ce_loss, model, batch, mode="fisher", key=key,
+                                                                estimate=estimate)
+    optimizer.update(model, grads, curvature=curvature)
+    return loss
+
+  counts, losses = [], []
+  for step in range(7):
+    losses.append(float(train_step(model, optimizer, batch_of(0, n=64), jax.random.key(step))))
+    counts.append(int(optimizer.opt_state[0].curvature_count[...]))
+  assert len(traces) == 1
+  assert counts == [1, 1, 1, 2, 2, 2, 3]                     # estimated on steps 0, 3 and 6
+  assert losses[-1] < losses[0]
