@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Optional, Union
@@ -60,7 +61,9 @@ class OptimConfig:
 
   Fields in :data:`TRACED_FIELDS` may differ between members of one vmapped program (they are passed
   as arrays); every other field fixes the program's structure, and arms that differ in one are trained
-  as separate programs.
+  as separate programs. The last three attributes are read only by the optimizer hooks of the studies
+  named in their descriptions (the harness's own optimizers ignore them); they are traced so that arms
+  differing only in them share one program.
 
   Attributes:
     name: ``sgd`` | ``adam`` (``wd_optax.adam``) | ``adam_buffers`` (``wd_optax.scale_by_adam_l2``
@@ -88,6 +91,13 @@ class OptimConfig:
     l2_in_first_moment, l2_in_second_moment, l2_preconditioned: switches of
       ``wd_optax.scale_by_adam_l2`` (Bjorck et al. buffer ablation).
     decoupled_decay: decoupled λ after ``scale_by_adam_l2`` (``adam_buffers`` with ``decay="decoupled"``).
+    classifier_norm: the norm c > 0 at which FixNorm holds the classifier kernel (``classifier_norm`` of
+      ``wd_optax.fixnorm``; the ``fixnorm`` study's ``name="fixnorm"`` arms).
+    batch_norm: switch the BatchNorm gate of the ``three_mechanisms`` model on (its optimizer sets the
+      gate at the first update; ``false``: the same network without normalisation).
+    decoupled_fraction: the share of λ that the ``three_mechanisms`` optimizers apply as lr-coupled
+      decoupled decay after the update; the rest, λ·(1 − share), is coupled L2 (0: ``l2``, 1: ``decoupled``).
+      A traced stand-in for ``decay``, so both placements share one program.
   """
   name: str = "sgd"
   learning_rate: float = 0.1
@@ -109,11 +119,15 @@ class OptimConfig:
   l2_in_second_moment: bool = True
   l2_preconditioned: bool = False
   decoupled_decay: float = 0.0
+  classifier_norm: float = 1.0
+  batch_norm: bool = False
+  decoupled_fraction: float = 0.0
 
 
 # Numeric hyperparameters that enter the update only as values: members of one vmapped program may
 # differ in them. Everything else changes the optimizer's structure (its state or its code).
-TRACED_FIELDS = ("learning_rate", "weight_decay", "decay_start", "decay_end", "decoupled_decay")
+TRACED_FIELDS = ("learning_rate", "weight_decay", "decay_start", "decay_end", "decoupled_decay",
+                 "classifier_norm", "batch_norm", "decoupled_fraction")
 
 
 @dataclasses.dataclass
@@ -313,9 +327,30 @@ def validate(config: ExperimentConfig) -> None:
                          ("decay_mask", ("all", "kernels", "conv", "classifier", "none"))):
       if getattr(optim, key) not in choices:
         raise ValueError(f"{where}.{key} must be one of {choices}, got {getattr(optim, key)!r}.")
+    for key in _VALUE_CHECKS:
+      _check_value(key, getattr(optim, key), f"{where}.{key}")
     for key, values in arm.sweep.items():
       if key not in TRACED_FIELDS:
         raise ValueError(f"arms.{arm.name}.sweep: {key!r} cannot be swept inside one program; "
                          f"sweepable fields: {TRACED_FIELDS}.")
       if not isinstance(values, (list, tuple)) or not values:
         raise ValueError(f"arms.{arm.name}.sweep.{key}: expected a non-empty list, got {values!r}.")
+      for value in values if key in _VALUE_CHECKS else ():
+        _check_value(key, value, f"arms.{arm.name}.sweep.{key}")
+
+
+# Traced fields with a restricted range: (test, what is expected). Traced values reach the optimizer as
+# arrays, past its own argument checks, and a bad one fails silently: a negative classifier norm flips the
+# classifier's sign at every step, a fraction outside [0, 1] makes one of the two decays negative.
+_VALUE_CHECKS = {
+    "classifier_norm": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "batch_norm": (lambda v: v in (0, 1), "true or false"),
+    "decoupled_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+}
+
+
+def _check_value(key: str, value: Any, where: str) -> None:
+  test, expected = _VALUE_CHECKS[key]
+  numeric = isinstance(value, (int, float)) and (key == "batch_norm" or not isinstance(value, bool))
+  if not numeric or not test(value):
+    raise ValueError(f"{where} must be {expected}, got {value!r}.")

@@ -18,7 +18,12 @@ A study whose optimizer is not one of ``OptimConfig.name`` (FixNorm's norm proje
 
 * ``make_tx(optim_config, rates) -> optax.GradientTransformation`` builds the transform of one step from
   the step's rates (η_t, λ_t as traced scalars, see ``experiments.train.optim.rates_at``); its state must
-  have the same structure for every step.
+  have the same structure for every step. ``rates`` also holds the study-hook fields of
+  ``experiments.config.TRACED_FIELDS`` (FixNorm's ``classifier_norm``, three_mechanisms' ``batch_norm`` and
+  ``decoupled_fraction``), so arms that differ only in them train as one program. A study that needs
+  another per-arm number adds a documented field to ``OptimConfig``, ``TRACED_FIELDS`` and ``rates_at``
+  (with a range check in ``experiments.config.validate`` if it has one) rather than reusing a field
+  meant for something else.
 * ``grad_fn(loss_fn, params, batch, key) -> experiments.train.GradResult`` computes the loss and gradients
   (``loss_fn(params) -> (loss, (logits, model_state))``) and returns ``extra``: keyword arguments passed
   to ``tx.update(grads, state, params, **extra)``. K-FAC returns its curvature statistics here

@@ -3,8 +3,9 @@
 The harness rebuilds the transform inside the jitted step from the *current* rates: η_t and λ_t are computed
 from the step count (and, with ``lr_norm_sq``, from the weights) as traced scalars and handed to
 ``wd_optax.sgd`` / ``wd_optax.adam`` / ``wd_optax.scale_by_adam_l2`` as plain numbers. So every member of a
-vmapped population may carry its own η, λ and decay window (:data:`experiments.config.TRACED_FIELDS`), and the
-optimizer state has the same structure for all of them: the rates are not state.
+vmapped population may carry its own η, λ and decay window (:data:`experiments.config.TRACED_FIELDS`, which also
+holds the values that studies' own optimizers read, such as FixNorm's classifier norm), and the optimizer state
+has the same structure for all of them: the rates are not state.
 
 A study that needs a different optimizer (K-FAC, FixNorm) passes its own ``make_tx`` with the same signature
 to :class:`experiments.train.Trainer`.
@@ -74,7 +75,12 @@ def lr_multiplier(optim: OptimConfig, step: jax.Array, total_steps: int) -> jax.
 
 
 def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int) -> dict[str, jax.Array]:
-  """η_t and λ_t of one member at ``step`` (``lr_norm_sq``'s per-layer factor is applied by the step)."""
+  """η_t, λ_t and the study-hook values of one member at ``step``.
+
+  The decay window gates the two decay rates only; ``classifier_norm``, ``batch_norm`` and
+  ``decoupled_fraction`` are passed through unchanged (they are not rates). ``lr_norm_sq``'s per-layer
+  factor is applied by the step.
+  """
   lr = hp["learning_rate"] * lr_multiplier(optim, step, total_steps)
   gate = decay_gate(step, hp["decay_start"], hp["decay_end"], total_steps)
   return {
@@ -82,6 +88,9 @@ def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int) -
       "weight_decay": hp["weight_decay"] * gate,
       "decoupled_decay": hp["decoupled_decay"] * gate,
       "peak_learning_rate": hp["learning_rate"],
+      "classifier_norm": hp["classifier_norm"],
+      "batch_norm": hp["batch_norm"],
+      "decoupled_fraction": hp["decoupled_fraction"],
   }
 
 
