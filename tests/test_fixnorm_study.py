@@ -88,10 +88,43 @@ def test_fixnorm_arms_train_as_one_program_and_carry_their_classifier_norm():
   groups = make_groups(config)
   fixnorm_groups = [g for g in groups if g.optim.name == "fixnorm"]
   assert len(fixnorm_groups) == 1
-  norms = {m.arm: m.hp[study.CLASSIFIER_NORM_FIELD] for m in fixnorm_groups[0].members}
+  norms = {m.arm: m.hp["classifier_norm"] for m in fixnorm_groups[0].members}
   assert norms == {**{study._fixnorm_arm(c): c for c in QUICK["classifier_norms"]},
                    "fixnorm_decay": QUICK["default_norm"]}
+  assert all(m.hp["decoupled_decay"] == 0.0 for m in fixnorm_groups[0].members)  # no longer a carrier
   assert all("." not in a.name for a in config.arms)
+
+
+@pytest.mark.parametrize("decay_window", [(0.0, 1.0), (0.5, 1.0)])
+def test_each_member_is_projected_to_its_own_classifier_norm(decay_window):
+  """One step of the study's transform from a member's config and rates: the classifier kernel ends at the
+  member's norm c, the scale-invariant kernel keeps its norm — also on steps outside the decay window."""
+  import jax
+  import jax.numpy as jnp
+  from experiments.train import optim as optim_lib
+
+  config = study.make_config(True)
+  config.optim.decay_start, config.optim.decay_end = decay_window
+  group = next(g for g in make_groups(config, seeds=[0]) if g.optim.name == "fixnorm")
+  keys = jax.random.split(jax.random.key(0), 4)
+  params = {"layers": {"0": {"kernel": jax.random.normal(keys[0], (6, 5))}},
+            "classifier": {"kernel": jax.random.normal(keys[1], (5, 3)), "bias": jnp.zeros(3)}}
+  grads = {"layers": {"0": {"kernel": jax.random.normal(keys[2], (6, 5))}},
+           "classifier": {"kernel": jax.random.normal(keys[3], (5, 3)), "bias": jnp.ones(3)}}
+
+  @jax.jit
+  def one_step(hp):
+    rates = optim_lib.rates_at(group.optim, hp, jnp.int32(0), config.train.steps)
+    tx = study.make_tx(group.optim, rates)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return jax.tree.map(lambda p, u: p + u, params, updates)
+
+  for member in group.members:
+    new = one_step({k: jnp.float32(v) for k, v in member.hp.items()})
+    np.testing.assert_allclose(jnp.linalg.norm(new["classifier"]["kernel"]), member.hp["classifier_norm"],
+                               rtol=1e-5, err_msg=member.label)
+    np.testing.assert_allclose(jnp.linalg.norm(new["layers"]["0"]["kernel"]),
+                               jnp.linalg.norm(params["layers"]["0"]["kernel"]), rtol=1e-5, err_msg=member.label)
 
 
 @pytest.mark.parametrize("quick", [True, False])

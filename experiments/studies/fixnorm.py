@@ -21,10 +21,9 @@ rate at the default norm, then the norm: ``n_lr + n_c − 1`` trials), ``wd_opta
 the same grid with the same number of trials (averaged over :data:`RANDOM_SEARCH_REPEATS` draws), and
 ``wd_optax.tuning.grid_search`` over the full SGD grid (``n_lr · n_λ`` trials).
 
-The classifier norm travels in the harness's traced field ``decoupled_decay`` (see
-:data:`CLASSIFIER_NORM_FIELD`): :class:`experiments.config.OptimConfig` has no classifier-norm field, and only
-traced fields may differ between members of one vmapped program. FixNorm arms have no decoupled decay, so
-the field is otherwise unused there; override it with ``--set arms.fixnorm_c1p5.decoupled_decay=...``.
+The classifier norm is the traced field ``classifier_norm`` of :class:`experiments.config.OptimConfig`, so
+the FixNorm arms of every norm share one vmapped program; override it with
+``--set arms.fixnorm_c1p5.classifier_norm=...`` (the analysis reads it back from the arms).
 
 Claims tested (papers.md §7):
 
@@ -52,7 +51,6 @@ from experiments.train import optim as optim_lib
 from experiments.train.trainer import Hooks, make_groups
 from wd_optax import tuning
 
-CLASSIFIER_NORM_FIELD = "decoupled_decay"
 GRIDS = {
     # quick: 500 steps of a 128-wide MLP, 3 seeds (about 1.5 min on 2 cores; a smoke test of the pipeline).
     True: dict(fixnorm_lrs=[0.05, 0.2, 0.8], classifier_norms=[0.5, 1.5, 4.5, 13.5], default_norm=1.5,
@@ -89,11 +87,11 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
     config.train.eval_every = 100
   fixnorm = {"name": "fixnorm", "weight_decay": 0.0, "decay": "l2", "decay_mask": "kernels"}
   config.arms = [
-      config_lib.Arm(_fixnorm_arm(c), dict(fixnorm, **{CLASSIFIER_NORM_FIELD: c}),
+      config_lib.Arm(_fixnorm_arm(c), dict(fixnorm, classifier_norm=c),
                      {"learning_rate": list(g["fixnorm_lrs"])})
       for c in g["classifier_norms"]]
   config.arms.append(config_lib.Arm(
-      "fixnorm_decay", dict(fixnorm, weight_decay=g["decay_on_top"], **{CLASSIFIER_NORM_FIELD: g["default_norm"]}),
+      "fixnorm_decay", dict(fixnorm, weight_decay=g["decay_on_top"], classifier_norm=g["default_norm"]),
       {"learning_rate": list(g["fixnorm_lrs"])}))
   config.arms.append(config_lib.Arm(
       "sgd", {"name": "sgd", "decay": "l2", "decay_mask": "all"},
@@ -121,8 +119,8 @@ class Design:
     sgd = arms["sgd"]
     return cls(
         fixnorm_lrs=lrs(fixnorm_arms[0]),
-        classifier_norms=sorted(getattr(optims[a.name], CLASSIFIER_NORM_FIELD) for a in fixnorm_arms),
-        default_norm=getattr(decay_optim, CLASSIFIER_NORM_FIELD), decay_on_top=decay_optim.weight_decay,
+        classifier_norms=sorted(optims[a.name].classifier_norm for a in fixnorm_arms),
+        default_norm=decay_optim.classifier_norm, decay_on_top=decay_optim.weight_decay,
         sgd_lrs=lrs(sgd),
         sgd_decays=sorted(sgd.sweep.get("weight_decay", [optims["sgd"].weight_decay])))
 
@@ -132,7 +130,7 @@ def make_tx(optim: config_lib.OptimConfig, rates) -> optax.GradientTransformatio
   if optim.name != "fixnorm":
     return optim_lib.make_tx(optim, rates)
   fixnorm = wd_optax.fixnorm(
-      rates["learning_rate"], classifier_norm=rates[CLASSIFIER_NORM_FIELD], classifier_mask=CLASSIFIER,
+      rates["learning_rate"], classifier_norm=rates["classifier_norm"], classifier_mask=CLASSIFIER,
       scale_invariant_mask=SCALE_INVARIANT, momentum=optim.momentum or None, nesterov=optim.nesterov)
   # λ = 0 for plain FixNorm arms: add_l2 then adds 0 and the chain is FixNorm exactly.
   return optax.chain(wd_optax.add_l2(rates["weight_decay"], mask=optim_lib.decay_mask(optim.decay_mask)), fixnorm)
@@ -369,8 +367,8 @@ STUDY = Study(
         "quarter of the seeds (at least one) and "
         "every claim is measured on the remaining, held-out seeds. The tuners (`wd_optax.tuning`) run on the "
         "trained grid as a lookup: decoupled FixNorm search (η at the default c, then c), random search over the "
-        "same grid with the same number of trials, and the full SGD grid. The classifier norm travels in the "
-        "traced field `decoupled_decay` of the FixNorm arms (the config has no field of its own for it)."),
+        "same grid with the same number of trials, and the full SGD grid. The classifier norm is the traced "
+        "config field `classifier_norm` of the FixNorm arms."),
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,
