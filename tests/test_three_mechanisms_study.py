@@ -13,6 +13,7 @@ from flax import nnx
 
 from experiments import config as config_lib
 from experiments.studies import three_mechanisms as study
+from experiments.train import optim as optim_lib
 from experiments.train.metrics import ArmResult
 
 SEEDS = 6
@@ -108,8 +109,22 @@ def test_analysis_is_inconclusive_when_seeds_disagree():
   assert verdicts["Z4b"] == "reproduced"
 
 
-def test_arm_codes_and_gated_model():
-  assert [study.arm_code(d, n) for n in study.NETS for d in study.DECAYS] == [0, 0, 1, 2, 2, 3]
+def test_each_optimizer_is_one_program_whose_members_carry_their_network_and_decay_placement():
+  from experiments.train import make_groups
+  config = study.make_config(True)
+  groups = make_groups(config, seeds=[0])
+  assert sorted(g.optim.name for g in groups) == sorted(study.QUICK_OPTIMIZERS)
+  for group in groups:
+    for member in group.members:
+      _, decay, net = member.arm.split("_")
+      assert member.hp["batch_norm"] == (1.0 if net == "bn" else 0.0), member.arm
+      assert member.hp["decoupled_fraction"] == (1.0 if decay == "decoupled" else 0.0), member.arm
+      assert (member.hp["weight_decay"] == 0.0) == (decay == "none"), member.arm
+      assert member.hp["decoupled_decay"] == 0.0  # no longer a carrier
+    assert len(group.members) == len(study.NETS) * len(study.DECAYS)
+
+
+def test_gated_model():
   model = study.GatedMLP(5, 3, rngs=nnx.Rngs(0), hidden=(4,))
   x = jax.random.normal(jax.random.key(1), (16, 5))
   plain = model(x, train=True)
@@ -135,10 +150,9 @@ def test_optimizer_wrapper_sets_the_gate_once_and_routes_the_decay(optimizer):
   zeros = jax.tree.map(jnp.zeros_like, params)
 
   @jax.jit
-  def two_steps(code, lam):
-    rates = {"learning_rate": jnp.asarray(0.1), "weight_decay": lam, "decoupled_decay": code,
-             "peak_learning_rate": jnp.asarray(0.1)}
-    tx = study.make_tx(model, optim, rates)
+  def two_steps(hp):
+    # The rates as the harness hands them to the hook, from a member's traced fields.
+    tx = study.make_tx(model, optim, optim_lib.rates_at(optim, hp, jnp.int32(0), 100))
     state, p, out = tx.init(params), params, []
     for _ in range(2):
       updates, state = tx.update(zeros, state, p, batch=(x, y), key=jax.random.key(3))
@@ -146,19 +160,27 @@ def test_optimizer_wrapper_sets_the_gate_once_and_routes_the_decay(optimizer):
       out.append(p)
     return out
 
-  def run(code, lam, steps=2):
-    return two_steps(jnp.asarray(code, jnp.float32), jnp.asarray(lam, jnp.float32))[:steps]
+  def run(decay, net, lam, steps=2):
+    arm = config_lib.Arm("arm", {"learning_rate": 0.1, "weight_decay": lam, **study.arm_fields(decay, net)})
+    arm_optim = config_lib.ExperimentConfig(optim=optim).arm_optim(arm)
+    hp = {k: jnp.float32(getattr(arm_optim, k)) for k in config_lib.TRACED_FIELDS}
+    return two_steps(hp)[:steps]
 
-  on = run(study.arm_code("decoupled", "bn"), 0.0)
+  on = run("decoupled", "bn", 0.0)
   assert float(on[0]["bn_gate"]) == 1.0 and float(on[1]["bn_gate"]) == 1.0
-  assert float(run(study.arm_code("none", "plain"), 0.0)[1]["bn_gate"]) == 0.0
+  assert float(run("none", "plain", 0.0)[1]["bn_gate"]) == 0.0
   # With zero gradients (zero preconditioned gradient for K-FAC) only the decay moves the weights.
   w0 = params["classifier"]["kernel"]
-  decoupled = run(study.arm_code("decoupled", "plain"), 0.5, steps=1)[0]["classifier"]["kernel"]
+  decoupled = run("decoupled", "plain", 0.5, steps=1)[0]["classifier"]["kernel"]
   np.testing.assert_allclose(decoupled, (1 - 0.1 * 0.5) * w0, rtol=1e-5)  # w ← w − ηλw
   if optimizer == "sgd":  # coupled L2 with momentum: first step w ← w − η·λw as well, then momentum differs
-    l2 = run(study.arm_code("l2", "plain"), 0.5, steps=1)[0]["classifier"]["kernel"]
-    np.testing.assert_allclose(l2, (1 - 0.1 * 0.5) * w0, rtol=1e-5)
+    l2 = run("l2", "plain", 0.5)
+    np.testing.assert_allclose(l2[0]["classifier"]["kernel"], (1 - 0.1 * 0.5) * w0, rtol=1e-5)
+    # Second step: coupled L2 keeps the first step's decay in the momentum (μ = 0.9), decoupled does not.
+    w1 = l2[0]["classifier"]["kernel"]
+    np.testing.assert_allclose(l2[1]["classifier"]["kernel"], w1 - 0.1 * (0.9 * 0.5 * w0 + 0.5 * w1), rtol=1e-5)
+    d = run("decoupled", "plain", 0.5)
+    np.testing.assert_allclose(d[1]["classifier"]["kernel"], (1 - 0.1 * 0.5) ** 2 * w0, rtol=1e-5)
 
 
 @pytest.mark.slow  # ~30-80 s (two programs to compile); its pieces are covered by the wrapper/analysis tests

@@ -11,12 +11,13 @@ How the harness carries the design (it has one model and one grad/tx hook per st
   starts at 0 for every member (initial weights depend on the seed only, paired across arms) and the
   optimizer wrapper sets it to the arm's value on the first update and never moves it again. The BatchNorm
   arms therefore take their first step without BN.
-* **The decay kind and the switch are traced.** ``weight_decay`` is λ and the otherwise unused traced field
-  ``decoupled_decay`` carries a code ``2·bn + decoupled`` (see :func:`arm_code`): every optimizer is the
-  coupled-L2 version with λ·(1 − decoupled) followed by ``wd_optax.decoupled_decay`` with λ·decoupled and
-  ``coupling="lr"``. That is exactly ``kfac(decay="l2")`` or ``kfac(decay="decoupled")`` (the library chains
-  them the same way), and ``wd_optax.sgd``/``adam`` with ``decay="l2"``/``"decoupled"``. So the six arms of an
-  optimizer are one vmapped program, four programs in all.
+* **The decay kind and the switch are traced.** ``weight_decay`` is λ, and the traced config fields
+  ``batch_norm`` (the gate's value) and ``decoupled_fraction`` (0 or 1 here) say the rest (see
+  :func:`arm_fields`): every optimizer is the coupled-L2 version with λ·(1 − decoupled_fraction) followed by
+  ``wd_optax.decoupled_decay`` with λ·decoupled_fraction and ``coupling="lr"``. That is exactly
+  ``kfac(decay="l2")`` or ``kfac(decay="decoupled")`` (the library chains them the same way), and
+  ``wd_optax.sgd``/``adam`` with ``decay="l2"``/``"decoupled"``. So the six arms of an optimizer are one
+  vmapped program, four programs in all. Both fields are ordinary ``--set arms.<arm>.<field>`` keys.
 * **Curvature inside the transform.** The harness's ``grad_fn`` knows neither the arm nor the model; it passes
   the batch and key through ``extra``, and the K-FAC transforms call ``wd_optax.kfac.value_grad_and_curvature``
   (true Fisher for KFAC-F, ``"ggn"`` for KFAC-G) on the member's parameters. SGD and Adam ignore the batch,
@@ -96,9 +97,9 @@ def arm_name(optimizer: str, decay: str, net: str) -> str:
   return f"{optimizer}_{decay}_{net}"
 
 
-def arm_code(decay: str, net: str) -> float:
-  """The value of the traced ``decoupled_decay`` field: 2·[BatchNorm] + [decoupled decay]."""
-  return 2.0 * (net == "bn") + 1.0 * (decay == "decoupled")
+def arm_fields(decay: str, net: str) -> dict:
+  """The traced config fields that select the arm's network and decay placement inside one program."""
+  return {"batch_norm": net == "bn", "decoupled_fraction": 1.0 if decay == "decoupled" else 0.0}
 
 
 class GatedMLP(nnx.Module):
@@ -143,8 +144,7 @@ def make_config(quick: bool) -> config_lib.ExperimentConfig:
       for decay in DECAYS:
         config.arms.append(config_lib.Arm(arm_name(optimizer, decay, net), {
             "name": optimizer, "learning_rate": s["learning_rate"],
-            "weight_decay": 0.0 if decay == "none" else s["weight_decay"],
-            "decoupled_decay": arm_code(decay, net)}))
+            "weight_decay": 0.0 if decay == "none" else s["weight_decay"], **arm_fields(decay, net)}))
   return config
 
 
@@ -191,9 +191,8 @@ class _Model:
 
 def make_tx(model: _Model, optim: config_lib.OptimConfig, rates) -> optax.GradientTransformationExtraArgs:
   """The arm's optimizer on every parameter but ``bn_gate``, which is set to the arm's switch on the first step."""
-  lr, lam, code = rates["learning_rate"], rates["weight_decay"], rates["decoupled_decay"]
-  bn = (code >= 1.5).astype(jnp.float32)
-  decoupled = code - 2.0 * bn
+  lr, lam = rates["learning_rate"], rates["weight_decay"]
+  bn, decoupled = rates["batch_norm"], rates["decoupled_fraction"]
   l2, dec = lam * (1.0 - decoupled), lam * decoupled
   if optim.name == "sgd":
     base = wd_optax.sgd(lr, momentum=optim.momentum, weight_decay=l2, decay="l2")
