@@ -41,6 +41,12 @@ def test_list_subprocess_names_every_registered_study():
     (["early_decay", "--set", "train.eval_every=7"], "train.eval_every (7) must be a multiple"),
     (["no_such_study"], "unknown study 'no_such_study'"),
     (["reproduce", "--set", "train.bogus=1"], "'bogus'"),
+    (["fixnorm", "--set", "arms.fixnorm_c1p5.classifier_norm=-1.5"],
+     "arms.fixnorm_c1p5.classifier_norm must be a finite number > 0, got -1.5"),
+    (["fixnorm", "--set", "arms.fixnorm_c1p5.classifer_norm=2"], "'classifier_norm'"),  # listed as known
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.decoupled_fraction=2"],
+     "arms.sgd_l2_bn.decoupled_fraction must be a number in [0, 1], got 2.0"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.batch_norm=0.5"], "cannot parse as bool"),
 ])
 def test_bad_arguments_exit_2_naming_the_problem(argv, fragment, capsys):
   assert cli.main(argv) == 2
@@ -62,6 +68,34 @@ def test_overrides_parse_with_field_types():
   assert config.arm_optim(always).weight_decay == 0.01
   none = next(a for a in config.arms if a.name == "none")
   assert config.arm_optim(none).weight_decay == 0.0  # an arm's own setting wins over the base
+
+
+@pytest.mark.parametrize("study,arm,assignment,field,value", [
+    ("fixnorm", "fixnorm_c1p5", "classifier_norm=2.5", "classifier_norm", 2.5),
+    ("three_mechanisms", "sgd_l2_bn", "batch_norm=false", "batch_norm", 0.0),
+    ("three_mechanisms", "sgd_l2_plain", "decoupled_fraction=0.25", "decoupled_fraction", 0.25),
+])
+def test_study_fields_set_from_the_command_line_reach_only_that_arms_members(study, arm, assignment, field,
+                                                                             value):
+  from experiments.train import make_groups
+  config = studies.get(study).make_config(True)
+  before = {m.label: m.hp[field] for g in make_groups(config, seeds=[0]) for m in g.members}
+  config_lib.apply_override(config, f"arms.{arm}.{assignment}")
+  after = {m.label: m.hp[field] for g in make_groups(config, seeds=[0]) for m in g.members}
+  changed = {label for label in after if after[label] != before[label]}
+  assert changed == {label for label in after if label.split("[")[0] == arm}
+  assert all(after[label] == value for label in changed)
+
+
+def test_study_field_sweeps_are_checked_value_by_value():
+  config = studies.get("fixnorm").make_config(True)
+  arm = next(a for a in config.arms if a.name == "fixnorm_c1p5")
+  arm.sweep["classifier_norm"] = [1.0, 0.0]
+  with pytest.raises(ValueError, match=r"arms\.fixnorm_c1p5\.sweep\.classifier_norm must be a finite number > 0, "
+                                       r"got 0\.0"):
+    config_lib.validate(config)
+  arm.sweep["classifier_norm"] = [1.0, 3.0]
+  config_lib.validate(config)
 
 
 def test_config_round_trips_through_json():
