@@ -4,7 +4,7 @@ Usage (kfac_speed.py starts it; by hand only for debugging):
   /work/.venv-kfacjax/bin/python benchmarks/kfac_jax_worker.py '<config json>'
 
 Builds the model of ``kfac_models.py``, initialises ``kfac_jax.Optimizer`` (true Fisher with sampled
-targets, fixed learning rate, momentum and damping, the given inverse period), runs ``inverse_every + 1``
+targets, fixed learning rate, momentum and damping, the given inverse and curvature periods), runs ``inverse_every + 1``
 warm-up steps, prints ``{"init_s": ..., "warmup_s": ..., "warmup_steps": ...}``, then for each line ``N`` read from stdin runs N steps and prints
 ``{"seconds": ...}``; an empty line or EOF ends it.
 """
@@ -42,6 +42,7 @@ def main() -> None:
       use_adaptive_momentum=False, momentum_schedule=lambda step: config["momentum"],
       use_adaptive_damping=False, damping_schedule=lambda step: config["damping"],
       estimation_mode="fisher_gradients", curvature_ema=0.95,
+      curvature_update_period=config.get("curvature_every", 1),
       inverse_update_period=config["inverse_every"], num_burnin_steps=0, multi_device=False)
   rng = jax.random.PRNGKey(0)
   start = time.perf_counter()

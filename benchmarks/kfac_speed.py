@@ -1,7 +1,10 @@
 """K-FAC step and compile time: wd_optax.kfac against kfac-jax 0.0.8 and against wd_optax.sgd.
 
 On the same MLP and small CNN (``benchmarks/kfac_models.py``), with the true Fisher (sampled targets),
-fixed learning rate 1e-3, momentum 0.9, damping 1e-3 and the same inverse period (20), this times
+fixed learning rate 1e-3, momentum 0.9, damping 1e-3 and the same inverse period (20), for two factor
+periods, each the same on both sides: statistics every step (``curvature_every=1``, both libraries'
+default) and every 10 steps (Zhang et al.'s setting; kfac-jax ``curvature_update_period=10``, ours
+``value_grad_and_curvature(estimate=step % 10 == 0)`` inside the one jitted step), this times
 
 * ours: ``wd_optax.kfac.value_grad_and_curvature(mode="fisher")`` + ``kfac.kfac`` inside one jitted,
   donated step (``nnx.split`` once, pure step function);
@@ -20,7 +23,7 @@ Targets: ours / kfac-jax <= 0.5 for step time and compile time; K-FAC / SGD step
 If kfac-jax's environment is missing (``--kfac-jax-python``, default ``/work/.venv-kfacjax/bin/python``) the
 kfac-jax columns are null and ``note`` says why; our numbers are still measured.
 
-Usage: python benchmarks/kfac_speed.py [--reps 5] [--steps 20] [--full]
+Usage: python benchmarks/kfac_speed.py [--reps 5] [--steps 20] [--full] [--curvature-every 1 10]
 """
 
 from __future__ import annotations
@@ -92,7 +95,7 @@ def loss_fn(model, batch):
   return kfac_models.cross_entropy(logits, y), logits
 
 
-def make_stepper(config: dict, use_kfac: bool):
+def make_stepper(config: dict, use_kfac: bool, curvature_every: int = 1):
   """Returns (optimizer init seconds, run(n) -> seconds for n steps)."""
   # The model is built outside the timer: kfac-jax's worker gets its parameters from numpy, so only the
   # optimizer's initialisation is comparable (ours runs eagerly through nnx.Optimizer).
@@ -116,7 +119,9 @@ def make_stepper(config: dict, use_kfac: bool):
   def step(state, batch, key):
     model, optimizer = nnx.merge(graphdef, state)
     if use_kfac:
-      (loss, _), grads, curvature = kfac.value_grad_and_curvature(loss_fn, model, batch, mode="fisher", key=key)
+      estimate = True if curvature_every == 1 else optimizer.step[...] % curvature_every == 0
+      (loss, _), grads, curvature = kfac.value_grad_and_curvature(loss_fn, model, batch, mode="fisher", key=key,
+                                                                  estimate=estimate)
       optimizer.update(model, grads, curvature=curvature)
     else:
       (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, batch)
@@ -140,11 +145,11 @@ def make_stepper(config: dict, use_kfac: bool):
 class KfacJax:
   """The kfac-jax worker subprocess."""
 
-  def __init__(self, python: str, config: dict):
+  def __init__(self, python: str, config: dict, curvature_every: int):
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("XLA_FLAGS", None)
     self.process = subprocess.Popen(
-        [python, os.path.join(HERE, "kfac_jax_worker.py"), json.dumps({**config, **HYPER})],
+        [python, os.path.join(HERE, "kfac_jax_worker.py"), json.dumps({**config, **HYPER, "curvature_every": curvature_every})],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     self.header = self._read()
 
@@ -169,15 +174,15 @@ def compile_seconds(init_s: float, warmup_s: float, warmup_steps: int, step_s: f
   return init_s + warmup_s - warmup_steps * step_s
 
 
-def bench(config: dict, reps: int, steps: int, kfac_jax_python: str | None) -> dict:
+def bench(config: dict, curvature_every: int, reps: int, steps: int, kfac_jax_python: str | None) -> dict:
   warmup_steps = HYPER["inverse_every"] + 1
   sides = {}
   for name, use_kfac in (("ours", True), ("sgd", False)):
-    init_s, run = make_stepper(config, use_kfac)
+    init_s, run = make_stepper(config, use_kfac, curvature_every)
     sides[name] = {"init_s": init_s, "warmup_s": run(warmup_steps), "run": run, "times": []}
   worker = None
   if kfac_jax_python:
-    worker = KfacJax(kfac_jax_python, config)
+    worker = KfacJax(kfac_jax_python, config, curvature_every)
     sides["kfac_jax"] = {"init_s": worker.header["init_s"], "warmup_s": worker.header["warmup_s"],
                          "run": worker.run, "times": []}
   names = list(sides)
@@ -202,6 +207,7 @@ def bench(config: dict, reps: int, steps: int, kfac_jax_python: str | None) -> d
     result["ours_over_kfac_jax_compile"] = result["ours_compile_s"] / result["kfac_jax_compile_s"]
     result["kfac_jax_versions"] = worker.header["versions"]
   result["config"] = config
+  result["curvature_every"] = curvature_every
   return result
 
 
@@ -211,12 +217,15 @@ def main() -> None:
   parser.add_argument("--steps", type=int, default=HYPER["inverse_every"])
   parser.add_argument("--full", action="store_true", help="larger models (784-512-512-10 MLP, 32x32 CNN)")
   parser.add_argument("--kfac-jax-python", default="/work/.venv-kfacjax/bin/python")
+  parser.add_argument("--curvature-every", type=int, nargs="+", default=[1, 10],
+                      help="factor periods to time (each on both sides)")
   args = parser.parse_args()
   python = args.kfac_jax_python if os.path.exists(args.kfac_jax_python) else None
   note = None if python else (
       f"kfac-jax environment not found at {args.kfac_jax_python}: only our numbers and SGD are measured. "
       "Create it with the command in tools/kfac_jax_reference.py's docstring.")
-  results = {name: bench(config, args.reps, args.steps, python) for name, config in configs(args.full).items()}
+  results = {f"{name}/curvature_every={every}": bench(config, every, args.reps, args.steps, python)
+             for every in args.curvature_every for name, config in configs(args.full).items()}
   targets = {"ours_over_kfac_jax_step": 0.5, "ours_over_kfac_jax_compile": 0.5, "kfac_over_sgd_step": 2.0}
   met = {f"{model}/{key}": results[model][key] <= bound
          for model in results for key, bound in targets.items() if key in results[model]}

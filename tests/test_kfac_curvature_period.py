@@ -149,3 +149,29 @@ def test_nnx_training_step_with_curvature_every_third_step_compiles_once():
   assert len(traces) == 1
   assert counts == [1, 1, 1, 2, 2, 2, 3]                     # estimated on steps 0, 3 and 6
   assert losses[-1] < losses[0]
+
+
+def test_similar_sized_factors_are_inverted_as_one_padded_batch_and_match_numpy():
+  """Sizes 12, 11, 10 (within 2^(1/3)) share a padded batch; 5 and 4 another; the inverses are exact."""
+  from wd_optax.kfac import _preconditioner
+  sizes = {("x", "a"): 12, ("x", "s"): 5, ("y", "a"): 11, ("y", "s"): 4, ("z", "a"): 10, ("z", "s"): 3}
+  groups = _preconditioner._size_groups(sizes)
+  assert sorted(map(sorted, groups)) == [[("x", "a"), ("y", "a"), ("z", "a")], [("x", "s"), ("y", "s")],
+                                         [("z", "s")]]
+  rng = np.random.default_rng(1)
+
+  def factor(n):
+    rows = rng.standard_normal((3 * n, n))
+    return rows.T @ rows / (3 * n)
+
+  factors = {layer: kfac.KfacFactors(jnp.asarray(factor(sizes[layer, "a"]), jnp.float32),
+                                     jnp.asarray(factor(sizes[layer, "s"]), jnp.float32)) for layer in "xyz"}
+  dampings = {"x": 1e-2, "y": 1e-3, "z": 1e-1}
+  for method in kfac.INVERSES:
+    got = jax.jit(lambda f: _preconditioner._all_damped_inverses(f, dampings, True, method))(factors)
+    for layer, f in factors.items():
+      a, s = np.float64(f.a), np.float64(f.s)
+      pi = np.sqrt((np.trace(a) / a.shape[0]) / (np.trace(s) / s.shape[0]))
+      root = np.sqrt(dampings[layer])
+      for inv, ref in ((got[layer].a, _numpy_inverse(a, pi * root)), (got[layer].s, _numpy_inverse(s, root / pi))):
+        np.testing.assert_allclose(inv, ref, rtol=2e-4, atol=1e-5 * np.abs(ref).max(), err_msg=f"{method} {layer}")

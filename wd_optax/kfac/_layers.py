@@ -1,9 +1,10 @@
 """Explicitly registered K-FAC layers: ``nnx.Linear`` and ``nnx.Conv`` that report their curvature.
 
 Inside :func:`flax.nnx.capture` (which :func:`wd_optax.kfac.value_grad_and_curvature` sets up) a registered
-layer sows the second moment of its inputs, ``A = E[a a^T]``, and routes its output through
-``Module.perturb``, so that the gradient with respect to that zero perturbation is the gradient at the layer's
-output, from which ``S = E[s s^T]`` is formed. Outside ``nnx.capture`` the layers behave exactly like their
+layer sows its input, from which :meth:`Linear.input_second_moment` / :meth:`Conv.input_second_moment` form
+``A = E[a a^T]``, and routes its output through ``Module.perturb``, so that the gradient with respect to that
+zero perturbation is the gradient at the layer's output, from which ``S = E[s s^T]`` is formed. The second
+moments are taken after the backward pass, so that a step that does not need them skips only that work. Outside ``nnx.capture`` the layers behave exactly like their
 flax parents: nothing is recorded and no variable is added to the module.
 """
 
@@ -28,7 +29,7 @@ OUTPUT_PERTURBATION_NAME = "kfac_output"
 
 
 class KfacInputStats(nnx.Intermediate):
-  """The ``(A, locations)`` pair a registered layer sows inside ``nnx.capture``."""
+  """The input a registered layer sows inside ``nnx.capture``; its layer's ``input_second_moment`` makes A."""
 
 
 class KfacOutputPerturbation(nnx.Perturbation):
@@ -91,12 +92,15 @@ class Linear(nnx.Linear):
     super().__init__(in_features, out_features,
                      kernel_metadata=_with_layer_metadata(kernel_metadata or {}, "linear"), **kwargs)
 
+  def input_second_moment(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(A, T)`` for this layer's ``inputs``: :math:`A` over every leading position, :math:`T = 1`."""
+    stats = _second_moment(inputs.reshape(-1, self.in_features), self.use_bias)
+    return stats, jnp.ones((), stats.dtype)
+
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
     outputs = super().__call__(inputs, out_sharding)
     if _captures(self, KfacInputStats):
-      stats = _second_moment(inputs.reshape(-1, self.in_features), self.use_bias)
-      self.sow(KfacInputStats, INPUT_STATS_NAME, (stats, jnp.ones((), stats.dtype)),
-               reduce_fn=_no_previous, init_fn=lambda: None)
+      self.sow(KfacInputStats, INPUT_STATS_NAME, inputs, reduce_fn=_no_previous, init_fn=lambda: None)
     if _captures(self, KfacOutputPerturbation):
       outputs = self.perturb(OUTPUT_PERTURBATION_NAME, outputs, variable_type=KfacOutputPerturbation)
     return outputs
@@ -189,7 +193,8 @@ class Conv(nnx.Conv):
       columns.append(jax.lax.slice(padded, start, limit, (1, *strides, 1)))
     return jnp.concatenate(columns, axis=-1)
 
-  def _input_stats(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def input_second_moment(self, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``(A, T)`` for this layer's ``inputs``: :math:`A` over examples and output locations, :math:`T` locations."""
     spatial = len(self.kernel_size)
     inputs = inputs.reshape((-1,) + inputs.shape[inputs.ndim - spatial - 1:])
     patches = self._patches(inputs)
@@ -201,8 +206,7 @@ class Conv(nnx.Conv):
   def __call__(self, inputs: jax.Array, out_sharding: Any = None) -> jax.Array:
     outputs = super().__call__(inputs, out_sharding)
     if _captures(self, KfacInputStats):
-      self.sow(KfacInputStats, INPUT_STATS_NAME, self._input_stats(inputs),
-               reduce_fn=_no_previous, init_fn=lambda: None)
+      self.sow(KfacInputStats, INPUT_STATS_NAME, inputs, reduce_fn=_no_previous, init_fn=lambda: None)
     if _captures(self, KfacOutputPerturbation):
       outputs = self.perturb(OUTPUT_PERTURBATION_NAME, outputs, variable_type=KfacOutputPerturbation)
     return outputs
