@@ -105,8 +105,10 @@ def value_grad_and_curvature(
   ``estimate`` skips the statistics on steps that do not need them (Zhang et al. refresh the factors
   every 10 steps): ``False`` runs a plain forward and backward pass and returns zero factors marked
   ``estimated=0``, which :func:`scale_by_kfac` leaves out of its running averages. A traced boolean (e.g.
-  ``optimizer.step[...] % 10 == 0``) chooses inside ``jit`` with ``lax.cond``: one compiled step, and only
-  the chosen branch runs. Loss and gradients are the same either way.
+  ``optimizer.step[...] % 10 == 0``) chooses inside ``jit``, one compiled step: the forward and backward
+  passes run either way and the second moments (in convolution-free models also the sampled backward
+  pass) sit under ``lax.cond``, because XLA:CPU runs backward-pass convolutions 7-20x slower inside a
+  conditional. Loss and gradients are the same either way.
 
   Args:
     loss_fn: ``(model, batch) -> (mean loss, logits)``; the model contains
