@@ -160,12 +160,14 @@ def test_similar_sized_factors_are_inverted_as_one_padded_batch_and_match_numpy(
                                          [("z", "s")]]
   rng = np.random.default_rng(1)
 
-  def factor(n):
-    rows = rng.standard_normal((3 * n, n))
+  def factor(n, scale):
+    rows = rng.standard_normal((3 * n, n)) * scale
     return rows.T @ rows / (3 * n)
 
-  factors = {layer: kfac.KfacFactors(jnp.asarray(factor(sizes[layer, "a"]), jnp.float32),
-                                     jnp.asarray(factor(sizes[layer, "s"]), jnp.float32)) for layer in "xyz"}
+  # Output-gradient factors far below unit scale, as in training: the padding must not spoil conditioning.
+  factors = {layer: kfac.KfacFactors(jnp.asarray(factor(sizes[layer, "a"], 3.0), jnp.float32),
+                                     jnp.asarray(factor(sizes[layer, "s"], 1e-3), jnp.float32))
+             for layer in "xyz"}
   dampings = {"x": 1e-2, "y": 1e-3, "z": 1e-1}
   for method in kfac.INVERSES:
     got = jax.jit(lambda f: _preconditioner._all_damped_inverses(f, dampings, True, method))(factors)
