@@ -217,11 +217,11 @@ def _all_damped_inverses(factors: dict[str, KfacFactors], dampings: dict[str, ja
   invert = _INVERTERS[inverse]
   matrices = {(layer, side): getattr(f, side) for layer, f in factors.items() for side in ("a", "s")}
   groups = _size_groups({key: m.shape[0] for key, m in matrices.items()})
-  padded, traces = {}, {}
-  for index, group in enumerate(groups):
+  padded, traces = [], {}
+  for group in groups:
     size = matrices[group[0]].shape[0]
     stack = jnp.stack([jnp.pad(matrices[key], [(0, size - matrices[key].shape[0])] * 2) for key in group])
-    padded[index] = stack
+    padded.append(stack)
     for key, trace in zip(group, jnp.trace(stack, axis1=-2, axis2=-1)):
       traces[key] = trace
   additions = {}
@@ -236,8 +236,7 @@ def _all_damped_inverses(factors: dict[str, KfacFactors], dampings: dict[str, ja
       pi = jnp.ones((), jnp.float32)
     additions[layer, "a"], additions[layer, "s"] = pi * root, root / pi
   inverses = {}
-  for index, group in enumerate(groups):
-    stack = padded[index]
+  for group, stack in zip(groups, padded):
     size = stack.shape[-1]
     dims = np.array([matrices[key].shape[0] for key in group])[:, None]
     added = jnp.stack([additions[key] for key in group])[:, None]
@@ -366,17 +365,15 @@ def scale_by_kfac(
     dims = _layer_dims(params, layers)
     # Built in numpy and transferred: eager jnp.zeros / jnp.eye compile one small program per shape, which
     # made init take over a second on CPU.
-    def host(array: np.ndarray) -> jax.Array:
-      return jnp.asarray(array)
-    zeros = {l: KfacFactors(host(np.zeros((da, da), np.float32)), host(np.zeros((ds, ds), np.float32)))
-             for l, (da, ds, _) in dims.items()}
-    eyes = {l: KfacFactors(host(np.eye(da, dtype=np.float32)), host(np.eye(ds, dtype=np.float32)))
+    zeros = {l: KfacFactors(jnp.asarray(np.zeros((da, da), np.float32)),
+                            jnp.asarray(np.zeros((ds, ds), np.float32))) for l, (da, ds, _) in dims.items()}
+    eyes = {l: KfacFactors(jnp.asarray(np.eye(da, dtype=np.float32)), jnp.asarray(np.eye(ds, dtype=np.float32)))
             for l, (da, ds, _) in dims.items()}
+    scalar = lambda value, dtype: jnp.asarray(np.asarray(value, dtype))
     return ScaleByKfacState(
-        count=host(np.zeros((), np.int32)), curvature_count=host(np.zeros((), np.int32)), factors=zeros,
-        inverses=eyes, damping=host(np.zeros((), np.float32)),
-        cosine={l: host(np.zeros((), np.float32)) for l in dims},
-        locations={l: host(np.ones((), np.float32)) for l in dims})
+        count=scalar(0, np.int32), curvature_count=scalar(0, np.int32), factors=zeros, inverses=eyes,
+        damping=scalar(0, np.float32), cosine={l: scalar(0, np.float32) for l in dims},
+        locations={l: scalar(1, np.float32) for l in dims})
 
   def update_fn(updates: Any, state: ScaleByKfacState, params: Any = None, *,
                 curvature: dict[str, LayerCurvature] | None = None, **extra_args: Any):
