@@ -255,7 +255,9 @@ class Program:
       writer: metrics sink; ``None``: metrics are only returned.
       progress: show a tqdm bar (default: when stderr is a terminal).
       stop_after: stop once this many steps are done (for tests of resumption).
-      log: where to report a resumption (default: nowhere).
+      log: where to report a resumption (default: nowhere) and checkpoints that cannot be read back
+        (default: stderr); those are moved to ``<checkpoints>/<group>/corrupt/`` and the previous
+        checkpoint is tried, or, when none is left, training starts from step 0.
 
     Returns:
       ``{"loss": (members, steps run here) array, "records": [metric dicts]}``.
@@ -268,11 +270,14 @@ class Program:
     ckpt = None
     if workdir is not None and t.checkpoint_every:
       ckpt = Checkpointer(os.path.join(workdir, "checkpoints", self.group.name))
-      latest = ckpt.latest_step()
-      if latest is not None:
-        self.state = ckpt.restore(latest, self.state)
-        if log is not None:
-          log(f"[{self.group.name}] resuming from the checkpoint at step {latest}")
+      if ckpt.latest_step() is not None:
+        warn = log if log is not None else functools.partial(print, file=sys.stderr)
+        restored, self.state = ckpt.restore_latest(self.state, lambda line: warn(f"[{self.group.name}] {line}"))
+        if restored is not None:
+          if log is not None:
+            log(f"[{self.group.name}] resuming from the checkpoint at step {restored}")
+        else:
+          warn(f"[{self.group.name}] no readable checkpoint left in {ckpt.directory}; starting from step 0")
     if writer is not None:
       writer.truncate(self.group.name, self.step)
     end = t.steps if stop_after is None else min(t.steps, stop_after)
