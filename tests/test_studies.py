@@ -188,8 +188,8 @@ def test_adam_buffers_analysis_best_lambda_and_range():
   assert verdicts == {"Z3": "reproduced", "B5a": "reproduced", "B5b": "reproduced", "B5c": "reproduced",
                       "B5d": "reproduced"}
   z3 = next(c for c in claims if c.id == "Z3")
-  assert z3.effect.mean == pytest.approx(3.0, abs=0.2)          # 4 pt (adamw at 0.1) − 1 pt (adam_l2 at 1e-2)
-  assert "best λ: adamw 0.1, adam_l2 0.01" in z3.notes
+  assert z3.effect.mean == pytest.approx(3.0, abs=0.2)          # 4 pt (adamw at dec[1]) − 1 pt (adam_l2 at 1e-2)
+  assert f"best λ: adamw {dec[1]:g}, adam_l2 0.01" in z3.notes
   b5a = next(c for c in claims if c.id == "B5a")
   assert b5a.effect.mean == pytest.approx(1.0 - 0.5)
-  assert "| adamw | 0.01:" in table
+  assert f"| adamw | {dec[0]:g}:" in table
