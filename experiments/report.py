@@ -144,9 +144,9 @@ class ArmHealth:
     return self.members == 0 or 2 * self.degenerate > self.members
 
   def __str__(self) -> str:
-    parts = [f"{self.diverged} diverged"] if self.diverged else []
-    parts += [f"{self.at_chance} at chance"] if self.at_chance else []
-    return f"{self.name}: {' and '.join(parts) or 'none degenerate'} of {self.members}"
+    parts = [f"{self.diverged} of {self.members} diverged"] if self.diverged else []
+    parts += [f"{self.at_chance} of {self.members} at chance"] if self.at_chance else []
+    return f"{self.name}: {', '.join(parts) or f'all {self.members} healthy'}"
 
 
 @dataclasses.dataclass(frozen=True)

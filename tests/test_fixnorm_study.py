@@ -65,6 +65,8 @@ def test_analysis_reproduces_every_claim_in_a_world_where_the_paper_is_right():
   f2b = next(c for c in claims if c.id == "F2b")
   assert f2b.effect.mean == pytest.approx(100 * 0.05 * math.log(13.5 / 1.5), abs=0.1)
   assert "fixnorm_c1p5[learning_rate=0.2]" in table
+  assert all(c.compared and c.reason == "" for c in claims)  # healthy arms, interior optima
+  assert [h.members for h in f1a.compared] == [SEEDS - 2, SEEDS - 2]  # the held-out seeds only
 
 
 def test_analysis_rejects_the_claims_in_a_world_where_the_paper_is_wrong():
