@@ -164,9 +164,17 @@ class Best:
 def best_of_sweep(results: dict[str, ArmResult], arm: str, score: dict[str, float]) -> Best:
   """The label of ``arm`` with the largest ``score[label]`` (NaN scores lose), with its grid-edge check.
 
+  Args:
+    results: the study's results; the arm's labels are those whose ``ArmResult.arm`` is ``arm``.
+    arm: the swept arm.
+    score: label -> the number the pick maximises (e.g. mean test accuracy over the tuning seeds).
+
+
   The grid is read back from the swept values of the arm's labels, so ``--set`` overrides are checked as run.
   """
-  labels = [l for l, r in results.items() if r.arm == arm]
+  # Sorted by the swept values, so a tie goes to the smallest point (as np.nanargmax over a sorted grid).
+  labels = sorted((l for l, r in results.items() if r.arm == arm),
+                  key=lambda l: tuple(float(v) for _, v in sorted(results[l].swept.items())))
   if not labels:
     raise KeyError(f"no results for arm {arm!r}; arms: {sorted({r.arm for r in results.values()})}.")
   finite = [l for l in labels if np.isfinite(score[l])] or labels

@@ -80,11 +80,6 @@ def sweep_matrix(results, arm: str) -> tuple[np.ndarray, np.ndarray]:
   return lams, np.stack(_common.aligned(results, *labels), axis=1)
 
 
-def best_per_seed(matrix: np.ndarray) -> np.ndarray:
-  """Per-seed accuracy at the λ whose mean over seeds is best (one λ per arm, as a tuned run would pick)."""
-  return matrix[:, int(np.nanargmax(np.nanmean(matrix, axis=0)))]
-
-
 def width_per_seed(matrix: np.ndarray) -> np.ndarray:
   """Per seed, the fraction of the λ grid within ``WITHIN`` points of that seed's best."""
   return np.mean(matrix >= np.nanmax(matrix, axis=1, keepdims=True) - WITHIN, axis=1)
@@ -108,7 +103,7 @@ def _decades(grid) -> float:
 def analyze(results, config):
   mats = {arm: sweep_matrix(results, arm) for arm in ARMS}
   picks = _best(results, mats)
-  best = {arm: best_per_seed(m) for arm, (_, m) in mats.items()}
+  best = {arm: m[:, sweep(results, arm)[1].index(picks[arm].label)] for arm, (_, m) in mats.items()}
   lam_best = {arm: picks[arm].point.get("weight_decay", 0.0) for arm in ARMS}
   # The compared arms: the best-λ label of each arm (best-λ claims) or its whole sweep (B5a).
   picked = lambda *arms: _common.health(results, config, *(picks[a].label for a in arms))
@@ -128,8 +123,8 @@ def analyze(results, config):
           report.paired_ci(width_per_seed(mats["adamw"][1]), width_per_seed(mats["adam_l2"][1])),
           min_effect=MIN_WIDTH, compared=swept("adamw", "adam_l2"), edges=edges("adamw", "adam_l2"),
           notes=(f"grids: adamw {len(grids['adamw'])} points over {_decades(grids['adamw']):g} decades, adam_l2 "
-                 f"{len(grids['adam_l2'])} points over {_decades(grids['adam_l2']):g} decades; {MIN_WIDTH:g} = "
-                 f"{MIN_WIDTH * len(grids['adamw']):g} grid point(s) of adamw's {len(grids['adamw'])}.")),
+                 f"{len(grids['adam_l2'])} points over {_decades(grids['adam_l2']):g} decades; {MIN_WIDTH:g} of "
+                 f"adamw's grid = {MIN_WIDTH * len(grids['adamw']):g} of its {len(grids['adamw'])} points.")),
       report.equivalence_claim(
           "B5b", "L2 kept out of the first moment but preconditioned, (0,1,1), behaves like AdamW.",
           "best-λ acc(l2_0_1_1) − best-λ acc(adamw)", report.paired_ci(best["l2_0_1_1"], best["adamw"]),
