@@ -33,9 +33,10 @@ HEADER = """\
 
 These are the claims of the three papers tested at small scale on the bundled data (mnist1d,
 scikit-learn digits), every arm trained with several seeds and every effect reported with a paired
-95% interval. The claims themselves, and how a verdict is decided, are explained in the
-[mechanism pages](../mechanisms/where.md); running the same studies at full scale on CIFAR is described
-in [GPUs and TPUs](../accelerators.md).
+95% interval. How a verdict is decided (including *invalid* claims, whose compared runs collapsed, and
+optima on a grid edge) is stated in the verdict rules below the summary; the claims themselves are
+explained in the [mechanism pages](../mechanisms/where.md); running the same studies at full scale on CIFAR
+is described in [GPUs and TPUs](../accelerators.md).
 """
 
 NOT_YET = HEADER + """

@@ -14,6 +14,17 @@ Verdict rules (also printed in every report):
   *inconclusive*.
 * **equivalence** claim "A matches B within ±m": *reproduced* if the whole interval lies in ``[−m, m]``;
   *not reproduced* if it lies entirely outside it; otherwise *inconclusive*.
+
+Two checks then override the interval's verdict (:func:`checked_verdict`, applied by every claim constructor
+here, so every study gets them):
+
+* **invalid** — every compared arm failed: more than half of its compared members (seeds) diverged (the loss
+  became NaN: ``diverged_at`` in their records) or sit at chance accuracy (final test accuracy within
+  ``CHANCE_MARGIN / K`` of ``1/K`` for ``K`` classes, which is what a run that predicts one class scores on a
+  balanced test set). Such arms measure nothing about the claim (two collapsed arms "match" perfectly); one
+  healthy arm against a collapsed one is a real comparison and keeps its verdict.
+* **inconclusive: optimum at grid edge** — the claim compares a best-of-sweep pick that lies on the first or
+  last value of its grid: the optimum is not bracketed, and a wider grid could change the comparison.
 """
 
 from __future__ import annotations
@@ -28,6 +39,16 @@ import numpy as np
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
+INVALID = "invalid"
+VERDICTS = (REPRODUCED, NOT_REPRODUCED, INCONCLUSIVE, INVALID)
+
+# Reasons attached to a verdict that a check (not the interval) decided.
+REASON_DEGENERATE = "compared arms diverged or at chance"
+REASON_GRID_EDGE = "optimum at grid edge"
+
+# A member is "at chance" when its final test accuracy is within CHANCE_MARGIN / K of 1 / K (K classes):
+# 10% ± 2.5 points for 10 classes.
+CHANCE_MARGIN = 0.25
 
 # Two-sided 95% Student-t critical values t_{0.975, df}, df = 1..30 (standard tables).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
@@ -97,9 +118,89 @@ def equivalence_verdict(ci: Interval, margin: float) -> str:
   return INCONCLUSIVE
 
 
+@dataclasses.dataclass(frozen=True)
+class ArmHealth:
+  """How the members of one compared arm ended: the input of the *invalid* check.
+
+  Attributes:
+    name: what was compared, e.g. ``"adamw[weight_decay=10]"`` or ``"adamw (λ sweep)"``.
+    members: members (seeds × swept points) the claim used.
+    diverged: members whose loss became NaN (``diverged_at`` logged, or a non-finite final loss).
+    at_chance: members that did not diverge but end at chance accuracy (see :data:`CHANCE_MARGIN`) or have
+      no finite final test accuracy.
+  """
+  name: str
+  members: int
+  diverged: int = 0
+  at_chance: int = 0
+
+  @property
+  def degenerate(self) -> int:
+    return self.diverged + self.at_chance
+
+  @property
+  def failed(self) -> bool:
+    """More than half of the members diverged or are at chance (or there are none)."""
+    return self.members == 0 or 2 * self.degenerate > self.members
+
+  def __str__(self) -> str:
+    parts = [f"{self.diverged} of {self.members} diverged"] if self.diverged else []
+    parts += [f"{self.at_chance} of {self.members} at chance"] if self.at_chance else []
+    return f"{self.name}: {', '.join(parts) or f'all {self.members} healthy'}"
+
+
+@dataclasses.dataclass(frozen=True)
+class GridEdge:
+  """A best-of-sweep pick that lies on the end of its grid (the optimum is not bracketed)."""
+  arm: str
+  parameter: str
+  value: float
+  grid: tuple
+
+  def __str__(self) -> str:
+    side = "top" if self.value == max(self.grid) else "bottom"
+    grid = ", ".join(f"{v:g}" for v in sorted(self.grid))
+    return f"{self.arm}'s best {self.parameter} = {self.value:g} is the {side} of its grid {{{grid}}}"
+
+
+def grid_edges(arm: str, best: dict, grid: dict) -> list[GridEdge]:
+  """The coordinates of ``best`` (parameter -> picked value) that lie on an end of ``grid`` (parameter -> values).
+
+  Parameters with fewer than two grid values are not swept and never count as an edge.
+  """
+  edges = []
+  for parameter, values in grid.items():
+    values = sorted({float(v) for v in values})
+    if len(values) < 2 or parameter not in best:
+      continue
+    value = float(best[parameter])
+    if value in (values[0], values[-1]):
+      edges.append(GridEdge(arm, parameter, value, tuple(values)))
+  return edges
+
+
+def checked_verdict(verdict: str, compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = ()) -> tuple[str, str]:
+  """The verdict after the *invalid* and *grid edge* checks (module docstring), and the reason for an override.
+
+  Returns ``(verdict, reason)``: ``reason`` is ``""`` when the interval's verdict stands, else a sentence that
+  starts with the new verdict and :data:`REASON_DEGENERATE` or :data:`REASON_GRID_EDGE`.
+  """
+  if compared and all(h.failed for h in compared):
+    return INVALID, (f"{INVALID}: {REASON_DEGENERATE} — every compared arm has more than half of its members "
+                     f"diverged or at chance ({'; '.join(str(h) for h in compared)}); the interval alone would "
+                     f"say {verdict}")
+  if edges:
+    return INCONCLUSIVE, (f"{INCONCLUSIVE}: {REASON_GRID_EDGE} — {'; '.join(str(e) for e in edges)}"
+                          + (f"; the interval alone would say {verdict}" if verdict != INCONCLUSIVE else ""))
+  return verdict, ""
+
+
 @dataclasses.dataclass
 class Claim:
   """One prediction of a paper, tested.
+
+  Build it with :func:`make_claim` (or :func:`directional_claim` / :func:`equivalence_claim`), which apply
+  the checks of :func:`checked_verdict`.
 
   Attributes:
     id: the claim's tag in ``papers.md`` §7 (e.g. ``"B1"``), with a suffix if split.
@@ -107,8 +208,12 @@ class Claim:
     prediction: what we expected to measure, and the verdict rule's δ or margin.
     measured: what ``effect`` is (which arms, which metric, which unit).
     effect: the interval over seeds.
-    verdict: reproduced / not reproduced / inconclusive.
+    verdict: reproduced / not reproduced / inconclusive / invalid.
     notes: anything the reader needs to judge it (sample values, caveats).
+    compared: the health of every compared arm.
+    edges: best-of-sweep picks on the edge of their grids.
+    reason: why a check overrode the interval's verdict (``""`` if it did not).
+    interval_verdict: the verdict of the interval alone.
   """
   id: str
   statement: str
@@ -117,18 +222,57 @@ class Claim:
   effect: Interval
   verdict: str
   notes: str = ""
+  compared: tuple = ()
+  edges: tuple = ()
+  reason: str = ""
+  interval_verdict: str = ""
+
+  @property
+  def verdict_text(self) -> str:
+    """The verdict with the short reason of an override, e.g. ``"inconclusive (optimum at grid edge)"``."""
+    if self.reason.startswith(f"{INVALID}:"):
+      return f"{self.verdict} ({REASON_DEGENERATE})"
+    if REASON_GRID_EDGE in self.reason:
+      return f"{self.verdict} ({REASON_GRID_EDGE})"
+    return self.verdict
+
+
+def make_claim(id: str, statement: str, prediction: str, measured: str, ci: Interval, interval_verdict: str, *,
+               compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), notes: str = "") -> Claim:
+  """A :class:`Claim` whose verdict is ``interval_verdict`` after the checks of :func:`checked_verdict`.
+
+  Args:
+    compared: the health of every arm the effect was computed from (``experiments.studies._common.health``);
+      ``()`` only for a claim that compares no trained arm.
+    edges: best-of-sweep picks of the comparison that lie on the edge of their grid (:func:`grid_edges`).
+  """
+  compared, edges = tuple(compared), tuple(edges)
+  verdict, reason = checked_verdict(interval_verdict, compared, edges)
+  partial = [str(h) for h in compared if h.degenerate and not h.failed]
+  extra = [f"**{reason}**"] if reason else []
+  if partial and verdict != INVALID:
+    extra.append("Some compared members diverged or are at chance and are scored as what they predict ("
+                 + "; ".join(partial) + ")")
+  text = notes.strip()
+  if extra:  # the checks' sentences go after the study's own notes
+    text = (text.rstrip(".") + ". " if text else "") + ". ".join(extra) + "."
+  return Claim(id, statement, prediction, measured, ci, verdict, text, compared, edges, reason, interval_verdict)
 
 
 def directional_claim(id: str, statement: str, measured: str, ci: Interval, *, min_effect: float,
-                      unit: str = "", notes: str = "") -> Claim:
+                      compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), unit: str = "",
+                      notes: str = "") -> Claim:
   prediction = f"effect > 0 (counts if at least {min_effect:g}{unit})"
-  return Claim(id, statement, prediction, measured, ci, directional_verdict(ci, min_effect), notes)
+  return make_claim(id, statement, prediction, measured, ci, directional_verdict(ci, min_effect),
+                    compared=compared, edges=edges, notes=notes)
 
 
-def equivalence_claim(id: str, statement: str, measured: str, ci: Interval, *, margin: float, unit: str = "",
+def equivalence_claim(id: str, statement: str, measured: str, ci: Interval, *, margin: float,
+                      compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), unit: str = "",
                       notes: str = "") -> Claim:
   prediction = f"|effect| <= {margin:g}{unit}"
-  return Claim(id, statement, prediction, measured, ci, equivalence_verdict(ci, margin), notes)
+  return make_claim(id, statement, prediction, measured, ci, equivalence_verdict(ci, margin),
+                    compared=compared, edges=edges, notes=notes)
 
 
 @dataclasses.dataclass
@@ -141,16 +285,21 @@ class StudySection:
   plots: list           # paths relative to the report's directory
   table: str = ""       # a markdown table of per-arm results
   elapsed_s: float = math.nan
-  error: str = ""
+  error: str = ""          # the full traceback of a study that failed
+  error_summary: str = ""  # its one-line form for the summary table, e.g. "ValueError: ..."
 
 
 VERDICT_RULES = """\
 **Verdict rules.** Effects are paired differences over seeds (every arm uses the same seeds, so seed `s`
 starts from the same weights and sees the same batches in every arm), reported as mean [95% t-interval].
 A *directional* claim with smallest relevant effect δ is *reproduced* when the interval lies above 0 and
-the mean is at least δ, *not reproduced* when the interval lies below δ, and *inconclusive* otherwise. An *equivalence* claim with margin m
-is *reproduced* when the interval lies inside [−m, m], *not reproduced* when it lies entirely outside,
-and *inconclusive* otherwise. Accuracies are in percentage points."""
+the mean is at least δ, *not reproduced* when the interval lies below δ, and *inconclusive* otherwise. An
+*equivalence* claim with margin m is *reproduced* when the interval lies inside [−m, m], *not reproduced*
+when it lies entirely outside, and *inconclusive* otherwise. Two checks override the interval: a claim is
+*invalid* when every arm it compares has more than half of its members diverged (NaN loss) or at chance
+accuracy (within {chance} of 1/K for K classes, e.g. predicting one class), since collapsed arms measure
+nothing; and *inconclusive (optimum at grid edge)* when it compares a best-of-sweep pick that lies on the
+first or last value of its grid. Accuracies are in percentage points."""
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
@@ -158,7 +307,7 @@ def claims_table(claims: Sequence[Claim]) -> str:
            "|---|---|---|---|---|---|"]
   for c in claims:
     lines.append(f"| **{c.id}** {c.statement} | {c.prediction} | {c.measured} | {c.effect} | {c.effect.n} | "
-                 f"**{c.verdict}** |")
+                 f"**{c.verdict_text}** |")
   notes = [f"- **{c.id}**: {c.notes}" for c in claims if c.notes]
   return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -171,10 +320,10 @@ def render(sections: Sequence[StudySection], *, title: str, preamble: str = "") 
   summary = ["| study | claim | verdict |", "|---|---|---|"]
   for s in sections:
     if s.error:
-      summary.append(f"| {s.name} | — | failed: {s.error.splitlines()[0][:120]} |")
+      summary.append(f"| {s.name} | — | failed: {_cell(s.error_summary or error_line(s.error))} |")
     for c in s.claims:
-      summary.append(f"| {s.name} | {c.id} | {c.verdict} |")
-  out += ["## Summary", "", *summary, "", VERDICT_RULES, ""]
+      summary.append(f"| {s.name} | {c.id} | {c.verdict_text} |")
+  out += ["## Summary", "", *summary, "", verdict_counts(sections), "", verdict_rules(), ""]
   for s in sections:
     out += [f"## {s.title}", ""]
     if not math.isnan(s.elapsed_s):
@@ -189,6 +338,34 @@ def render(sections: Sequence[StudySection], *, title: str, preamble: str = "") 
     if s.plots:
       out += ["### Plots", ""] + [f"![{os.path.basename(p)}]({p})" for p in s.plots] + [""]
   return "\n".join(out)
+
+
+def verdict_rules() -> str:
+  return VERDICT_RULES.format(chance=f"{CHANCE_MARGIN:g}/K")
+
+
+def error_line(error: str) -> str:
+  """The line of a traceback that names the exception (its last non-empty line), e.g. ``"ValueError: ..."``."""
+  lines = [line.strip() for line in error.splitlines() if line.strip()]
+  return lines[-1] if lines else "unknown error"
+
+
+def _cell(text: str, width: int = 160) -> str:
+  text = text.replace("|", "\\|").replace("\n", " ")
+  return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def verdict_counts(sections: Sequence[StudySection]) -> str:
+  """One line counting the claims per verdict (every verdict, zeros included) and the failed studies."""
+  claims = [c for s in sections for c in s.claims]
+  parts = []
+  for verdict in VERDICTS:
+    n = sum(c.verdict == verdict for c in claims)
+    edge = sum(c.verdict == verdict and REASON_GRID_EDGE in c.reason for c in claims)
+    parts.append(f"{n} {verdict}" + (f" ({edge} with the optimum at a grid edge)" if edge else ""))
+  failed = sum(bool(s.error) for s in sections)
+  return (f"**Totals:** {len(claims)} claims: " + ", ".join(parts)
+          + f"; {failed} stud{'y' if failed == 1 else 'ies'} failed.")
 
 
 def write_report(path: str, sections: Sequence[StudySection], *, title: str, preamble: str = "") -> str:

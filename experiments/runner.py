@@ -43,8 +43,8 @@ def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None
   if study.plots:
     plots += study.plots(results, config, workdir)
   section = report_lib.StudySection(
-      name=name, title=study.title, setting=study.setting + "\n\n" + describe(config, quick), claims=claims,
-      plots=[os.path.basename(p) for p in plots], table=table, elapsed_s=time.time() - start)
+      name=name, title=study.title, setting=study.setting_text(config) + "\n\n" + describe(config, quick),
+      claims=claims, plots=[os.path.basename(p) for p in plots], table=table, elapsed_s=time.time() - start)
   report_lib.write_report(os.path.join(workdir, "REPORT.md"), [section], title=f"Study `{name}`")
   section.plots = [os.path.join(plot_prefix, p) for p in section.plots]
   return section
@@ -82,14 +82,17 @@ def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, na
     try:
       sections.append(run_study(name, os.path.join(workdir, name), quick=quick, seeds=seeds, overrides=overrides,
                                 progress=progress, log=log, plot_prefix=name))
-    except Exception:  # a broken study must not hide the others' results
+    except Exception as e:  # a broken study must not hide the others' results
       study_title = name
       try:
         study_title = studies_lib.get(name).title
       except Exception:
         pass
+      message = str(e).strip().splitlines()
       sections.append(report_lib.StudySection(name=name, title=study_title, setting="", claims=[], plots=[],
-                                              error=traceback.format_exc(limit=3)))
+                                              error=traceback.format_exc(limit=3),
+                                              error_summary=f"{type(e).__name__}: {message[0]}" if message
+                                              else type(e).__name__))
       log(f"[{name}] FAILED:\n{sections[-1].error}")
   preamble = PREAMBLE.format(quick=" --quick" if quick else "") + f"\n\nTotal run time: {time.time() - start:.0f} s."
   return report_lib.write_report(os.path.join(workdir, "REPORT.md"), sections,

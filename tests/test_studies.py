@@ -159,6 +159,7 @@ def test_decay_placement_analysis():
     r.series["train_accuracy"] = np.ones((8, 4))
   claims, _ = decay_placement.analyze(results, decay_placement.make_config(True))
   verdicts = {c.id: c.verdict for c in claims}
+  assert all(c.compared for c in claims)
   assert verdicts == {"Z1a": "reproduced", "Z1b": "reproduced", "Z1c": "reproduced", "Z1d": "reproduced",
                       "Z2": "not reproduced"}
   z1d = next(c for c in claims if c.id == "Z1d")
@@ -188,8 +189,109 @@ def test_adam_buffers_analysis_best_lambda_and_range():
   assert verdicts == {"Z3": "reproduced", "B5a": "reproduced", "B5b": "reproduced", "B5c": "reproduced",
                       "B5d": "reproduced"}
   z3 = next(c for c in claims if c.id == "Z3")
-  assert z3.effect.mean == pytest.approx(3.0, abs=0.2)          # 4 pt (adamw at 0.1) − 1 pt (adam_l2 at 1e-2)
-  assert "best λ: adamw 0.1, adam_l2 0.01" in z3.notes
+  assert z3.effect.mean == pytest.approx(3.0, abs=0.2)          # 4 pt (adamw at dec[1]) − 1 pt (adam_l2 at 1e-2)
+  assert f"best λ: adamw {dec[1]:g}, adam_l2 0.01" in z3.notes
   b5a = next(c for c in claims if c.id == "B5a")
   assert b5a.effect.mean == pytest.approx(1.0 - 0.5)
-  assert "| adamw | 0.01:" in table
+  assert f"| adamw | {dec[0]:g}:" in table
+
+
+# --- validity checks on synthetic results: collapsed arms and unbracketed optima --------------------------------
+
+def diverge(result, *, accuracy=0.102, step=150):
+  """Marks every member of ``result`` diverged at ``step`` (as train.on_nan=continue logs it), scoring one class."""
+  n = len(result.seeds)
+  result.series["test_accuracy"][:, -1] = accuracy
+  marks = np.full((n, len(result.steps)), np.nan)
+  marks[:, -1] = step
+  result.series["diverged_at"] = marks
+
+
+ADAM_PAPER_WORLD = {
+    "adam_l2": [0.00, 0.01, -0.05, -0.20],
+    "adamw": [0.025, 0.04, 0.035, 0.03],
+    "l2_0_1_1": [0.02, 0.04, 0.03, 0.0],
+    "l2_0_0_1": [0.02, 0.045, 0.03, 0.0],
+    "l2_1_0_0": [0.0, 0.012, -0.05, -0.2],
+}
+
+
+def adam_world(**curves):
+  shapes = dict(ADAM_PAPER_WORLD, **curves)
+  grids = {name: adam_buffers.DECOUPLED_GRID if name == "adamw" else adam_buffers.L2_GRID for name in shapes}
+  return sweep_results({name: (grids[name], shapes[name]) for name in shapes})
+
+
+def test_adam_buffers_claim_whose_compared_arms_all_diverged_is_invalid():
+  # Every member of both arms of B5c diverged and scores one class (10.2%): the two arms "match" exactly,
+  # which the interval alone calls reproduced.
+  results = adam_world()
+  for r in results.values():
+    if r.arm in ("adamw", "l2_0_0_1"):
+      diverge(r)
+  claims = {c.id: c for c in adam_buffers.analyze(results, adam_buffers.make_config(True))[0]}
+  b5c = claims["B5c"]
+  assert b5c.verdict == report.INVALID
+  assert b5c.interval_verdict == report.REPRODUCED and b5c.verdict_text == "invalid (compared arms diverged or at chance)"
+  assert "invalid: compared arms diverged or at chance" in b5c.notes
+  assert "l2_0_0_1[weight_decay=" in b5c.notes and "8 of 8 diverged" in b5c.notes
+  # B5b compares a healthy arm with the collapsed adamw: a real comparison, not invalid.
+  assert claims["B5b"].verdict != report.INVALID
+  assert claims["B5d"].verdict == report.REPRODUCED  # neither of its arms is touched
+
+
+def test_early_decay_claim_whose_compared_arms_sit_at_chance_is_invalid_but_one_healthy_arm_keeps_its_verdict():
+  results = {
+      "none": arm("none", BASE, norms=np.tile([20.0, 30.0], (8, 1))),
+      "always": arm("always", 0.10 + jitter(0.003), norms=np.tile([10.0, 9.0], (8, 1))),   # at chance, 10 classes
+      "early25": arm("early25", BASE + 0.035 + jitter(), norms=np.tile([10.0, 14.0], (8, 1))),
+      "early50": arm("early50", 0.10 + jitter(0.003), norms=np.tile([10.0, 12.0], (8, 1))),  # at chance
+      "late50": arm("late50", BASE + jitter(), norms=np.tile([20.0, 15.0], (8, 1))),
+  }
+  claims = {c.id: c for c in early_decay.analyze(results, early_decay.make_config(True))[0]}
+  # early50 ≈ always, both at chance: the interval says reproduced, but nothing was measured.
+  assert claims["B1b"].verdict == report.INVALID and claims["B1b"].interval_verdict == report.REPRODUCED
+  assert "always: 8 of 8 at chance" in claims["B1b"].notes
+  # always (at chance) against none (healthy): an ordinary verdict, decay lost ~40 points.
+  assert claims["B1a"].verdict == report.NOT_REPRODUCED and claims["B1a"].reason == ""
+  assert claims["B1d"].verdict == report.REPRODUCED  # late50 ≈ none, both healthy
+
+
+def test_a_few_degenerate_members_keep_the_verdict_and_are_named_in_the_notes():
+  results = {
+      "none": arm("none", BASE, norms=np.tile([20.0, 30.0], (8, 1))),
+      "always": arm("always", BASE + 0.04 + jitter(), norms=np.tile([10.0, 9.0], (8, 1))),
+      "early25": arm("early25", BASE + 0.035 + jitter(), norms=np.tile([10.0, 14.0], (8, 1))),
+      "early50": arm("early50", BASE + 0.04 + jitter(), norms=np.tile([10.0, 12.0], (8, 1))),
+      "late50": arm("late50", BASE + jitter(), norms=np.tile([20.0, 15.0], (8, 1))),
+  }
+  results["early50"].series["test_accuracy"][:3, -1] = 0.1  # 3 of 8 at chance: not a majority
+  b1b = next(c for c in early_decay.analyze(results, early_decay.make_config(True))[0] if c.id == "B1b")
+  assert b1b.verdict == b1b.interval_verdict != report.INVALID
+  assert "early50: 3 of 8 at chance" in b1b.notes
+
+
+def test_adam_buffers_best_lambda_on_the_grid_edge_is_inconclusive():
+  # AdamW keeps improving up to the largest λ of its grid: its optimum is not bracketed.
+  results = adam_world(adamw=[0.0, 0.01, 0.03, 0.05])
+  claims = {c.id: c for c in adam_buffers.analyze(results, adam_buffers.make_config(True))[0]}
+  top = max(adam_buffers.DECOUPLED_GRID)
+  z3 = claims["Z3"]
+  assert z3.verdict == report.INCONCLUSIVE
+  assert z3.interval_verdict == report.REPRODUCED  # 5 pt against adam_l2's 1 pt
+  assert z3.verdict_text == "inconclusive (optimum at grid edge)"
+  assert f"adamw's best weight_decay = {top:g} is the top of its grid" in z3.notes
+  for id_ in ("B5a", "B5b", "B5c"):  # every comparison with AdamW's best
+    assert claims[id_].verdict == report.INCONCLUSIVE and "optimum at grid edge" in claims[id_].reason, id_
+  assert claims["B5d"].verdict == report.REPRODUCED and claims["B5d"].reason == ""
+  # The interior optimum of the paper world is not flagged.
+  assert all(c.reason == "" for c in adam_buffers.analyze(adam_world(), adam_buffers.make_config(True))[0])
+
+
+def test_every_claim_names_the_arms_it_compared():
+  results = adam_world()
+  for c in adam_buffers.analyze(results, adam_buffers.make_config(True))[0]:
+    assert c.compared and all(h.members > 0 for h in c.compared), c.id
+  results = {label: arm(label, BASE + jitter(), norms=np.tile([10.0, 12.0], (8, 1))) for label in early_decay.ARMS}
+  for c in early_decay.analyze(results, early_decay.make_config(True))[0]:
+    assert c.compared and all(h.members == 8 for h in c.compared), c.id

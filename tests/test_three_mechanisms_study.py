@@ -86,6 +86,36 @@ def test_analysis_reproduces_every_claim_in_a_world_where_the_paper_is_right():
   assert by_id["Z5c"].effect.mean == pytest.approx(0.39, abs=0.01)
   assert by_id["Z6a"].effect.mean == pytest.approx(2.5, abs=0.05)
   assert "kfacf_decoupled_bn" in table
+  assert all(c.compared and c.reason == "" for c in claims)
+  assert [h.name for h in by_id["Z6a"].compared] == ["kfacf_decoupled_plain", "kfacf_l2_plain"]
+
+
+def test_z4c_note_counts_the_probes_the_code_uses(monkeypatch):
+  results, config = _paper_world()
+  note = lambda: next(c for c in study.analyze(results, config)[0] if c.id == "Z4c").notes
+  assert f"{study.JACOBIAN_PROBES} Gaussian probes" in note()
+  monkeypatch.setattr(study, "JACOBIAN_PROBES", 7)
+  monkeypatch.setattr(study, "JACOBIAN_EXAMPLES", 48)
+  assert "48 test inputs, inference mode, 7 Gaussian probes" in note()
+  assert "(7 Gaussian probes)" in study.setting(config) and "E‖J_x‖²_F on 48 test inputs" in study.setting(config)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_setting_lists_exactly_the_trained_arms(quick):
+  config = study.make_config(quick)
+  trained = {config.arm_optim(a).name for a in config.arms}
+  text = study.STUDY.setting_text(config)
+  arms = text.split("Arms: {", 1)[1].split("}", 1)[0]           # the optimizer factor of the arm product
+  settings = text.split("decoupled arm (", 1)[1].split(")", 1)[0]  # η and λ per optimizer
+  for optimizer in study.OPTIMIZERS:
+    pretty = study.PRETTY[optimizer]
+    listed = [part.split(" (")[0] for part in arms.split(", ")]
+    assert (pretty in listed) == (optimizer in trained), (optimizer, arms)
+    assert (f"{pretty}: η=" in settings) == (optimizer in trained), (optimizer, settings)
+  for optimizer in trained:
+    s = study.SETTINGS[optimizer]
+    assert f"{study.PRETTY[optimizer]}: η={s['learning_rate']:g}, λ={s['weight_decay']:g}" in settings
+  assert (f"batch {config.train.batch_size}" in text) and f"inverses every {study.INVERSE_EVERY} steps" in text
 
 
 def test_analysis_rejects_the_claims_in_a_world_where_the_paper_is_wrong():

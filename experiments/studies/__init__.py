@@ -4,12 +4,17 @@ A study is a :class:`Study`: a config factory (``make_config(quick) -> Experimen
 steps, seeds and the list of arms, i.e. named optimizer configs) and an analysis
 (``analyze(results, config) -> (claims, table)``) that turns the per-arm metrics read from
 ``metrics.jsonl`` into :class:`experiments.report.Claim` s: the prediction, the effect with its 95%
-interval over seeds, and the verdict.
+interval over seeds, and the verdict. Every claim names the arms it compared
+(``compared=_common.health(results, config, ...)``) and, for a best-of-sweep comparison, the picks on the
+edge of their grid (``edges=_common.best_of_sweep(...).edges``): ``experiments.report`` then marks it
+*invalid* when all of them diverged or sit at chance, and *inconclusive* when an optimum is not bracketed.
 
 To add a study (e.g. ``fixnorm`` for issue 5, ``three_mechanisms`` for issue 6):
 
 1. Write ``experiments/studies/<name>.py`` ending in ``STUDY = Study(name=..., title=..., setting=...,
-   make_config=..., analyze=...)``. Keep the ``quick=True`` config to about a minute on 2 CPU cores:
+   make_config=..., analyze=...)``. ``setting`` is the report's description of the design; make it a function
+   ``setting(config) -> str`` that reads its numbers (steps, seeds, grids, η, λ, probes, thresholds) from the
+   config and the study's constants, so the text says what ran (a plain string is accepted too). Keep the ``quick=True`` config to about a minute on 2 CPU cores:
    ``reproduce --quick`` runs every registered study and must finish in 10 minutes.
 2. Add ``"<name>": "experiments.studies.<name>"`` to :data:`REGISTRY`.
 
@@ -59,11 +64,15 @@ class Study:
   """A registered study; see the module docstring."""
   name: str
   title: str
-  setting: str
+  setting: str | Callable[[Any], str]
   make_config: Callable[[bool], Any]
   analyze: Callable[..., Any]
   hooks: Callable[[Any], Any] | None = None
   plots: Callable[..., list] | None = None
+
+  def setting_text(self, config) -> str:
+    """The setting's description for ``config`` (``setting(config)``, or ``setting`` itself if a string)."""
+    return self.setting(config) if callable(self.setting) else self.setting
 
 
 def names() -> list[str]:

@@ -24,6 +24,7 @@ from experiments.studies import _common
 ARMS = ("none", "all", "conv", "classifier", "norm_sq_lr")
 MIN_GAIN = 0.5
 MARGIN = 1.5
+MIN_GROWTH = 0.05  # Z1d: ln growth of ‖w_si‖ over the second half, none − all
 
 
 def make_config(quick: bool) -> config_lib.ExperimentConfig:
@@ -47,44 +48,54 @@ def _growth(results, label: str) -> np.ndarray:
 
 
 def analyze(results, config):
+  arms = lambda *labels: _common.health(results, config, *labels)
   none, all_, conv, classifier, norm_sq = _common.aligned(results, *ARMS)
   gain = all_ - none
   claims = [
       report.directional_claim("Z1a", "Decay (on all parameters) beats no decay.", "acc(all) − acc(none)",
-                               report.paired_ci(all_, none), min_effect=MIN_GAIN, unit=" pt"),
+                               report.paired_ci(all_, none), min_effect=MIN_GAIN, unit=" pt",
+                               compared=arms("all", "none")),
       report.equivalence_claim("Z1b", "Decay on the hidden (scale-invariant) layers only ≈ decay everywhere.",
-                               "acc(conv) − acc(all)", report.paired_ci(conv, all_), margin=MARGIN, unit=" pt"),
+                               "acc(conv) − acc(all)", report.paired_ci(conv, all_), margin=MARGIN, unit=" pt",
+                               compared=arms("conv", "all")),
       report.directional_claim("Z1c", "Decay on the hidden layers ≫ decay on the classifier only.",
                                "acc(conv) − acc(classifier)", report.paired_ci(conv, classifier),
-                               min_effect=MIN_GAIN, unit=" pt"),
+                               min_effect=MIN_GAIN, unit=" pt", compared=arms("conv", "classifier")),
   ]
   growth_none, growth_all = _growth(results, "none"), _growth(results, "all")
   claims.append(report.directional_claim(
       "Z1d", "‖w_hidden‖ keeps growing without decay and plateaus with it.",
       "ln growth of ‖w_si‖ over the second half: none − all", report.paired_ci(growth_none, growth_all),
-      min_effect=0.05,
+      min_effect=MIN_GROWTH, compared=arms("none", "all"),
       notes=f"second-half growth factor: none ×{np.exp(np.mean(growth_none)):.3f}, "
             f"all ×{np.exp(np.mean(growth_all)):.3f}"))
   claims.append(report.directional_claim(
       "Z2", "No decay but η_t ∝ ‖w_t‖² recovers most (> half) of the gain of decay.",
       "[acc(norm_sq_lr) − acc(none)] − ½[acc(all) − acc(none)]",
       report.mean_ci((norm_sq - none) - 0.5 * gain), min_effect=0.0, unit=" pt",
+      compared=arms("norm_sq_lr", "none", "all"),
       notes=f"mean gains over none: norm_sq_lr {np.mean(norm_sq - none):+.2f}, all {np.mean(gain):+.2f}"))
   return claims, _common.arm_table(results, list(ARMS), extra={"norm/scale_invariant": "final ‖w_si‖",
                                                                "norm/classifier/kernel": "final ‖w_classifier‖",
                                                                "lr": "final η"})
 
 
+def setting(config) -> str:
+  o, d = config.optim, config.data
+  return (
+      "Same network, data and SGD as `early_decay` (BatchNorm MLP without affine BN parameters on MNIST-1D with "
+      f"{100 * d.label_noise:g}% label noise; η = {o.learning_rate:g} {o.lr_schedule}, momentum {o.momentum:g}, "
+      f"coupled L2 λ = {o.weight_decay:g}). The hidden kernels play the role of "
+      "Zhang et al.'s conv layers (scale-invariant); `classifier` is the final linear layer (kernel and bias). "
+      "`norm_sq_lr` has no decay and multiplies the schedule by ‖w_t‖²/‖w_0‖², recomputed every step "
+      "from the current norm of all scale-invariant kernels (one global factor, also applied to the "
+      "classifier), so η_t/‖w_t‖² follows the schedule as it would if the norm stayed at its initial value.")
+
+
 STUDY = Study(
     name="decay_placement",
     title="decay_placement — which parameters decay, and decay vs an lr schedule (Zhang et al. Z1, Z2)",
-    setting=(
-        "Same network, data and SGD as `early_decay` (BatchNorm MLP without affine BN parameters on MNIST-1D with "
-        "20% label noise; η = 0.1 cosine, momentum 0.9, coupled L2 λ = 5e-3). The hidden kernels play the role of "
-        "Zhang et al.'s conv layers (scale-invariant); `classifier` is the final linear layer (kernel and bias). "
-        "`norm_sq_lr` has no decay and multiplies the cosine schedule by ‖w_t‖²/‖w_0‖², recomputed every step "
-        "from the current norm of all scale-invariant kernels (one global factor, also applied to the "
-        "classifier), so η_t/‖w_t‖² follows the cosine as it would if the norm stayed at its initial value."),
+    setting=setting,
     make_config=make_config,
     analyze=analyze,
 )

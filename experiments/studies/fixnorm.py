@@ -66,6 +66,7 @@ RANDOM_SEARCH_REPEATS = 500
 NON_INFERIORITY = 1.0   # points: FixNorm "matches" SGD+decay if it is not worse by more than this
 EQUIVALENCE = 1.0       # points: decay on top "changes nothing" within this
 SLOPE_MARGIN = 0.2      # F3: log-log slope of the angle on η_t/c² within 1 ± this counts as tracking
+MIN_GAIN = 0.5          # F2: points by which the peak must beat an end of the classifier-norm grid
 
 # Scale-invariant leaves: every kernel but the classifier's (each feeds a BatchNorm without affine parameters).
 SCALE_INVARIANT = wd_optax.masks.all_of(wd_optax.masks.kernels(), wd_optax.masks.exclude("classifier"))
@@ -214,10 +215,11 @@ def _angle_tracking(result) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _non_inferiority_claim(id_: str, statement: str, measured: str, ci: report.Interval, margin: float,
-                           notes: str) -> report.Claim:
+                           notes: str, *, compared, edges=()) -> report.Claim:
   shifted = report.Interval(ci.mean + margin, ci.low + margin, ci.high + margin, ci.n)
-  return report.Claim(id_, statement, f"effect > −{margin:g} pt (not worse by more than {margin:g})", measured,
-                      ci, report.directional_verdict(shifted, 0.0), notes)
+  return report.make_claim(id_, statement, f"effect > −{margin:g} pt (not worse by more than {margin:g})",
+                           measured, ci, report.directional_verdict(shifted, 0.0), compared=compared, edges=edges,
+                           notes=notes)
 
 
 def analyze(results, config):
@@ -229,16 +231,23 @@ def analyze(results, config):
   fix_label = grid.fixnorm_label(lr_star, c_star)
   sgd_label = grid.label("sgd", **sgd.best_config)
   fix_acc, sgd_acc = grid.accuracy(fix_label, held), grid.accuracy(sgd_label, held)
+  arms = lambda *groups, seeds=held: _common.health(results, config, *groups, seeds=seeds)
+  # F1a compares two tuned optima: either on the edge of its grid is not bracketed.
+  edges = (report.grid_edges("FixNorm", {"learning_rate": lr_star, "classifier_norm": c_star},
+                             {"learning_rate": d.fixnorm_lrs, "classifier_norm": d.classifier_norms})
+           + report.grid_edges("sgd", sgd.best_config,
+                               {"learning_rate": d.sgd_lrs, "weight_decay": d.sgd_decays}))
   claims = [_non_inferiority_claim(
       "F1a", "FixNorm without decay matches or beats tuned SGD+decay.",
       f"held-out acc: FixNorm ({decoupled.num_trials} trials) − SGD+decay ({sgd.num_trials}-trial grid)",
       report.paired_ci(fix_acc, sgd_acc), NON_INFERIORITY,
       f"FixNorm picked η={lr_star:g}, c={c_star:g} ({fix_label}); SGD picked {sgd.best_config} "
-      f"({sgd_label}); tuning seeds {grid.tuning_seeds}, held-out seeds {held}.")]
+      f"({sgd_label}); tuning seeds {grid.tuning_seeds}, held-out seeds {held}.",
+      compared=arms(fix_label, sgd_label), edges=edges)]
 
-  random_acc = np.mean([grid.accuracy(grid.fixnorm_label(r.best_config["learning_rate"],
-                                                         r.best_config["classifier_norm"]), held)
-                        for r in randoms], axis=0)
+  random_labels = [grid.fixnorm_label(r.best_config["learning_rate"], r.best_config["classifier_norm"])
+                   for r in randoms]
+  random_acc = np.mean([grid.accuracy(label, held) for label in random_labels], axis=0)
   oracle = max(((lr, c) for lr in d.fixnorm_lrs for c in d.classifier_norms),
                key=lambda p: grid.tuning_score(grid.fixnorm_label(*p)))
   claims.append(report.directional_claim(
@@ -246,6 +255,7 @@ def analyze(results, config):
       f"held-out acc: decoupled pick − random-search pick (mean of {RANDOM_SEARCH_REPEATS} draws of "
       f"{decoupled.num_trials} trials from the same grid)",
       report.paired_ci(fix_acc, random_acc), min_effect=0.0, unit=" pt",
+      compared=arms(fix_label, ("random-search picks", sorted(set(random_labels)))),
       notes=f"full-grid optimum on the tuning seeds: η={oracle[0]:g}, c={oracle[1]:g} "
             f"({len(d.fixnorm_lrs) * len(d.classifier_norms)} trials); the decoupled search found "
             f"{'the same point' if oracle == (lr_star, c_star) else 'another point'}."))
@@ -261,18 +271,20 @@ def analyze(results, config):
   claims.append(report.directional_claim(
       "F2a", "Accuracy is unimodal in the classifier norm: too small a norm is worse than the peak.",
       f"held-out acc(c*={c_star:g}) − acc(c={d.classifier_norms[0]:g})",
-      report.paired_ci(curve[:, peak], curve[:, 0]), min_effect=0.5, unit=" pt", notes=shape))
+      report.paired_ci(curve[:, peak], curve[:, 0]), min_effect=MIN_GAIN, unit=" pt", notes=shape,
+      compared=arms(fix_label, grid.fixnorm_label(lr_star, d.classifier_norms[0]))))
   claims.append(report.directional_claim(
       "F2b", "… and too large a norm is worse than the peak.",
       f"held-out acc(c*={c_star:g}) − acc(c={d.classifier_norms[-1]:g})",
-      report.paired_ci(curve[:, peak], curve[:, -1]), min_effect=0.5, unit=" pt"))
+      report.paired_ci(curve[:, peak], curve[:, -1]), min_effect=MIN_GAIN, unit=" pt",
+      compared=arms(fix_label, grid.fixnorm_label(lr_star, d.classifier_norms[-1]))))
 
   tracked = results[fix_label]
   correlation, slope = _angle_tracking(tracked)
   claims.append(report.equivalence_claim(
       "F3a", "With norms fixed, the angular update of the scale-invariant layers tracks η_t/c².",
       f"per-seed log-log slope of the angle on η_t/c² over logged steps, minus 1 ({fix_label})",
-      report.mean_ci(slope - 1.0), margin=SLOPE_MARGIN,
+      report.mean_ci(slope - 1.0), margin=SLOPE_MARGIN, compared=arms(fix_label, seeds=tracked.seeds),
       notes=f"mean Pearson r(log angle, log η_t/c²) = {np.nanmean(correlation):.3f}; η_t is the cosine schedule, "
             "c the layer's fixed norm; see fixnorm_angle_vs_prediction.png"))
 
@@ -284,6 +296,7 @@ def analyze(results, config):
       "F3b", "With norms fixed, adding weight decay on top changes nothing.",
       f"held-out acc: FixNorm + L2 λ={d.decay_on_top:g} − FixNorm (η={lr_star:g}, c={d.default_norm:g})",
       report.paired_ci(decayed, plain), margin=EQUIVALENCE, unit=" pt",
+      compared=arms(grid.label("fixnorm_decay", learning_rate=lr_star), grid.fixnorm_label(lr_star, d.default_norm)),
       notes=f"final angular update ratio (decay / none): {np.nanmean(decayed_angle / plain_angle):.3f}"))
 
   table_labels = [fix_label, sgd_label, grid.label("fixnorm_decay", learning_rate=lr_star)]
@@ -355,20 +368,28 @@ def plots(results, config, outdir: str) -> list[str]:
   return paths
 
 
+def setting(config) -> str:
+  o, d = config.optim, config.data
+  n = config.seeds
+  k = _tuning_seed_count(n)
+  return (
+      f"BatchNorm MLP without affine BN parameters on MNIST-1D with {100 * d.label_noise:g}% label noise (as "
+      f"`decay_placement`), {o.lr_schedule} learning rate, momentum {o.momentum:g}. FixNorm (`wd_optax.fixnorm`) "
+      "holds every hidden kernel at its initial norm and the classifier kernel at norm c, with no decay; the "
+      "classifier bias is free. Grids (see the arms below): FixNorm η × c (a default c anchors the first tuning "
+      "stage), SGD+coupled L2 η × λ, and FixNorm + L2 λ on the kernels at the default c. Hyperparameters are "
+      f"picked on the first {k} of the {n} seeds (a quarter, at least one) and every claim is measured on the "
+      f"remaining {n - k} held-out seeds. The tuners (`wd_optax.tuning`) run on the trained grid as a lookup: "
+      "decoupled FixNorm search (η at the default c, then c), random search over the same grid with the same "
+      f"number of trials ({RANDOM_SEARCH_REPEATS} draws), and the full SGD grid; a tuned optimum on the edge of "
+      "its grid makes F1a inconclusive. The classifier norm is the traced config field `classifier_norm` of "
+      "the FixNorm arms.")
+
+
 STUDY = Study(
     name="fixnorm",
     title="fixnorm — fixed weight norms instead of weight decay (Zhou et al. FixNorm F1–F3)",
-    setting=(
-        "BatchNorm MLP without affine BN parameters on MNIST-1D with 20% label noise (as `decay_placement`), "
-        "cosine learning rate, momentum 0.9. FixNorm (`wd_optax.fixnorm`) holds every hidden kernel at its "
-        "initial norm and the classifier kernel at norm c, with no decay; the classifier bias is free. "
-        "Grids (see the arms below): FixNorm η × c (a default c anchors the first tuning stage), SGD+coupled L2 "
-        "η × λ, and FixNorm + L2 λ on the kernels at the default c. Hyperparameters are picked on the first "
-        "quarter of the seeds (at least one) and "
-        "every claim is measured on the remaining, held-out seeds. The tuners (`wd_optax.tuning`) run on the "
-        "trained grid as a lookup: decoupled FixNorm search (η at the default c, then c), random search over the "
-        "same grid with the same number of trials, and the full SGD grid. The classifier norm is the traced "
-        "config field `classifier_norm` of the FixNorm arms."),
+    setting=setting,
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,

@@ -80,6 +80,8 @@ SETTINGS = {
 }
 DAMPING = 1e-3
 KL_CLIP = 1e-2
+FACTOR_EMA = 0.95   # K-FAC factor averaging (the library's default, passed explicitly so the report can say it)
+INVERSE_EVERY = 10  # K-FAC: steps between damped-inverse refreshes
 # Matmul-only inverses: a vmapped LAPACK inverse inside the scanned, vmapped training step deadlocked the
 # CPU backend here (every thread waiting) for a population of 18 members.
 INVERSE = "newton_schulz"
@@ -89,6 +91,7 @@ JACOBIAN_EXAMPLES = 64
 JACOBIAN_PROBES = 2
 MIN_GAIN = 0.5               # points: smallest accuracy difference that counts
 MIN_GROWTH = float(np.log(10.0))   # Z5: "orders of magnitude" counts from a factor 10
+MIN_JACOBIAN_DROP = 1.25     # Z4c/d: decay lowers E‖J_x‖²_F by at least this factor
 MIN_BOUND = float(np.log(2.0))     # Z5: decay keeps γ_eff at least 2x below no decay
 MIN_COSINE = 0.05            # Z5: the cosine rises at least this much more without decay
 
@@ -200,7 +203,7 @@ def make_tx(model: _Model, optim: config_lib.OptimConfig, rates) -> optax.Gradie
     base = wd_optax.adam(lr, weight_decay=l2, decay="l2")
   elif optim.name in KFAC_MODES:
     base = kfac.kfac(lr, damping=DAMPING, weight_decay=l2, decay="l2", momentum=optim.momentum, kl_clip=KL_CLIP,
-                     inverse_every=10, inverse=INVERSE, layers=model.layers)
+                     ema=FACTOR_EMA, inverse_every=INVERSE_EVERY, inverse=INVERSE, layers=model.layers)
   else:
     raise ValueError(f"three_mechanisms: optim.name must be one of {OPTIMIZERS}, got {optim.name!r}.")
   inner = optax.chain(base, wd_optax.decoupled_decay(dec, learning_rate=lr))
@@ -319,6 +322,7 @@ def analyze(results, config):
   acc = {label: _per_seed(results, label, _common.pct(r.final("test_accuracy")), seeds)
          for label, r in results.items()}
   claims = []
+  arms = lambda *labels: _common.health(results, config, *labels, seeds=seeds)
 
   present = lambda optimizer: all(arm_name(optimizer, d, n) in results for d in DECAYS for n in NETS)
   if present("sgd"):
@@ -336,6 +340,8 @@ def analyze(results, config):
         f"Z4{tag}", f"{name}, no normalisation: decay gains more than for SGD.",
         f"[acc({optimizer} decoupled) − acc({optimizer} none)] − [acc(SGD {sgd_decay}) − acc(SGD none)], plain MLP",
         report.mean_ci(gain - sgd_gain), min_effect=MIN_GAIN, unit=" pt",
+        compared=arms(arm_name(optimizer, "decoupled", "plain"), arm_name(optimizer, "none", "plain"),
+                      arm_name("sgd", sgd_decay, "plain"), arm_name("sgd", "none", "plain")),
         notes=f"{name} gain {np.mean(gain):+.2f} pt; SGD gains: L2 {np.mean(sgd_gains['l2']):+.2f}, decoupled "
               f"{np.mean(sgd_gains['decoupled']):+.2f} pt (the larger is the reference)."))
   for optimizer, tag in (("kfacf", "c"), ("kfacg", "d")):
@@ -347,9 +353,11 @@ def analyze(results, config):
     claims.append(report.directional_claim(
         f"Z4{tag}", f"{PRETTY[optimizer]}, no normalisation: decay lowers E‖J_x‖²_F.",
         f"ln(E‖J_x‖²_F none / decoupled) at the end, {optimizer} plain MLP",
-        report.mean_ci(np.log(none / dec)), min_effect=float(np.log(1.25)),
-        notes=f"final E‖J_x‖²_F: none {np.mean(none):.4g}, decoupled {np.mean(dec):.4g} (counts from a 1.25x "
-              "reduction; test inputs, inference mode, 4 Gaussian probes)"))
+        report.mean_ci(np.log(none / dec)), min_effect=float(np.log(MIN_JACOBIAN_DROP)),
+        compared=arms(arm_name(optimizer, "none", "plain"), arm_name(optimizer, "decoupled", "plain")),
+        notes=f"final E‖J_x‖²_F: none {np.mean(none):.4g}, decoupled {np.mean(dec):.4g} (counts from a "
+              f"{MIN_JACOBIAN_DROP:g}x reduction; {JACOBIAN_EXAMPLES} test inputs, inference mode, "
+              f"{JACOBIAN_PROBES} Gaussian probe{'s' if JACOBIAN_PROBES != 1 else ''})"))
 
   for optimizer, cos_key, tag in (("kfacf", "cos_f", ("a", "b", "c")), ("kfacg", "cos_g", ("d", "e", "f"))):
     if not present(optimizer):
@@ -362,20 +370,22 @@ def analyze(results, config):
     claims.append(report.directional_claim(
         f"Z5{tag[0]}", f"{PRETTY[optimizer]} with BN, no decay: γ_eff = γ‖W‖² grows by orders of magnitude.",
         "ln(γ_eff last / first evaluation), hidden layers' mean, no decay",
-        report.mean_ci(g_none), min_effect=MIN_GROWTH,
+        report.mean_ci(g_none), min_effect=MIN_GROWTH, compared=arms(none_r.label),
         notes=f"growth factor no decay ×{np.exp(np.mean(g_none)):.3g}, decoupled ×{np.exp(np.mean(g_dec)):.3g} "
-              "(counts from ×10)"))
+              f"(counts from ×{np.exp(MIN_GROWTH):.3g})"))
     last = lambda r: _per_seed(results, r.label, _mean_over_layers(r, "gamma_eff"), seeds)
     claims.append(report.directional_claim(
         f"Z5{tag[1]}", f"{PRETTY[optimizer]} with BN: with decay γ_eff stays bounded (far below no decay).",
         "ln(γ_eff none / γ_eff decoupled) at the end, hidden layers' mean",
         report.mean_ci(np.log(last(none_r) / last(dec_r))), min_effect=MIN_BOUND,
+        compared=arms(none_r.label, dec_r.label),
         notes=f"final γ_eff: none {np.mean(last(none_r)):.3g}, decoupled {np.mean(last(dec_r)):.3g} (γ={DAMPING:g})"))
     cos = lambda r: _per_seed(results, r.label, _mean_over_layers(r, cos_key), seeds)
     claims.append(report.directional_claim(
         f"Z5{tag[2]}", f"{PRETTY[optimizer]} with BN: without decay cos(K-FAC direction, gradient) → 1, with decay not.",
         "final cos(none) − cos(decoupled), hidden layers' mean",
         report.mean_ci(cos(none_r) - cos(dec_r)), min_effect=MIN_COSINE,
+        compared=arms(none_r.label, dec_r.label),
         notes=f"final cosine: none {np.mean(cos(none_r)):.3f}, decoupled {np.mean(cos(dec_r)):.3f}; first "
               f"evaluation (no decay) {np.mean(_per_seed(results, none_r.label, _mean_over_layers(none_r, cos_key, which=0), seeds)):.3f}"))
 
@@ -389,6 +399,7 @@ def analyze(results, config):
           f"Z6{tag}{'-bn' if net == 'bn' else ''}", f"{PRETTY[optimizer]} ({net}): coupled L2 is much weaker than decoupled decay.",
           f"acc({optimizer} decoupled) − acc({optimizer} L2), {net} MLP, same λ",
           report.paired_ci(dec, l2), min_effect=MIN_GAIN, unit=" pt",
+          compared=arms(arm_name(optimizer, "decoupled", net), arm_name(optimizer, "l2", net)),
           notes=f"gains over no decay: decoupled {np.mean(dec - none):+.2f}, L2 {np.mean(l2 - none):+.2f} pt; "
                 f"final E‖J_x‖²_F decoupled {_final_mean(results, arm_name(optimizer, 'decoupled', net), 'jacobian_norm')}"
                 f", L2 {_final_mean(results, arm_name(optimizer, 'l2', net), 'jacobian_norm')} (one λ for both "
@@ -443,29 +454,64 @@ def plots(results, config, outdir: str) -> list[str]:
   return [path]
 
 
-_SETTINGS_TEXT = ", ".join(f"{PRETTY[k]}: η={v['learning_rate']:g}, λ={v['weight_decay']:g}"
-                           for k, v in SETTINGS.items())
+def trained_optimizers(config: config_lib.ExperimentConfig) -> list[str]:
+  """The optimizers of :data:`OPTIMIZERS` that ``config`` trains, in that order."""
+  names = {config.arm_optim(a).name for a in config.arms}
+  return [o for o in OPTIMIZERS if o in names]
+
+
+_DESCRIPTION = {"kfacf": "KFAC-F (true Fisher, sampled targets)", "kfacg": "KFAC-G (Gauss–Newton, identity output "
+                "Hessian)"}
+
+
+def setting(config: config_lib.ExperimentConfig) -> str:
+  """The setting for ``config``: only the optimizers, η and λ that its arms train."""
+  trained = trained_optimizers(config)
+  optims = {a.name: config.arm_optim(a) for a in config.arms}
+  decays = [d for d in DECAYS if any(arm_name(o, d, n) in optims for o in trained for n in NETS)]
+  nets = [n for n in NETS if any(arm_name(o, d, n) in optims for o in trained for d in DECAYS)]
+  per_optimizer = []
+  for o in trained:
+    arms_of = [optims[arm_name(o, d, n)] for d in decays for n in nets if arm_name(o, d, n) in optims]
+    lrs = sorted({a.learning_rate for a in arms_of})
+    lams = sorted({a.weight_decay for a in arms_of if a.weight_decay})
+    per_optimizer.append(f"{PRETTY[o]}: η={'/'.join(f'{v:g}' for v in lrs)}, "
+                         f"λ={'/'.join(f'{v:g}' for v in lams) or '—'}")
+  decay_words = {"none": "no decay", "l2": "coupled L2", "decoupled": "decoupled decay (lr-coupled)"}
+  net_words = {"plain": "no normalisation", "bn": "BatchNorm without affine parameters"}
+  untrained = [PRETTY[o] for o in OPTIMIZERS if o not in trained]
+  kfac_trained = [o for o in trained if o in KFAC_MODES]
+  momentum = sorted({optims[a].momentum for a in optims if optims[a].name in ("sgd", *KFAC_MODES)})
+  d, t = config.data, config.train
+  text = (
+      f"MLP (ReLU, registered `wd_optax.kfac.Linear` layers) on MNIST-1D with {100 * d.label_noise:g}% label "
+      f"noise, {config.optim.lr_schedule} learning rate, momentum {'/'.join(f'{m:g}' for m in momentum)} "
+      f"({', '.join(PRETTY[o] for o in trained if o != 'adam')}), batch {t.batch_size}. Arms: "
+      f"{{{', '.join(_DESCRIPTION.get(o, PRETTY[o]) for o in trained)}}} × "
+      f"{{{', '.join(decay_words[x] for x in decays)}}} × {{{', '.join(net_words[x] for x in nets)}}}"
+      + (f" ({', '.join(untrained)} not trained in this mode)" if untrained else "")
+      + f"; per optimizer one η and one λ for both the L2 and the decoupled arm ({', '.join(per_optimizer)}), "
+      "chosen by hand for a short run, not tuned.")
+  if kfac_trained:
+    text += (f" K-FAC: damping γ={DAMPING:g} (π-split), factor EMA {FACTOR_EMA:g}, inverses every "
+             f"{INVERSE_EVERY} steps, KL clip {KL_CLIP:g} (as in Zhang et al.'s code).")
+  text += (
+      " BN is a frozen gate in one model (the harness trains one model per study): BN arms switch it on at "
+      f"their first update, so that step is taken without BN. E‖J_x‖²_F on {JACOBIAN_EXAMPLES} test inputs in "
+      f"inference mode ({JACOBIAN_PROBES} Gaussian probe{'s' if JACOBIAN_PROBES != 1 else ''}); γ_eff and "
+      "cos(K-FAC direction, gradient) are measured at every evaluation for the factors of "
+      f"{EVAL_EXAMPLES} test inputs, as `kfac.effective_damping` reports them after one fresh K-FAC update "
+      "(the harness does not expose the optimizer state, so this is the cosine without the factor "
+      "averaging; inverses by Newton–Schulz iteration, since a vmapped LAPACK inverse in the evaluation "
+      "program hung on the CPU backend). Z4 compares K-FAC's decoupled gain to SGD's better decay placement "
+      "(larger mean gain). Seeds are paired.")
+  return text
+
 
 STUDY = Study(
     name="three_mechanisms",
     title="three_mechanisms — weight decay under K-FAC (Zhang et al. Z4–Z6)",
-    setting=(
-        "MLP (ReLU, registered `wd_optax.kfac.Linear` layers) on MNIST-1D with 20% label noise, cosine learning "
-        "rate, momentum 0.9 (SGD, K-FAC), batch 128. Arms: {SGD, Adam, KFAC-F (true Fisher, sampled targets), "
-        "KFAC-G (Gauss–Newton, identity output Hessian)} × {no decay, coupled L2, decoupled decay (lr-coupled)} "
-        "× {no normalisation, BatchNorm without affine parameters}; per optimizer one η and one λ for both the "
-        f"L2 and the decoupled arm ({_SETTINGS_TEXT}), "
-        f"chosen by hand for a short run, not tuned. K-FAC: damping γ={DAMPING:g} (π-split), factor EMA 0.95, "
-        f"inverses every 10 steps, KL clip {KL_CLIP:g} (as in Zhang et al.'s code). BN is a frozen gate in one model (the "
-        "harness trains one model per study): BN arms switch it on at their first update, so that step is "
-        f"taken without BN. E‖J_x‖²_F on {JACOBIAN_EXAMPLES} test inputs in inference mode ({JACOBIAN_PROBES} "
-        "Gaussian probes); γ_eff and "
-        "cos(K-FAC direction, gradient) are measured at every evaluation for the factors of "
-        f"{EVAL_EXAMPLES} test inputs, as `kfac.effective_damping` reports them after one fresh K-FAC update "
-        "(the harness does not expose the optimizer state, so this is the cosine without the factor "
-        "averaging; inverses by Newton–Schulz iteration, since a vmapped LAPACK inverse in the evaluation "
-        "program hung on the CPU backend). Z4 "
-        "compares K-FAC's decoupled gain to SGD's better decay placement (larger mean gain). Seeds are paired."),
+    setting=setting,
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,
