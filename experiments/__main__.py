@@ -6,6 +6,12 @@ Examples::
   python -m experiments early_decay --quick --workdir /tmp/early
   python -m experiments decay_placement --seeds 8 --set train.steps=3000 --set data.label_noise=0.3
   python -m experiments reproduce --quick          # every study, REPORT.md in runs/reproduce-quick
+  python -m experiments three_mechanisms --help    # the study's arms and config fields (quick / full)
+  python -m experiments reproduce --quick --set three_mechanisms.arms.sgd_l2_bn.weight_decay=1e-3
+
+Every input (overrides, the data directory, model, optimizers, device count, work directory) is checked
+before any data is read or program compiled; a bad one is one ``error: ...`` line on stderr and exit code 2.
+Exit code 1: a run diverged (``train.on_nan=stop``).
 """
 
 from __future__ import annotations

@@ -9,7 +9,10 @@ command line without editing code::
 
 ``--set`` values are parsed with the type of the field they replace (``true``/``false`` for bools, ``none``
 for optional fields, JSON for dicts and lists). An unknown key is an error that names it and lists the keys
-that exist.
+that exist. ``STUDY.KEY=VALUE`` applies to one study only (for ``reproduce``, which runs them all), and an
+``optim.FIELD`` override is refused where every arm of the study sets FIELD itself (it would change nothing).
+:func:`validate` checks every value before a run starts; ``python -m experiments STUDY --help`` lists a study's
+arms and fields.
 """
 
 from __future__ import annotations
@@ -374,7 +377,7 @@ def _validate_optim(optim: OptimConfig, sweep: dict, where: Callable[[str], str]
     choices["decay"] = DECAYS[optim.name]
   for key, allowed in choices.items():
     if getattr(optim, key) not in allowed:
-      which = f" for name={optim.name!r}" if key == "decay" and "name" not in where("decay") else ""
+      which = f" for name={optim.name!r}" if key == "decay" else ""
       raise ValueError(f"{where(key)} must be one of {allowed}{which}, got {getattr(optim, key)!r}"
                        f"{context if where(key).startswith('optim.') else ''}.")
   for key in _VALUE_CHECKS:

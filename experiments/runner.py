@@ -61,8 +61,11 @@ def study_config(study: studies_lib.Study, *, quick: bool, seeds: int | None = N
                        f"{study.name!r}; drop the '{scope}.' prefix or run {scope}.")
     key, _ = _split_key(local)
     parts = key.split(".")
-    if reproduce and scope is None and parts[0] == "arms" and len(parts) == 3 and parts[1] not in arm_names:
-      continue
+    if parts[0] == "arms" and len(parts) == 3 and parts[1] not in arm_names:
+      if reproduce and scope is None:
+        continue
+      raise UsageError(f"--set {_split_key(assignment)[0]}: unknown arm {parts[1]!r} in study {study.name!r}; "
+                       f"its arms: {', '.join(a.name for a in config.arms)}.")
     config_lib.apply_override(config, local)
     if len(parts) == 2 and parts[0] == "optim":
       base_overrides.append((_split_key(assignment)[0], parts[1]))
