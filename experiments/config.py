@@ -420,8 +420,9 @@ def _validate_data(config: ExperimentConfig) -> None:
                      "every step draws a full batch.")
   if _bad_int(d.seed):
     raise ValueError(f"data.seed must be an int, got {d.seed!r}.")
-  if d.augment and d.name not in ("cifar10", "cifar100"):
-    raise ValueError(f"data.augment is for CIFAR images only, got data.name={d.name!r}.")
+  if d.augment and (d.name == "mnist1d" or d.flatten):
+    raise ValueError(f"data.augment crops and flips images; data.name={d.name!r} with data.flatten={d.flatten} "
+                     "gives no (H, W, C) images.")
   if d.data_dir is not None and d.name not in ("cifar10", "cifar100"):
     raise ValueError(f"data.data_dir is read for CIFAR only ({d.name!r} is bundled); set it to none.")
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
+import types
 import traceback
 from typing import Callable, Sequence
 
@@ -52,8 +54,8 @@ def study_config(study: studies_lib.Study, *, quick: bool, seeds: int | None = N
     scope, local = _scope(assignment)
     head = _split_key(assignment)[0].split(".")[0]
     if scope is None and head not in sections and "=" in assignment:
-      raise UsageError(f"--set {_split_key(assignment)[0]}: {head!r} is neither a config key ({', '.join(sorted(sections))}) "
-                       f"nor a study ({', '.join(studies_lib.names())}).")
+      raise UsageError(f"--set {_split_key(assignment)[0]}: {head!r} is neither a config key "
+                       f"({', '.join(sorted(sections))}) nor a study ({', '.join(studies_lib.names())}).")
     if scope is not None and scope != study.name:
       if reproduce:
         continue
@@ -136,8 +138,6 @@ def _one_line(e: BaseException) -> str:
 
 def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
   """Builds the model and applies it to a batch of two inputs of the data's shape, abstractly."""
-  import types  # pylint: disable=g-import-not-at-top
-  import functools  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top

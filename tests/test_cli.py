@@ -257,6 +257,7 @@ BAD_SETTINGS = [
     (["early_decay", "--set", "three_mechanisms.train.steps=3"], "scoped to study 'three_mechanisms'"),
     (["early_decay", "--set", "foo.train.steps=3"], "'foo' is neither a config key"),
     (["early_decay", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
+    (["early_decay", "--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["early_decay", "--bogus"], "unrecognized arguments: --bogus"),
     (["fixnorm", "--set", "arms.sgd.name=foo"], "arms.sgd.name must be one of ('fixnorm', 'sgd', 'adam', "
                                                 "'adam_buffers'), got 'foo'"),

@@ -113,7 +113,8 @@ def _arm(config, name):
 
 
 @pytest.mark.parametrize("mutate,pattern", [
-    (lambda c: setattr(c.optim, "learning_rate", -1.0), r"^optim\.learning_rate must be a finite number >= 0, got -1\.0"),
+    (lambda c: setattr(c.optim, "learning_rate", -1.0),
+     r"^optim\.learning_rate must be a finite number >= 0, got -1\.0"),
     (lambda c: setattr(c.optim, "weight_decay", -1.0), r"^optim\.weight_decay must be a finite number >= 0, got -1\.0"),
     (lambda c: _arm(c, "sgd").sweep.__setitem__("weight_decay", [1e-3, -1e-3]),
      r"^arms\.sgd\.sweep\.weight_decay must be a finite number >= 0, got -0\.001"),
@@ -130,7 +131,7 @@ def _arm(config, name):
     (lambda c: setattr(c.train, "num_devices", -1), r"^train\.num_devices must be an int >= 0"),
     (lambda c: setattr(c.train, "label_smoothing", 1.0), r"^train\.label_smoothing must be a number in \[0, 1\)"),
     (lambda c: setattr(c.data, "n_test", 0), r"^data\.n_test must be a positive int or none, got 0"),
-    (lambda c: setattr(c.data, "augment", True), r"^data\.augment is for CIFAR images only"),
+    (lambda c: setattr(c.data, "augment", True), r"^data\.augment crops and flips images; data\.name='mnist1d'"),
     (lambda c: setattr(c.model, "kwargs", [64]), r"^model\.kwargs must be a dict"),
     (lambda c: _arm(c, "sgd").optim.__setitem__("decay", "adamw"),
      r"^arms\.sgd\.decay must be one of \('l2', 'decoupled'\) for name='sgd', got 'adamw'"),
