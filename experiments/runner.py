@@ -151,7 +151,8 @@ def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
   num_classes = data_lib.NUM_CLASSES[d.name]
   kwargs = model_inputs(config, types.SimpleNamespace(x_train=np.zeros((1, *shape), np.float32)))
   if hooks is not None and hooks.build_model is not None:
-    build, what = hooks.build_model, "the study's model"
+    build = hooks.build_model
+    what = f"the model of study {config.name!r} (its build_model hook, model.kwargs={m.kwargs})"
   else:
     build = functools.partial(models.build, m.name, num_classes=num_classes, norm=m.norm, **kwargs)
     what = f"model.name={m.name!r} with model.kwargs={m.kwargs}"

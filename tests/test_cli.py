@@ -350,7 +350,8 @@ def test_a_model_that_does_not_fit_the_data_is_refused_before_any_work(tmp_path,
   # three_mechanisms' own model has 64 (or 40) inputs: CIFAR images are 3072 numbers.
   directory = _sparse_cifar(tmp_path / "data", "cifar10")
   line = _assert_refused(["three_mechanisms", "--quick", "--set", "data.name=cifar10", "--set",
-                          f"data.data_dir={directory}"], "the study's model does not build or run on "
+                          f"data.data_dir={directory}"], "the model of study 'three_mechanisms' (its "
+                         "build_model hook, model.kwargs={'hidden': [64, 64]}) does not build or run on "
                          "data.name='cifar10' inputs of shape (32, 32, 3)", tmp_path, capsys)
   assert "64" in line and "3072" in line
 
