@@ -6,29 +6,112 @@ Examples::
   python -m experiments early_decay --quick --workdir /tmp/early
   python -m experiments decay_placement --seeds 8 --set train.steps=3000 --set data.label_noise=0.3
   python -m experiments reproduce --quick          # every study, REPORT.md in runs/reproduce-quick
+  python -m experiments three_mechanisms --help    # the study's arms and config fields (quick / full)
+  python -m experiments reproduce --quick --set three_mechanisms.arms.sgd_l2_bn.weight_decay=1e-3
+
+Every input (overrides, the data directory, model, optimizers, device count, work directory) is checked
+before any data is read or program compiled; a bad one is one ``error: ...`` line on stderr and exit code 2.
+Exit code 1: a run diverged (``train.on_nan=stop``).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
 
+class _ArgumentError(Exception):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with its errors raised (printed by :func:`main` as one ``error:`` line) instead of exiting."""
+
+  def error(self, message):
+    raise _ArgumentError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
   from experiments import studies
-  parser = argparse.ArgumentParser(
+  parser = _Parser(
       prog="python -m experiments",
-      description="Weight-decay studies: train, analyse, report. Studies: " + ", ".join(studies.names()) + ".")
+      description="Weight-decay studies: train, analyse, report. Studies: " + ", ".join(studies.names()) + ". "
+                  "'python -m experiments STUDY --help' lists a study's arms and config fields.")
   parser.add_argument("command", help="a study name, 'list', or 'reproduce'")
   parser.add_argument("--quick", action="store_true", help="small settings (about a minute per study on 2 cores)")
   parser.add_argument("--seeds", type=int, default=None, help="seeds per arm (default: the study's)")
   parser.add_argument("--workdir", default=None, help="work directory (default: runs/<study>[-quick])")
   parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override a config field, e.g. train.steps=2000 or arms.always.weight_decay=1e-3; "
-                           "repeatable")
+                           "STUDY.KEY=VALUE (e.g. three_mechanisms.arms.sgd_l2_bn.learning_rate=0.05) applies "
+                           "to one study only (for reproduce); repeatable")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
   return parser
+
+
+def study_help(name: str) -> str:
+  """``STUDY --help``: the study's arms (overrides and sweeps) and every config field with its default,
+  quick and full where they differ."""
+  import dataclasses
+  from experiments import config as config_lib
+  from experiments import studies
+  study = studies.get(name)
+  quick, full = study.make_config(True), study.make_config(False)
+  lines = [f"usage: python -m experiments {name} [--quick] [--seeds N] [--workdir W] [--set KEY=VALUE]...", "",
+           study.title, ""]
+
+  def arm_lines(config):
+    out = []
+    for arm in config.arms:
+      parts = [f"{k}={v}" for k, v in arm.optim.items()] + [f"{k} in {v}" for k, v in arm.sweep.items()]
+      out.append(f"  {arm.name:22s} {', '.join(parts) or '(the base optim)'}")
+    return out
+
+  quick_arms, full_arms = arm_lines(quick), arm_lines(full)
+  if quick_arms == full_arms:
+    lines += ["arms (set one with --set arms.ARM.FIELD=VALUE):", *quick_arms]
+  else:
+    lines += ["arms with --quick (set one with --set arms.ARM.FIELD=VALUE):", *quick_arms, "",
+              "arms of the full run:", *full_arms]
+  lines += ["", "config fields (--set KEY=VALUE; quick / full where they differ):"]
+
+  def fields(q, f, prefix):
+    for field in dataclasses.fields(q):
+      if field.name == "arms":
+        continue
+      qv, fv = getattr(q, field.name), getattr(f, field.name)
+      if dataclasses.is_dataclass(qv):
+        yield from fields(qv, fv, f"{prefix}{field.name}.")
+        continue
+      value = json.dumps(qv) if qv == fv else f"{json.dumps(qv)} (quick) / {json.dumps(fv)} (full)"
+      yield f"  {prefix}{field.name:{max(1, 30 - len(prefix))}s} {value}"
+
+  lines += list(fields(quick, full, ""))
+  overridden = sorted({k for a in quick.arms + full.arms for k in list(a.optim) + list(a.sweep)})
+  if overridden:
+    lines += ["", f"optim fields that arms set themselves: {', '.join(overridden)} (an optim.FIELD override of "
+                  "one that every arm sets is refused; use arms.ARM.FIELD)."]
+  names = study.optimizers or (config_lib.OPTIMIZERS if study.hooks is None else None)
+  if names:
+    lines.append(f"optim.name values: {', '.join(names)}.")
+  return "\n".join(lines)
+
+
+def _first_positional(argv: list[str]) -> str | None:
+  takes_value = {"--seeds", "--workdir", "--set"}
+  skip = False
+  for arg in argv:
+    if skip:
+      skip = False
+      continue
+    if arg in takes_value:
+      skip = True
+      continue
+    if not arg.startswith("-"):
+      return arg
+  return None
 
 
 def enable_compilation_cache() -> None:
@@ -39,13 +122,29 @@ def enable_compilation_cache() -> None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _error(message: str) -> int:
+  print("error: " + " ".join(str(message).split()), file=sys.stderr)
+  return 2
+
+
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  from experiments import config as config_lib
+  """Runs the command line; returns the exit code (0 done, 1 training diverged, 2 bad input).
+
+  Every bad input is reported as one ``error: ...`` line on stderr before any data is read or any program
+  compiled (see :func:`experiments.runner.check_study`).
+  """
+  argv = list(sys.argv[1:] if argv is None else argv)
   from experiments import runner, studies
+  command = _first_positional(argv)
+  if command in studies.REGISTRY and ("-h" in argv or "--help" in argv):
+    print(study_help(command))
+    return 0
+  try:
+    args = _parser().parse_args(argv)
+  except _ArgumentError as e:
+    return _error(e)
   if args.seeds is not None and args.seeds < 1:
-    print(f"error: --seeds must be >= 1, got {args.seeds}", file=sys.stderr)
-    return 2
+    return _error(f"--seeds must be >= 1, got {args.seeds}")
   if args.command == "list":
     for name in studies.names():
       study = studies.get(name)
@@ -53,26 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
   progress = False if args.no_progress else None
   suffix = "-quick" if args.quick else ""
+  from experiments.train import TrainingDiverged
   try:
     if args.command == "reproduce":
-      # Validate every study's overrides before hours of training.
-      for name in studies.names():
-        runner.study_config(studies.get(name), quick=args.quick, seeds=args.seeds, overrides=args.overrides)
-      enable_compilation_cache()
       workdir = args.workdir or os.path.join("runs", f"reproduce{suffix}")
-      path = runner.reproduce(workdir, quick=args.quick, seeds=args.seeds, overrides=args.overrides,
-                              progress=progress)
-      print(f"wrote {path}")
-      return 0
-    study = studies.get(args.command)
-    runner.study_config(study, quick=args.quick, seeds=args.seeds, overrides=args.overrides)
-  except (KeyError, ValueError) as e:
-    message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+      # Every study's whole config, data, model and optimizers, before hours of training.
+      runner.check_reproduce(workdir, quick=args.quick, seeds=args.seeds, overrides=args.overrides)
+    else:
+      workdir = args.workdir or os.path.join("runs", f"{args.command}{suffix}")
+      runner.check_study(studies.get(args.command), workdir, quick=args.quick, seeds=args.seeds,
+                         overrides=args.overrides)
+  except (KeyError, ValueError, TypeError, OSError) as e:
+    return _error(e.args[0] if isinstance(e, KeyError) and e.args else e)
   enable_compilation_cache()
-  workdir = args.workdir or os.path.join("runs", f"{args.command}{suffix}")
-  from experiments.train import TrainingDiverged
+  if args.command == "reproduce":
+    path = runner.reproduce(workdir, quick=args.quick, seeds=args.seeds, overrides=args.overrides,
+                            progress=progress)
+    print(f"wrote {path}")
+    return 0
   try:
     section = runner.run_study(args.command, workdir, quick=args.quick, seeds=args.seeds,
                                overrides=args.overrides, progress=progress)

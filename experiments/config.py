@@ -9,7 +9,10 @@ command line without editing code::
 
 ``--set`` values are parsed with the type of the field they replace (``true``/``false`` for bools, ``none``
 for optional fields, JSON for dicts and lists). An unknown key is an error that names it and lists the keys
-that exist.
+that exist. ``STUDY.KEY=VALUE`` applies to one study only (for ``reproduce``, which runs them all), and an
+``optim.FIELD`` override is refused where every arm of the study sets FIELD itself (it would change nothing).
+:func:`validate` checks every value before a run starts; ``python -m experiments STUDY --help`` lists a study's
+arms and fields.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import json
 import math
 import types
 import typing
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Union
 
 
 @dataclasses.dataclass
@@ -299,54 +302,161 @@ def _field_type(cls: type, field: dataclasses.Field) -> Any:
   return hints.get(field.name, Any)
 
 
-def validate(config: ExperimentConfig) -> None:
-  """Checks the values a run cannot start without, naming the offending key."""
+# Optimizer names the harness's own ``make_tx`` builds; a study with a ``make_tx`` hook declares its own names
+# (``Study.optimizers``). ``decay`` values per harness optimizer, as ``wd_optax`` accepts them.
+OPTIMIZERS = ("sgd", "adam", "adam_buffers")
+DECAYS = {"sgd": ("l2", "decoupled"), "adam": ("l2", "decoupled", "l2_outside_momentum"),
+          "adam_buffers": ("l2", "decoupled")}
+COUPLINGS = ("lr", "schedule", "independent", "corrected")
+LR_SCHEDULES = ("constant", "cosine")
+DECAY_MASKS = ("all", "kernels", "conv", "classifier", "none")
+ON_NAN = ("stop", "continue")
+
+
+def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = None) -> None:
+  """Checks every value a run reads, before any data is read or program compiled, naming the offending key.
+
+  Covers the training loop, the data set's name and ranges (not its files: see
+  :func:`experiments.runner.check_study`), the model's name and norm, and every arm's full optimizer config
+  (its overrides on top of ``optim`` and each of its sweep values). ``optimizers``: the ``optim.name`` values
+  allowed (e.g. :data:`OPTIMIZERS` or a study's ``Study.optimizers``; ``None``, the default: not checked here,
+  the name is the business of whichever ``make_tx`` builds the optimizer).
+  """
   t = config.train
   for key in ("steps", "batch_size", "log_every", "eval_every", "eval_batch_size"):
-    if getattr(t, key) <= 0:
+    if _bad_int(getattr(t, key)) or getattr(t, key) <= 0:
       raise ValueError(f"train.{key} must be > 0, got {getattr(t, key)}.")
   if t.eval_every % t.log_every:
     raise ValueError(f"train.eval_every ({t.eval_every}) must be a multiple of train.log_every ({t.log_every}).")
-  if t.checkpoint_every < 0 or (t.checkpoint_every and t.checkpoint_every % t.log_every):
+  if _bad_int(t.checkpoint_every) or t.checkpoint_every < 0 or (t.checkpoint_every
+                                                                and t.checkpoint_every % t.log_every):
     raise ValueError(f"train.checkpoint_every ({t.checkpoint_every}) must be 0 or a multiple of "
                      f"train.log_every ({t.log_every}).")
-  if t.on_nan not in ("stop", "continue"):
-    raise ValueError(f"train.on_nan must be 'stop' or 'continue', got {t.on_nan!r}.")
-  if config.seeds <= 0:
+  if t.on_nan not in ON_NAN:
+    raise ValueError(f"train.on_nan must be one of {ON_NAN}, got {t.on_nan!r}.")
+  if _bad_int(t.num_devices) or t.num_devices < 0:
+    raise ValueError(f"train.num_devices must be an int >= 0 (0: all visible devices), got {t.num_devices!r}.")
+  if not (_is_number(t.label_smoothing) and 0 <= t.label_smoothing < 1):
+    raise ValueError(f"train.label_smoothing must be a number in [0, 1), got {t.label_smoothing!r}.")
+  if _bad_int(config.seeds) or config.seeds <= 0:
     raise ValueError(f"seeds must be > 0, got {config.seeds}.")
+  _validate_data(config)
+  _validate_model(config.model)
   if not config.arms:
     raise ValueError("arms: a study needs at least one arm.")
   names = [a.name for a in config.arms]
   if len(set(names)) != len(names):
     raise ValueError(f"arms: names must be unique, got {names}.")
+  # The base optimizer first, so that a bad --set optim.X is named as such; then every arm's full config.
+  _validate_optim(config.optim, {}, lambda key: f"optim.{key}", "", "", optimizers)
   for arm in config.arms:
-    optim = config.arm_optim(arm)
-    where = f"arms.{arm.name}" if arm.name != "base" else "optim"
-    # optim.name is not checked here: a study's make_tx hook may define its own optimizers.
-    for key, choices in (("lr_schedule", ("constant", "cosine")),
-                         ("decay_mask", ("all", "kernels", "conv", "classifier", "none"))):
-      if getattr(optim, key) not in choices:
-        raise ValueError(f"{where}.{key} must be one of {choices}, got {getattr(optim, key)!r}.")
-    for key in _VALUE_CHECKS:
-      _check_value(key, getattr(optim, key), f"{where}.{key}")
-    for key, values in arm.sweep.items():
-      if key not in TRACED_FIELDS:
-        raise ValueError(f"arms.{arm.name}.sweep: {key!r} cannot be swept inside one program; "
-                         f"sweepable fields: {TRACED_FIELDS}.")
-      if not isinstance(values, (list, tuple)) or not values:
-        raise ValueError(f"arms.{arm.name}.sweep.{key}: expected a non-empty list, got {values!r}.")
-      for value in values if key in _VALUE_CHECKS else ():
-        _check_value(key, value, f"arms.{arm.name}.sweep.{key}")
+    _check_keys(arm.optim, OptimConfig, f"arms.{arm.name}")
+    if not isinstance(arm.sweep, dict):
+      raise ValueError(f"arms.{arm.name}.sweep: expected a dict of field -> list of values, got {arm.sweep!r}.")
+    where = lambda key, arm=arm: (f"arms.{arm.name}.{key}" if key in arm.optim or key in arm.sweep
+                                  else f"optim.{key}")
+    _validate_optim(config.arm_optim(arm), arm.sweep, where, f"arms.{arm.name}.sweep", f" (in arm {arm.name!r})",
+                    optimizers)
 
 
-# Traced fields with a restricted range: (test, what is expected). Traced values reach the optimizer as
+def _validate_optim(optim: OptimConfig, sweep: dict, where: Callable[[str], str], sweep_where: str, context: str,
+                    optimizers: tuple[str, ...] | None) -> None:
+  """One full optimizer config (and its sweep); ``where(key)`` names the config key that set ``key``."""
+  for key, values in sweep.items():
+    if key not in TRACED_FIELDS:
+      raise ValueError(f"{sweep_where}: {key!r} cannot be swept inside one program; sweepable fields: "
+                       f"{TRACED_FIELDS}.")
+    if not isinstance(values, (list, tuple)) or not values:
+      raise ValueError(f"{sweep_where}.{key}: expected a non-empty list, got {values!r}.")
+    for value in values:
+      _check_value(key, value, f"{sweep_where}.{key}")
+  if optimizers is not None and optim.name not in optimizers:
+    raise ValueError(f"{where('name')} must be one of {tuple(optimizers)}, got {optim.name!r}.")
+  choices = {"lr_schedule": LR_SCHEDULES, "decay_mask": DECAY_MASKS, "coupling": COUPLINGS}
+  if optim.name in DECAYS:  # a study's own optimizer may read decay its own way (or not at all)
+    choices["decay"] = DECAYS[optim.name]
+  for key, allowed in choices.items():
+    if getattr(optim, key) not in allowed:
+      which = f" for name={optim.name!r}" if key == "decay" else ""
+      raise ValueError(f"{where(key)} must be one of {allowed}{which}, got {getattr(optim, key)!r}"
+                       f"{context if where(key).startswith('optim.') else ''}.")
+  for key in _VALUE_CHECKS:
+    if key not in sweep:
+      _check_value(key, getattr(optim, key), where(key))
+  for key in _BOOL_FIELDS:
+    if not isinstance(getattr(optim, key), bool):
+      raise ValueError(f"{where(key)} must be true or false, got {getattr(optim, key)!r}.")
+  if _bad_int(optim.warmup_steps) or optim.warmup_steps < 0:
+    raise ValueError(f"{where('warmup_steps')} must be an int >= 0, got {optim.warmup_steps!r}.")
+  window = [(s, e) for s in sweep.get("decay_start", [optim.decay_start])
+            for e in sweep.get("decay_end", [optim.decay_end]) if s > e]
+  if window:
+    both = where("decay_start") + where("decay_end")
+    raise ValueError(f"{where('decay_start')} ({window[0][0]}) must be <= {where('decay_end')} ({window[0][1]})"
+                     f"{context if 'optim.' in both else ''}.")
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _bad_int(value: Any) -> bool:
+  return isinstance(value, bool) or not isinstance(value, int)
+
+
+def _validate_data(config: ExperimentConfig) -> None:
+  from experiments import data as data_lib  # numpy-only at import time apart from jax, already loaded
+  d = config.data
+  if d.name not in data_lib.NAMES:
+    raise ValueError(f"data.name must be one of {data_lib.NAMES}, got {d.name!r}.")
+  if not (_is_number(d.label_noise) and 0.0 <= d.label_noise <= 1.0):
+    raise ValueError(f"data.label_noise must be a fraction in [0, 1], got {d.label_noise!r}.")
+  for key in ("n_train", "n_test"):
+    value = getattr(d, key)
+    if value is not None and (_bad_int(value) or value <= 0):
+      raise ValueError(f"data.{key} must be a positive int or none, got {value!r}.")
+  if d.n_train is not None and d.n_train < config.train.batch_size:
+    raise ValueError(f"data.n_train ({d.n_train}) must be at least train.batch_size ({config.train.batch_size}): "
+                     "every step draws a full batch.")
+  if _bad_int(d.seed):
+    raise ValueError(f"data.seed must be an int, got {d.seed!r}.")
+  if d.augment and (d.name == "mnist1d" or d.flatten):
+    raise ValueError(f"data.augment crops and flips images; data.name={d.name!r} with data.flatten={d.flatten} "
+                     "gives no (H, W, C) images.")
+  if d.data_dir is not None and d.name not in ("cifar10", "cifar100"):
+    raise ValueError(f"data.data_dir is read for CIFAR only ({d.name!r} is bundled); set it to none.")
+
+
+def _validate_model(model: ModelConfig) -> None:
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  if model.name not in models.NAMES:
+    raise ValueError(f"model.name must be one of {models.NAMES}, got {model.name!r}.")
+  if model.norm not in models.NORMS:
+    raise ValueError(f"model.norm must be one of {models.NORMS}, got {model.norm!r}.")
+  if not isinstance(model.kwargs, dict):
+    raise ValueError(f"model.kwargs must be a dict, got {model.kwargs!r}.")
+
+
+# Optimizer fields with a restricted range: (test, what is expected). Traced fields reach the optimizer as
 # arrays, past its own argument checks, and a bad one fails silently: a negative classifier norm flips the
-# classifier's sign at every step, a fraction outside [0, 1] makes one of the two decays negative.
+# classifier's sign at every step, a fraction outside [0, 1] makes one of the two decays negative, a negative
+# learning rate climbs the loss and a negative λ grows the weights. Each sweep value is checked too.
+_finite = lambda v: math.isfinite(v)
 _VALUE_CHECKS = {
-    "classifier_norm": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "learning_rate": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "decoupled_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "decay_start": (lambda v: 0 <= v <= 1, "a fraction of train.steps in [0, 1]"),
+    "decay_end": (lambda v: 0 <= v <= 1, "a fraction of train.steps in [0, 1]"),
+    "classifier_norm": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "batch_norm": (lambda v: v in (0, 1), "true or false"),
     "decoupled_fraction": (lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "b1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "b2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
+    "eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
 }
+_BOOL_FIELDS = ("lr_norm_sq", "nesterov", "l2_in_first_moment", "l2_in_second_moment", "l2_preconditioned")
 
 
 def _check_value(key: str, value: Any, where: str) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import os
 import time
+import types
 import traceback
 from typing import Callable, Sequence
 
@@ -14,29 +17,196 @@ from experiments.train import plots as plots_lib
 from experiments.train.run import run_experiment
 
 
+class UsageError(ValueError):
+  """A command line or config that cannot run; the message names the offending key."""
+
+
+def _split_key(assignment: str) -> tuple[str, str]:
+  key, _, text = assignment.partition("=")
+  return key.strip(), text
+
+
+def _scope(assignment: str) -> tuple[str | None, str]:
+  """``(study, rest)`` for ``STUDY.key=value`` (a registered study's name first), else ``(None, assignment)``."""
+  head, _, rest = assignment.partition(".")
+  if rest and "=" not in head and head.strip() in studies_lib.REGISTRY:
+    return head.strip(), rest
+  return None, assignment
+
+
 def study_config(study: studies_lib.Study, *, quick: bool, seeds: int | None = None,
-                 overrides: Sequence[str] = ()) -> config_lib.ExperimentConfig:
-  """The study's config with ``--seeds`` and ``--set`` overrides applied (validated)."""
+                 overrides: Sequence[str] = (), reproduce: bool = False) -> config_lib.ExperimentConfig:
+  """The study's config with ``--seeds`` and ``--set`` overrides applied (validated).
+
+  An override ``STUDY.key=value`` applies to that study only. With ``reproduce=True`` (every study gets the
+  same overrides) an override scoped to another study, or an unscoped ``arms.ARM.field`` for an arm this
+  study lacks, is skipped here (:func:`check_reproduce` refuses one that matches no study at all); otherwise
+  both are errors. An ``optim.field`` override that every arm replaces with its own value would change
+  nothing, and is an error naming the arms.
+  """
   config = study.make_config(quick)
   if seeds is not None:
     config.seeds = seeds
+  arm_names = {a.name for a in config.arms}
+  base_overrides = []
+  sections = {f.name for f in dataclasses.fields(config_lib.ExperimentConfig)}
   for assignment in overrides:
-    config_lib.apply_override(config, assignment)
-  config_lib.validate(config)
+    scope, local = _scope(assignment)
+    head = _split_key(assignment)[0].split(".")[0]
+    if scope is None and head not in sections and "=" in assignment:
+      raise UsageError(f"--set {_split_key(assignment)[0]}: {head!r} is neither a config key "
+                       f"({', '.join(sorted(sections))}) nor a study ({', '.join(studies_lib.names())}).")
+    if scope is not None and scope != study.name:
+      if reproduce:
+        continue
+      raise UsageError(f"--set {_split_key(assignment)[0]}: scoped to study {scope!r}, but this command runs "
+                       f"{study.name!r}; drop the '{scope}.' prefix or run {scope}.")
+    key, _ = _split_key(local)
+    parts = key.split(".")
+    if parts[0] == "arms" and len(parts) == 3 and parts[1] not in arm_names:
+      if reproduce and scope is None:
+        continue
+      raise UsageError(f"--set {_split_key(assignment)[0]}: unknown arm {parts[1]!r} in study {study.name!r}; "
+                       f"its arms: {', '.join(a.name for a in config.arms)}.")
+    config_lib.apply_override(config, local)
+    if len(parts) == 2 and parts[0] == "optim":
+      base_overrides.append((_split_key(assignment)[0], parts[1]))
+  for key, field in base_overrides:
+    fixing = [a.name for a in config.arms if field in a.optim or field in a.sweep]
+    if config.arms and len(fixing) == len(config.arms):
+      raise UsageError(
+          f"--set {key}: every arm of study {study.name!r} sets its own {field} ({', '.join(fixing)}), so the "
+          f"base value would change nothing; set it per arm with --set {study.name}.arms.ARM.{field}=VALUE.")
+  config_lib.validate(config, optimizers=study.optimizers or (None if study.hooks else config_lib.OPTIMIZERS))
   return config
+
+
+def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: int | None = None,
+                overrides: Sequence[str] = (), reproduce: bool = False):
+  """Everything a run of ``study`` in ``workdir`` needs, checked before any data is read or program compiled.
+
+  The config (:func:`study_config`), the data set (for CIFAR the directory, every file's size, record count and
+  labels, reading the label bytes only), the device count, the model (built and applied abstractly on the
+  data's input shape: ``jax.eval_shape``, no compilation), every member's optimizer (its ``make_tx``, the
+  study's hook or the harness's, called with the member's rates as plain numbers) and the work directory
+  (a ``config.json`` of another config is refused). Returns ``(config, hooks)``.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
+  from experiments.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
+  from experiments.train import run as run_lib  # pylint: disable=g-import-not-at-top
+  from experiments.train import make_groups  # pylint: disable=g-import-not-at-top
+
+  config = study_config(study, quick=quick, seeds=seeds, overrides=overrides, reproduce=reproduce)
+  d, t = config.data, config.train
+  n_train, _ = data_lib.check(d.name, data_dir=d.data_dir, n_train=d.n_train, n_test=d.n_test,
+                              label_noise=d.label_noise, prefix="data.")
+  if n_train < t.batch_size:
+    raise UsageError(f"train.batch_size ({t.batch_size}) exceeds the {n_train} training examples of "
+                     f"data.name={d.name!r}: every step draws a full batch.")
+  visible = jax.device_count()
+  if t.num_devices > visible:
+    raise UsageError(f"train.num_devices must be between 0 and {visible} (the visible devices; 0: all), "
+                     f"got {t.num_devices}.")
+  devices = t.num_devices or visible
+  if t.batch_size % devices:
+    raise UsageError(f"train.batch_size ({t.batch_size}) must be divisible by the number of devices ({devices}); "
+                     "set train.num_devices or the batch size.")
+  try:
+    hooks = study.hooks(config) if study.hooks else None
+  except (ValueError, TypeError, KeyError) as e:
+    raise UsageError(f"study {study.name!r} cannot set up its hooks for this config: {_one_line(e)}") from None
+  _check_model(config, hooks)
+  make_tx = hooks.make_tx if hooks is not None else optim_lib.make_tx
+  arms = {a.name: a for a in config.arms}
+  for group in make_groups(config, seeds=[0]):
+    for member in group.members:
+      hp = member.hp
+      rates = dict(hp, peak_learning_rate=hp["learning_rate"])
+      try:
+        make_tx(config.arm_optim(arms[member.arm]), rates)
+      except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(f"arms.{member.label}: the optimizer cannot be built: {_one_line(e)}") from None
+  run_lib.check_workdir(workdir, config)
+  return config, hooks
+
+
+def _one_line(e: BaseException) -> str:
+  text = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+  return " ".join(str(text).split())
+
+
+def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
+  """Builds the model and applies it to a batch of two inputs of the data's shape, abstractly."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  from experiments.train.trainer import model_inputs  # pylint: disable=g-import-not-at-top
+
+  d, m = config.data, config.model
+  shape = data_lib.input_shape(d.name, d.flatten)
+  num_classes = data_lib.NUM_CLASSES[d.name]
+  kwargs = model_inputs(config, types.SimpleNamespace(x_train=np.zeros((1, *shape), np.float32)))
+  if hooks is not None and hooks.build_model is not None:
+    build = hooks.build_model
+    what = f"the model of study {config.name!r} (its build_model hook, model.kwargs={m.kwargs})"
+  else:
+    build = functools.partial(models.build, m.name, num_classes=num_classes, norm=m.norm, **kwargs)
+    what = f"model.name={m.name!r} with model.kwargs={m.kwargs}"
+
+  def logits():
+    return build(rngs=nnx.Rngs(0))(jnp.zeros((2, *shape), jnp.float32), train=False)
+
+  try:
+    out = jax.eval_shape(logits)
+  except Exception as e:  # pylint: disable=broad-except  # any failure to build is a config error here
+    raise UsageError(f"{what} does not build or run on data.name={d.name!r} inputs of shape {shape}"
+                     f"{' (flattened)' if d.flatten else ''}: {type(e).__name__}: {_one_line(e)}") from None
+  if tuple(out.shape) != (2, num_classes):
+    raise UsageError(f"{what} gives logits of shape {tuple(out.shape)[1:]} per input; data.name={d.name!r} has "
+                     f"{num_classes} classes.")
+
+
+def check_reproduce(workdir: str, *, quick: bool, seeds: int | None = None, overrides: Sequence[str] = (),
+                    names: Sequence[str] | None = None) -> None:
+  """:func:`check_study` for every study of a ``reproduce`` run (work directories ``workdir/<study>``).
+
+  An unscoped ``arms.ARM.field`` override applies to the studies that have an arm ``ARM``; one that matches no
+  study is an error naming every study's arms.
+  """
+  names = list(names or studies_lib.names())
+  arms = {name: [a.name for a in studies_lib.get(name).make_config(quick).arms] for name in names}
+  for assignment in overrides:
+    scope, _ = _scope(assignment)
+    parts = _split_key(assignment)[0].split(".")
+    if scope is None and parts[0] == "arms" and len(parts) == 3 and not any(parts[1] in a for a in arms.values()):
+      listing = "; ".join(f"{name}: {', '.join(a)}" for name, a in arms.items())
+      raise UsageError(f"--set {_split_key(assignment)[0]}: no study has an arm {parts[1]!r} (arms by study: "
+                       f"{listing}); scope it to one study with --set STUDY.arms.ARM.{parts[2]}=VALUE.")
+  for name in names:
+    try:
+      check_study(studies_lib.get(name), os.path.join(workdir, name), quick=quick, seeds=seeds,
+                  overrides=overrides, reproduce=True)
+    except (KeyError, ValueError, OSError) as e:
+      raise UsageError(f"{name}: {_one_line(e)}") from None
 
 
 def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None = None,
               overrides: Sequence[str] = (), progress: bool | None = None,
-              log: Callable[[str], None] = print, plot_prefix: str = "") -> report_lib.StudySection:
+              log: Callable[[str], None] = print, plot_prefix: str = "",
+              reproduce: bool = False) -> report_lib.StudySection:
   """Trains and analyses study ``name`` in ``workdir``; writes ``REPORT.md`` there and returns its section.
 
-  ``plot_prefix`` is prepended to plot paths in the returned section (for a report one directory up).
+  Everything is checked first (:func:`check_study`). ``plot_prefix`` is prepended to plot paths in the returned
+  section (for a report one directory up); ``reproduce``: the overrides are those of a ``reproduce`` run
+  (see :func:`study_config`).
   """
   study = studies_lib.get(name)
-  config = study_config(study, quick=quick, seeds=seeds, overrides=overrides)
+  config, hooks = check_study(study, workdir, quick=quick, seeds=seeds, overrides=overrides, reproduce=reproduce)
   start = time.time()
-  hooks = study.hooks(config) if study.hooks else None
   results = run_experiment(config, workdir, hooks=hooks, progress=progress, log=log)
   claims, table = study.analyze(results, config)
   plots = plots_lib.standard_plots(results, workdir)
@@ -51,13 +221,26 @@ def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None
 
 
 def describe(config: config_lib.ExperimentConfig, quick: bool) -> str:
+  """The report's one-paragraph setting. Base optimizer fields that every arm sets itself are not claimed as
+  the base value; they are listed as set per arm (the arms show their values)."""
   d, m, o, t = config.data, config.model, config.optim, config.train
   arms = ", ".join(f"`{a.name}`" + (f" ({', '.join(f'{k}={v}' for k, v in a.optim.items())})" if a.optim else "")
                    + (f" swept over {a.sweep}" if a.sweep else "") for a in config.arms)
+  per_arm = [f for f in ("name", "learning_rate", "lr_schedule", "momentum", "decay", "decay_mask")
+             if config.arms and all(f in a.optim or f in a.sweep for a in config.arms)]
+  base = [f"`{o.name}`" if "name" not in per_arm else "",
+          (f"η={o.learning_rate:g} ({o.lr_schedule})" if "learning_rate" not in per_arm
+           else f"{o.lr_schedule} schedule") if "lr_schedule" not in per_arm
+          else (f"η={o.learning_rate:g}" if "learning_rate" not in per_arm else ""),
+          f"momentum {o.momentum:g}" if "momentum" not in per_arm else "",
+          (f"decay `{o.decay}`" if "decay" not in per_arm else "decay")
+          + (f" on `{o.decay_mask}`" if "decay_mask" not in per_arm else "")]
+  base = [b.strip() for b in base if b.strip() and b.strip() != "decay"]
+  if per_arm:
+    base.append(f"set per arm: {', '.join(per_arm)}")
   return (f"Mode: {'quick' if quick else 'full'}. Data: `{d.name}`, {d.n_train or 'all'} training examples, "
           f"label noise {d.label_noise:g}. Model: `{m.name}` (norm `{m.norm}`, {m.kwargs or 'defaults'}). "
-          f"Base optimizer: `{o.name}`, η={o.learning_rate:g} ({o.lr_schedule}), momentum {o.momentum:g}, "
-          f"decay `{o.decay}` on `{o.decay_mask}`. Training: {t.steps} steps of batch {t.batch_size}, "
+          f"Base optimizer: {', '.join(base)}. Training: {t.steps} steps of batch {t.batch_size}, "
           f"{config.seeds} seeds per arm (vmapped). Arms: {arms}.")
 
 
@@ -81,7 +264,7 @@ def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, na
   for name in names or studies_lib.names():
     try:
       sections.append(run_study(name, os.path.join(workdir, name), quick=quick, seeds=seeds, overrides=overrides,
-                                progress=progress, log=log, plot_prefix=name))
+                                progress=progress, log=log, plot_prefix=name, reproduce=True))
     except Exception as e:  # a broken study must not hide the others' results
       study_title = name
       try:

@@ -176,3 +176,301 @@ def test_a_failing_study_is_reported_and_does_not_stop_the_others(tmp_path, monk
   path = runner.reproduce(str(tmp_path), names=["broken"], log=lambda _: None)
   text = open(path).read()
   assert "this study is broken on purpose" in text and "| broken | — | failed" in text
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Every bad input is one `error:` line on stderr, exit code 2, before any data is read or program compiled.
+
+from experiments.data import _sources  # noqa: E402
+from experiments.train import run as run_lib  # noqa: E402
+from experiments.train import trainer as trainer_lib  # noqa: E402
+
+CIFAR_RECORD = {"cifar10": 3073, "cifar100": 3074}
+OFFICIAL_RECORDS = {  # the CIFAR pages: 5 train batches of 10,000 + a 10,000 test batch; 50,000 + 10,000
+    "cifar10": {**{f"data_batch_{i}.bin": 10000 for i in range(1, 6)}, "test_batch.bin": 10000},
+    "cifar100": {"train.bin": 50000, "test.bin": 10000},
+}
+
+
+def _sparse_cifar(directory, name, records=None, label=None):
+  """Official-size all-zero CIFAR files (sparse, via truncate); ``label=(file, record, value)`` sets one label."""
+  os.makedirs(directory, exist_ok=True)
+  for filename, count in dict(OFFICIAL_RECORDS[name], **(records or {})).items():
+    with open(os.path.join(directory, filename), "wb") as f:
+      f.truncate(count * CIFAR_RECORD[name])
+  if label is not None:
+    filename, record, value = label
+    with open(os.path.join(directory, filename), "r+b") as f:
+      f.seek(record * CIFAR_RECORD[name] + CIFAR_RECORD[name] - 3073)  # CIFAR-100: the fine label byte
+      f.write(bytes([value]))
+  return str(directory)
+
+
+class _WorkStarted(Exception):
+  pass
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+  """Makes reading a data set, building a training program or starting a run raise _WorkStarted."""
+  def refuse(*args, **kwargs):
+    raise _WorkStarted("work started before the input was validated")
+  for module, name in [(_sources, "read_cifar"), (_sources, "read_mnist1d"), (_sources, "read_digits"),
+                       (runner, "run_experiment"), (run_lib, "Program"), (trainer_lib, "Program")]:
+    monkeypatch.setattr(module, name, refuse)
+  return refuse
+
+
+def _assert_refused(argv, fragment, tmp_path, capsys):
+  workdir = tmp_path / "work"
+  code = cli.main([*argv, "--workdir", str(workdir)])
+  out = capsys.readouterr()
+  lines = out.err.splitlines()
+  assert code == 2, out.err
+  assert len(lines) == 1 and lines[0].startswith("error: "), out.err
+  assert "Traceback" not in out.err and fragment in lines[0], lines[0]
+  assert not list(workdir.rglob("config.json")) if workdir.exists() else True
+  return lines[0]
+
+
+BAD_SETTINGS = [
+    (["early_decay", "--set", "optim.name=foo"], "optim.name must be one of ('sgd', 'adam', 'adam_buffers'), "
+                                                 "got 'foo'"),
+    (["early_decay", "--set", "optim.decay=foo"], "optim.decay must be one of ('l2', 'decoupled') for name='sgd'"),
+    (["early_decay", "--set", "model.name=foo"], "model.name must be one of ('mlp', "),
+    (["early_decay", "--set", "model.norm=group"], "model.norm must be one of"),
+    (["early_decay", "--set", "model.kwargs.width=3"], "unexpected keyword argument 'width'"),
+    (["early_decay", "--set", "data.name=imagenet"], "data.name must be one of ('mnist1d', 'digits', 'cifar10', "
+                                                     "'cifar100'), got 'imagenet'"),
+    (["early_decay", "--set", "data.label_noise=2"], "data.label_noise must be a fraction in [0, 1], got 2.0"),
+    (["early_decay", "--set", "data.n_train=10"], "data.n_train (10) must be at least train.batch_size (128)"),
+    (["early_decay", "--set", "data.name=digits", "--set", "data.n_train=5000"],
+     "data.n_train=5000 exceeds the 1437 examples"),
+    (["early_decay", "--set", "train.num_devices=99"], "train.num_devices must be between 0 and"),
+    (["early_decay", "--set", "optim.learning_rate=-1"], "optim.learning_rate must be a finite number >= 0, "
+                                                         "got -1.0"),
+    (["early_decay", "--set", "optim.weight_decay=-1"], "optim.weight_decay must be a finite number >= 0, got -1.0"),
+    (["early_decay", "--set", "arms.always.weight_decay=-1"], "arms.always.weight_decay must be a finite number"),
+    (["early_decay", "--set", "optim.momentum=1.5"], "optim.momentum must be a number in [0, 1), got 1.5"),
+    (["early_decay", "--set", "arms.late50.decay_end=0.25"], "arms.late50.decay_start (0.5) must be <= "
+                                                             "arms.late50.decay_end (0.25)"),
+    (["early_decay", "--set", "optim.lr_schedule=linear"], "optim.lr_schedule must be one of"),
+    (["early_decay", "--set", "three_mechanisms.train.steps=3"], "scoped to study 'three_mechanisms'"),
+    (["early_decay", "--set", "foo.train.steps=3"], "'foo' is neither a config key"),
+    (["early_decay", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
+    (["early_decay", "--seeds", "0"], "--seeds must be >= 1, got 0"),
+    (["early_decay", "--bogus"], "unrecognized arguments: --bogus"),
+    (["fixnorm", "--set", "arms.sgd.name=foo"], "arms.sgd.name must be one of ('fixnorm', 'sgd', 'adam', "
+                                                "'adam_buffers'), got 'foo'"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.name=kfac"], "arms.sgd_l2_bn.name must be one of ('sgd', "
+                                                                "'adam', 'kfacf', 'kfacg'), got 'kfac'"),
+    (["three_mechanisms", "--set", "optim.learning_rate=1e4"],
+     "--set optim.learning_rate: every arm of study 'three_mechanisms' sets its own learning_rate (sgd_none_plain, "),
+    (["fixnorm", "--set", "arms.sgd.weight_decay=-0.5"], "arms.sgd.weight_decay must be a finite number >= 0"),
+    (["reproduce", "--set", "optim.learning_rate=1e4"], "every arm of study 'fixnorm' sets its own learning_rate"),
+    (["reproduce", "--set", "optim.weight_decay=-1"], "early_decay: optim.weight_decay must be a finite number"),
+    (["reproduce", "--set", "fixnorm.arms.sgd.weight_decay=-1"],
+     "fixnorm: arms.sgd.weight_decay must be a finite number >= 0, got -1.0"),
+    (["reproduce", "--set", "arms.sometimes.weight_decay=1e-3"],
+     "no study has an arm 'sometimes' (arms by study: early_decay: none, always, "),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", BAD_SETTINGS, ids=[" ".join(a[1:]) or a[0] for a, _ in BAD_SETTINGS])
+def test_every_bad_setting_is_one_error_line_before_any_work(argv, fragment, tmp_path, capsys, no_work):
+  _assert_refused([*argv, "--quick"], fragment, tmp_path, capsys)
+
+
+def _records_of_size(filenames, count, size):
+  """Damage: ``filenames`` rewritten as ``count`` records of ``size`` bytes (the other dataset's record size)."""
+  def damage(directory):
+    for filename in filenames:
+      with open(os.path.join(directory, filename), "wb") as f:
+        f.truncate(count * size)
+  return damage
+
+
+def _cut(filename, size):
+  def damage(directory):
+    with open(os.path.join(directory, filename), "r+b") as f:
+      f.truncate(size)
+  return damage
+
+
+def _append_byte(filename):
+  def damage(directory):
+    with open(os.path.join(directory, filename), "ab") as f:
+      f.write(b"\0")
+  return damage
+
+
+CIFAR_PROBLEMS = [  # (data set, damage to an official-size directory or None: no directory, stderr fragment)
+    ("cifar10", None, "data.data_dir: CIFAR-10 directory"),
+    ("cifar10", lambda d: os.remove(os.path.join(d, "data_batch_4.bin")), "lacks required files"),
+    ("cifar10", _append_byte("test_batch.bin"), "has 30730001 bytes; expected a positive multiple of 3073 bytes"),
+    ("cifar10", _cut("data_batch_2.bin", 9999 * 3073), "data_batch_2.bin' holds 9999 records; expected 10000"),
+    ("cifar10", _records_of_size([f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"], 10000, 3074),
+     "data_batch_1.bin' has 30740000 bytes; expected a positive multiple of 3073 bytes"),
+    ("cifar10", lambda d: _sparse_cifar(d, "cifar10", label=("data_batch_3.bin", 17, 10)),
+     "data_batch_3.bin' has label 10 at record 17; expected labels in [0, 10)"),
+    ("cifar100", None, "data.data_dir: CIFAR-100 directory"),
+    ("cifar100", lambda d: os.remove(os.path.join(d, "test.bin")), "lacks required files"),
+    ("cifar100", _cut("train.bin", 50000 * 3074 - 5),
+     "train.bin' has 153699995 bytes; expected a positive multiple of 3074 bytes"),
+    ("cifar100", _cut("train.bin", 10000 * 3074), "train.bin' holds 10000 records; expected 50000"),
+    ("cifar100", _records_of_size(["train.bin"], 50000, 3073),
+     "train.bin' has 153650000 bytes; expected a positive multiple of 3074 bytes"),
+    ("cifar100", lambda d: _sparse_cifar(d, "cifar100", label=("test.bin", 9999, 100)),
+     "test.bin' has label 100 at record 9999; expected labels in [0, 100)"),
+]
+
+
+@pytest.mark.parametrize("name,damage,fragment", CIFAR_PROBLEMS,
+                         ids=[f"{n}-{f.split(';')[0][-40:]}" for n, _, f in CIFAR_PROBLEMS])
+def test_every_cifar_directory_problem_is_one_error_line_before_any_work(name, damage, fragment, tmp_path, capsys,
+                                                                        no_work):
+  directory = str(tmp_path / "data")
+  if damage is not None:
+    _sparse_cifar(directory, name)
+    damage(directory)
+  line = _assert_refused(["early_decay", "--quick", "--set", f"data.name={name}", "--set",
+                          f"data.data_dir={directory}", "--set", "data.n_train=none", "--set", "data.n_test=none"],
+                         fragment, tmp_path, capsys)
+  assert line.startswith("error: data.data_dir: ")
+
+
+@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+def test_a_sound_cifar_directory_passes_validation(name, tmp_path, capsys, no_work):
+  directory = _sparse_cifar(tmp_path / "data", name)
+  with pytest.raises(_WorkStarted):  # validation passed; the run (patched) started
+    cli.main(["early_decay", "--quick", "--workdir", str(tmp_path / "work"), "--set", f"data.name={name}",
+              "--set", f"data.data_dir={directory}", "--set", "data.n_train=none", "--set", "data.n_test=none"])
+
+
+def test_a_model_that_does_not_fit_the_data_is_refused_before_any_work(tmp_path, capsys, no_work):
+  # three_mechanisms' own model has 64 (or 40) inputs: CIFAR images are 3072 numbers.
+  directory = _sparse_cifar(tmp_path / "data", "cifar10")
+  line = _assert_refused(["three_mechanisms", "--quick", "--set", "data.name=cifar10", "--set",
+                          f"data.data_dir={directory}"], "the model of study 'three_mechanisms' (its "
+                         "build_model hook, model.kwargs={'hidden': [64, 64]}) does not build or run on "
+                         "data.name='cifar10' inputs of shape (32, 32, 3)", tmp_path, capsys)
+  assert "64" in line and "3072" in line
+
+
+def test_cifar_without_data_dir_is_refused(tmp_path, capsys, no_work):
+  _assert_refused(["early_decay", "--quick", "--set", "data.name=cifar100"],
+                  "data.data_dir is needed for 'cifar100'", tmp_path, capsys)
+
+
+def test_a_workdir_holding_another_config_is_refused_before_any_work(tmp_path, capsys, no_work):
+  workdir = tmp_path / "work"
+  workdir.mkdir()
+  other = studies.get("early_decay").make_config(True)
+  other.train.steps += 1
+  (workdir / "config.json").write_text(__import__("json").dumps(config_lib.to_dict(other)))
+  before = (workdir / "config.json").read_text()
+  assert cli.main(["early_decay", "--quick", "--workdir", str(workdir)]) == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and "holds a run with a different config" in lines[0]
+  assert (workdir / "config.json").read_text() == before
+  # reproduce checks every study's directory up front.
+  rep = tmp_path / "rep"
+  (rep / "fixnorm").mkdir(parents=True)
+  (rep / "fixnorm" / "config.json").write_text(__import__("json").dumps(config_lib.to_dict(other)))
+  assert cli.main(["reproduce", "--quick", "--workdir", str(rep)]) == 2
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: fixnorm: ") and "different config" in lines[0]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_config_json(tmp_path, monkeypatch):
+  config = _tiny_config(True)
+  workdir = str(tmp_path / "work")
+
+  class Broken:
+    def __init__(self, *args, **kwargs):
+      raise RuntimeError("the program does not build")
+  monkeypatch.setattr(run_lib, "Program", Broken)
+  dataset = types.SimpleNamespace()
+  with pytest.raises(RuntimeError, match="does not build"):
+    run_lib.run_experiment(config, workdir, dataset=dataset, log=lambda _: None)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+  corrected = _tiny_config(True)
+  corrected.train.steps = 12
+  run_lib.check_workdir(workdir, corrected)  # the corrected command is not "a different config"
+
+  # Once a step has been logged, the directory is that config's run: config.json stays.
+  class FailsAfterOneRecord:
+    def __init__(self, *args, **kwargs):
+      pass
+
+    def train(self, *, writer, **kwargs):
+      writer.write([{"group": "g", "label": "fast", "seed": 0, "step": 4}])
+      raise RuntimeError("interrupted after the first chunk")
+  monkeypatch.setattr(run_lib, "Program", FailsAfterOneRecord)
+  with pytest.raises(RuntimeError, match="interrupted"):
+    run_lib.run_experiment(config, workdir, dataset=dataset, log=lambda _: None)
+  assert os.path.exists(os.path.join(workdir, "config.json"))
+  with pytest.raises(ValueError, match="holds a run with a different config"):
+    run_lib.check_workdir(workdir, corrected)
+
+
+def test_reproduce_scoped_overrides_reach_only_their_study(tmp_path):
+  overrides = ["three_mechanisms.arms.sgd_l2_bn.weight_decay=0.002", "early_decay.train.steps=60",
+               "arms.always.weight_decay=0.003"]
+  configs = {name: runner.study_config(studies.get(name), quick=True, overrides=overrides, reproduce=True)
+             for name in studies.names()}
+  arm = lambda name, a: configs[name].arm_optim(next(x for x in configs[name].arms if x.name == a))
+  assert arm("three_mechanisms", "sgd_l2_bn").weight_decay == 0.002
+  assert arm("three_mechanisms", "sgd_l2_plain").weight_decay == 0.005  # the study's own value
+  assert configs["early_decay"].train.steps == 60
+  assert all(configs[n].train.steps == studies.get(n).make_config(True).train.steps
+             for n in studies.names() if n != "early_decay")
+  assert arm("early_decay", "always").weight_decay == 0.003  # the unscoped arm override: where the arm exists
+  # the same overrides outside reproduce: a scope naming another study is an error
+  with pytest.raises(ValueError, match="scoped to study 'three_mechanisms'"):
+    runner.study_config(studies.get("early_decay"), quick=True, overrides=overrides)
+
+
+def test_describe_claims_no_base_value_that_no_arm_uses():
+  config = studies.get("three_mechanisms").make_config(True)
+  text = runner.describe(config, True)
+  base = text.split("Base optimizer:")[1].split("Training:")[0]
+  assert "η=" not in base and "`sgd`" not in base and "set per arm: name, learning_rate" in base
+  early = runner.describe(studies.get("early_decay").make_config(True), True)
+  assert "Base optimizer: `sgd`, η=0.1 (cosine)" in early  # every arm uses the base η there
+
+
+def test_study_help_lists_arms_and_fields_with_defaults(capsys):
+  assert cli.main(["fixnorm", "--help"]) == 0
+  out = capsys.readouterr().out
+  quick, full = studies.get("fixnorm").make_config(True), studies.get("fixnorm").make_config(False)
+  for arm in quick.arms + full.arms:
+    assert f"  {arm.name} " in out
+  assert "learning_rate in [" in out  # the sweeps
+  assert f"train.steps" in out and f"{quick.train.steps} (quick) / {full.train.steps} (full)" in out
+  assert "optim.name values: fixnorm, sgd, adam, adam_buffers" in out
+  assert cli.main(["early_decay", "-h", "--quick"]) == 0
+  assert "arms.ARM.FIELD" in capsys.readouterr().out
+
+
+def test_subprocess_bad_input_is_one_stderr_line_and_plain_help_still_works(tmp_path):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-m", "experiments", "early_decay", "--quick", "--set", "optim.decay=foo",
+                        "--workdir", str(tmp_path / "w")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert out.returncode == 2
+  assert out.stderr.splitlines() == ["error: optim.decay must be one of ('l2', 'decoupled') for name='sgd', got 'foo'."]
+  assert not (tmp_path / "w").exists()
+  out = subprocess.run([sys.executable, "-m", "experiments", "--help"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0 and "usage: python -m experiments" in out.stdout and "reproduce" in out.stdout
+
+
+def test_training_divergence_stays_exit_1(tmp_path, monkeypatch, capsys):
+  from experiments.train import TrainingDiverged
+
+  def diverge(*args, **kwargs):
+    raise TrainingDiverged("member 'always' seed 0 diverged at step 7")
+  monkeypatch.setattr(runner, "run_experiment", diverge)
+  assert cli.main(["early_decay", "--quick", "--workdir", str(tmp_path / "w")]) == 1
+  assert capsys.readouterr().err.splitlines() == ["error: member 'always' seed 0 diverged at step 7"]

@@ -12,6 +12,7 @@ import pytest
 from sklearn import datasets as sk_datasets
 
 from experiments import data
+from experiments.data import _sources
 
 
 def _rng_states():
@@ -228,6 +229,15 @@ def _write_cifar(directory, files, label_bytes, num_classes, rng):
   return written
 
 
+def _expect_records(monkeypatch, name, files):
+  """Lets the tiny fixture files stand for the official ones: their record counts become the expected counts.
+
+  (The official files hold 10,000 records each, CIFAR-100's train file 50,000; the full-size checks below use
+  sparse files of the real size.)"""
+  for filename, count in files.items():
+    monkeypatch.setitem(_sources._CIFAR_SPECS[name]["records"], filename, count)
+
+
 def _cifar10_files():
   return {**{f"data_batch_{i}.bin": i + 1 for i in range(1, 6)}, "test_batch.bin": 4}
 
@@ -242,9 +252,10 @@ def _unstandardise_and_check(ds, train_images, test_images):
 
 
 @pytest.mark.parametrize("subdir", [False, True])
-def test_cifar10_binary_round_trip(tmp_path, subdir):
+def test_cifar10_binary_round_trip(tmp_path, subdir, monkeypatch):
   rng = np.random.default_rng(0)
   directory = tmp_path / "cifar-10-batches-bin" if subdir else tmp_path
+  _expect_records(monkeypatch, "cifar10", _cifar10_files())
   written = _write_cifar(str(directory), _cifar10_files(), 1, 10, rng)
   ds = data.load("cifar10", data_dir=str(tmp_path))
   train_images = np.concatenate([written[f"data_batch_{i}.bin"][0] for i in range(1, 6)])
@@ -258,8 +269,9 @@ def test_cifar10_binary_round_trip(tmp_path, subdir):
   np.testing.assert_allclose(ds.x_train.std(axis=(0, 1, 2)), 1.0, rtol=1e-4)
 
 
-def test_cifar100_uses_fine_labels(tmp_path):
+def test_cifar100_uses_fine_labels(tmp_path, monkeypatch):
   rng = np.random.default_rng(1)
+  _expect_records(monkeypatch, "cifar100", {"train.bin": 12, "test.bin": 5})
   written = _write_cifar(str(tmp_path / "cifar-100-binary"), {"train.bin": 12, "test.bin": 5}, 2, 100, rng)
   ds = data.load("cifar100", data_dir=str(tmp_path), n_train=10)
   assert ds.num_classes == 100 and ds.x_train.shape == (10, 32, 32, 3)
@@ -268,18 +280,20 @@ def test_cifar100_uses_fine_labels(tmp_path):
   _unstandardise_and_check(ds, written["train.bin"][0][:10], written["test.bin"][0])
 
 
-def test_cifar_errors_name_path_and_expectation(tmp_path):
+def test_cifar_errors_name_path_and_expectation(tmp_path, monkeypatch):
   missing = tmp_path / "nowhere"
   with pytest.raises(FileNotFoundError, match="nowhere.*data_batch_1.bin"):
     data.load("cifar10", data_dir=str(missing))
   with pytest.raises(ValueError, match="data_dir"):
     data.load("cifar100")
   files = _cifar10_files()
+  _expect_records(monkeypatch, "cifar10", files)
   _write_cifar(str(tmp_path), files, 1, 10, np.random.default_rng(2))
   os.remove(tmp_path / "data_batch_3.bin")
   with pytest.raises(FileNotFoundError, match="data_batch_3.bin"):
     data.load("cifar10", data_dir=str(tmp_path))
   _write_cifar(str(tmp_path), {"data_batch_3.bin": 2}, 1, 10, np.random.default_rng(3))
+  _expect_records(monkeypatch, "cifar10", {"data_batch_3.bin": 2})
   with open(tmp_path / "test_batch.bin", "ab") as f:
     f.write(b"\x00")  # one stray byte
   with pytest.raises(ValueError, match=r"test_batch\.bin.*3073"):
@@ -287,8 +301,88 @@ def test_cifar_errors_name_path_and_expectation(tmp_path):
   # CIFAR-100 records (3074 bytes) are not CIFAR-10 records.
   wrong = tmp_path / "c100"
   _write_cifar(str(wrong), {"train.bin": 3, "test.bin": 3}, 1, 10, np.random.default_rng(4))
+  _expect_records(monkeypatch, "cifar100", {"train.bin": 3, "test.bin": 3})
   with pytest.raises(ValueError, match=r"train\.bin.*3074"):
     data.load("cifar100", data_dir=str(wrong))
+
+
+# Full-size CIFAR files, written sparse (f.truncate: no 30 MB of writes each), checked without reading pixels.
+CIFAR_RECORD = {"cifar10": 3073, "cifar100": 3074}
+OFFICIAL_RECORDS = {
+    "cifar10": {**{f"data_batch_{i}.bin": 10000 for i in range(1, 6)}, "test_batch.bin": 10000},
+    "cifar100": {"train.bin": 50000, "test.bin": 10000},
+}
+
+
+def write_sparse_cifar(directory, name, records=None, labels=()):
+  """Official-size files of ``name`` (all-zero records, so label 0) in ``directory``.
+
+  ``records`` overrides the record count of some files; ``labels`` is a list of (file, record, byte, value)
+  label bytes to set (byte 0: the label of CIFAR-10, the coarse label of CIFAR-100; byte 1: CIFAR-100's fine
+  label)."""
+  os.makedirs(directory, exist_ok=True)
+  counts = dict(OFFICIAL_RECORDS[name], **(records or {}))
+  for filename, count in counts.items():
+    with open(os.path.join(directory, filename), "wb") as f:
+      f.truncate(count * CIFAR_RECORD[name])
+  for filename, record, byte, value in labels:
+    with open(os.path.join(directory, filename), "r+b") as f:
+      f.seek(record * CIFAR_RECORD[name] + byte)
+      f.write(bytes([value]))
+  return str(directory)
+
+
+def test_cifar_official_record_counts_are_the_format(tmp_path):
+  # Independent reference: the CIFAR pages' numbers (5 x 10,000 + 10,000; 50,000 + 10,000) and record sizes.
+  for name, (train, test) in {"cifar10": (50000, 10000), "cifar100": (50000, 10000)}.items():
+    spec = _sources._CIFAR_SPECS[name]
+    assert sum(spec["records"][f] for f in spec["train"]) == train
+    assert sum(spec["records"][f] for f in spec["test"]) == test
+    assert spec["label_bytes"] + _sources.CIFAR_PIXELS == CIFAR_RECORD[name]
+  assert data.check("cifar10", data_dir=write_sparse_cifar(tmp_path / "c10", "cifar10")) == (50000, 10000)
+  assert data.check("cifar100", data_dir=write_sparse_cifar(tmp_path / "c100", "cifar100"),
+                    n_train=5000) == (5000, 10000)
+
+
+@pytest.mark.parametrize("name,records,pattern", [
+    ("cifar10", {"data_batch_2.bin": 9999}, r"data_batch_2\.bin' holds 9999 records; expected 10000"),
+    ("cifar10", {"test_batch.bin": 20000}, r"test_batch\.bin' holds 20000 records; expected 10000"),
+    ("cifar100", {"train.bin": 10000}, r"train\.bin' holds 10000 records; expected 50000"),
+    ("cifar100", {"test.bin": 1}, r"test\.bin' holds 1 records; expected 10000"),
+])
+def test_a_file_cut_on_a_record_boundary_is_refused(tmp_path, name, records, pattern):
+  directory = write_sparse_cifar(tmp_path, name, records)
+  with pytest.raises(ValueError, match=pattern):
+    data.check(name, data_dir=directory)
+  with pytest.raises(ValueError, match=pattern):
+    data.load(name, data_dir=directory)
+
+
+def test_cifar_label_range_is_checked_on_every_record_and_on_the_fine_label(tmp_path):
+  # The last record of the last train file: the label check reads every record's label byte.
+  directory = write_sparse_cifar(tmp_path / "a", "cifar10", labels=[("data_batch_5.bin", 9999, 0, 10)])
+  with pytest.raises(ValueError, match=r"data_batch_5\.bin' has label 10 at record 9999; expected labels in "
+                                       r"\[0, 10\)"):
+    data.check("cifar10", data_dir=directory)
+  # CIFAR-100: coarse labels (byte 0) are not class labels here; the fine label (byte 1) is.
+  directory = write_sparse_cifar(tmp_path / "b", "cifar100", labels=[("test.bin", 3, 0, 150), ("test.bin", 5, 1, 99)])
+  assert data.check("cifar100", data_dir=directory) == (50000, 10000)
+  directory = write_sparse_cifar(tmp_path / "c", "cifar100", labels=[("test.bin", 7, 1, 100)])
+  with pytest.raises(ValueError, match=r"test\.bin' has label 100 at record 7"):
+    data.check("cifar100", data_dir=directory)
+
+
+def test_check_names_config_keys_with_a_prefix_and_reads_no_pixels(tmp_path, monkeypatch):
+  monkeypatch.setattr(np, "fromfile", lambda *a, **k: pytest.fail("check read the pixels"))
+  with pytest.raises(FileNotFoundError, match=r"^data\.data_dir: CIFAR-10 directory .*nowhere"):
+    data.check("cifar10", data_dir=str(tmp_path / "nowhere"), prefix="data.")
+  with pytest.raises(ValueError, match=r"^data\.n_train=60000 exceeds the 50000 examples"):
+    data.check("cifar10", data_dir=write_sparse_cifar(tmp_path, "cifar10"), n_train=60000, prefix="data.")
+  with pytest.raises(ValueError, match=r"^data\.label_noise must be a fraction in \[0, 1\], got 2"):
+    data.check("digits", label_noise=2, prefix="data.")
+  with pytest.raises(ValueError, match=r"^data\.name must be one of"):
+    data.check("imagenet", prefix="data.")
+  assert data.check("digits") == (1437, 360) and data.check("mnist1d", n_test=7) == (4000, 7)
 
 
 # ---------------------------------------------------------------------------------------------------------------

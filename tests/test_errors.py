@@ -99,3 +99,61 @@ def test_bad_adam_and_momentum_constants():
     wd_optax.sgd(0.1, momentum=1.5)
   with pytest.raises(ValueError, match="learning_rate"):
     wd_optax.sgd(-0.1)
+
+
+# --- experiment configs: experiments.config.validate names the key that holds a bad value -------------------
+
+def _fixnorm_config():
+  from experiments import studies
+  return studies.get("fixnorm").make_config(True)
+
+
+def _arm(config, name):
+  return next(a for a in config.arms if a.name == name)
+
+
+@pytest.mark.parametrize("mutate,pattern", [
+    (lambda c: setattr(c.optim, "learning_rate", -1.0),
+     r"^optim\.learning_rate must be a finite number >= 0, got -1\.0"),
+    (lambda c: setattr(c.optim, "weight_decay", -1.0), r"^optim\.weight_decay must be a finite number >= 0, got -1\.0"),
+    (lambda c: _arm(c, "sgd").sweep.__setitem__("weight_decay", [1e-3, -1e-3]),
+     r"^arms\.sgd\.sweep\.weight_decay must be a finite number >= 0, got -0\.001"),
+    (lambda c: _arm(c, "sgd").sweep.__setitem__("learning_rate", [0.1, math.nan]),
+     r"^arms\.sgd\.sweep\.learning_rate must be a finite number >= 0, got nan"),
+    (lambda c: _arm(c, "fixnorm_decay").optim.__setitem__("weight_decay", math.inf),
+     r"^arms\.fixnorm_decay\.weight_decay must be a finite number >= 0, got inf"),
+    (lambda c: setattr(c.optim, "decoupled_decay", -0.1), r"^optim\.decoupled_decay must be a finite number >= 0"),
+    (lambda c: setattr(c.optim, "eps", 0.0), r"^optim\.eps must be a finite number > 0, got 0\.0"),
+    (lambda c: setattr(c.optim, "b2", 1.0), r"^optim\.b2 must be a number in \[0, 1\), got 1\.0"),
+    (lambda c: setattr(c.optim, "warmup_steps", -5), r"^optim\.warmup_steps must be an int >= 0, got -5"),
+    (lambda c: setattr(c.optim, "nesterov", "yes"), r"^optim\.nesterov must be true or false, got 'yes'"),
+    (lambda c: setattr(c.optim, "decay_start", 1.5), r"^optim\.decay_start must be a fraction of train\.steps"),
+    (lambda c: setattr(c.train, "num_devices", -1), r"^train\.num_devices must be an int >= 0"),
+    (lambda c: setattr(c.train, "label_smoothing", 1.0), r"^train\.label_smoothing must be a number in \[0, 1\)"),
+    (lambda c: setattr(c.data, "n_test", 0), r"^data\.n_test must be a positive int or none, got 0"),
+    (lambda c: setattr(c.data, "augment", True), r"^data\.augment crops and flips images; data\.name='mnist1d'"),
+    (lambda c: setattr(c.model, "kwargs", [64]), r"^model\.kwargs must be a dict"),
+    (lambda c: _arm(c, "sgd").optim.__setitem__("decay", "adamw"),
+     r"^arms\.sgd\.decay must be one of \('l2', 'decoupled'\) for name='sgd', got 'adamw'"),
+    (lambda c: _arm(c, "sgd").optim.__setitem__("name", "adam"),  # optim.decay (l2) is fine for adam too
+     None),
+])
+def test_experiment_config_errors_name_the_key(mutate, pattern):
+  from experiments import config as config_lib
+  config = _fixnorm_config()
+  mutate(config)
+  if pattern is None:
+    config_lib.validate(config)
+    return
+  with pytest.raises(ValueError, match=pattern):
+    config_lib.validate(config)
+
+
+def test_experiment_config_optimizer_names_are_those_given():
+  from experiments import config as config_lib
+  config = _fixnorm_config()
+  config_lib.validate(config, optimizers=("fixnorm", "sgd"))
+  with pytest.raises(ValueError, match=r"^arms\.fixnorm_c0p5\.name must be one of \('sgd', 'adam', "
+                                       r"'adam_buffers'\), got 'fixnorm'"):
+    config_lib.validate(config, optimizers=config_lib.OPTIMIZERS)
+  config_lib.validate(config)  # None: the name is left to whichever make_tx builds the optimizer

@@ -33,9 +33,11 @@ import numpy as np
 
 from experiments.data import _sources
 
-__all__ = ["Dataset", "NAMES", "load", "augment_crop_flip", "batches"]
+__all__ = ["Dataset", "NAMES", "load", "check", "input_shape", "augment_crop_flip", "batches"]
 
 NAMES = ("mnist1d", "digits", "cifar10", "cifar100")
+NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
+_INPUT_SHAPES = {"mnist1d": (40, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +68,44 @@ def _check_count(value: int | None, argname: str, available: int, name: str) -> 
   if value > available:
     raise ValueError(f"{argname}={value} exceeds the {available} examples {name!r} provides for that split.")
   return int(value)
+
+
+def input_shape(name: str, flatten: bool = False) -> tuple[int, ...]:
+  """The shape of one input of ``name`` as :func:`load` returns it (without reading any data)."""
+  if name not in NAMES:
+    raise ValueError(f"name must be one of {NAMES}, got {name!r}.")
+  shape = _INPUT_SHAPES[name]
+  return (math.prod(shape),) if flatten else shape
+
+
+def check(name: str, *, data_dir: str | None = None, n_train: int | None = None, n_test: int | None = None,
+          label_noise: float = 0.0, prefix: str = "") -> tuple[int, int]:
+  """Checks the arguments of :func:`load` without loading; returns the (train, test) sizes it would return.
+
+  Cheap: for CIFAR the directory, the files' sizes and record counts and their label bytes are checked, the
+  pixels are not read. Errors are those of :func:`load`; argument names in them are prefixed with ``prefix``
+  (e.g. ``"data."`` to name config keys).
+
+  Example:
+    >>> from experiments import data
+    >>> data.check("digits", n_train=500)
+    (500, 360)
+  """
+  if name not in NAMES:
+    raise ValueError(f"{prefix}name must be one of {NAMES}, got {name!r}.")
+  if (isinstance(label_noise, bool) or not isinstance(label_noise, (int, float, np.floating))
+      or not 0.0 <= label_noise <= 1.0):
+    raise ValueError(f"{prefix}label_noise must be a fraction in [0, 1], got {label_noise!r}.")
+  if name == "mnist1d":
+    # mnist1d can generate any size, so only positivity is checked here.
+    return (_check_count(n_train, f"{prefix}n_train", sys.maxsize, name) if n_train else _sources.MNIST1D_TRAIN,
+            _check_count(n_test, f"{prefix}n_test", sys.maxsize, name) if n_test else _sources.MNIST1D_TEST)
+  if name == "digits":
+    available = (_sources.DIGITS_TOTAL - _sources.DIGITS_TEST, _sources.DIGITS_TEST)
+  else:
+    available = _sources.check_cifar(name, data_dir, f"{prefix}data_dir")
+  return (_check_count(n_train, f"{prefix}n_train", available[0], name),
+          _check_count(n_test, f"{prefix}n_test", available[1], name))
 
 
 def _noisy_labels(labels: np.ndarray, num_classes: int, fraction: float, seed: int) -> np.ndarray:
@@ -130,15 +170,8 @@ def load(name: str, *, data_dir: str | None = None, n_train: int | None = None, 
     >>> data.load("digits", flatten=True).x_test.shape
     (360, 64)
   """
-  if name not in NAMES:
-    raise ValueError(f"name must be one of {NAMES}, got {name!r}.")
-  if not (isinstance(label_noise, (int, float, np.floating)) and 0.0 <= label_noise <= 1.0):
-    raise ValueError(f"label_noise must be a fraction in [0, 1], got {label_noise!r}.")
-
+  n_train_req, n_test_req = check(name, data_dir=data_dir, n_train=n_train, n_test=n_test, label_noise=label_noise)
   if name == "mnist1d":
-    # mnist1d can generate any size, so only positivity is checked here.
-    n_train_req = _check_count(n_train, "n_train", sys.maxsize, name) if n_train else _sources.MNIST1D_TRAIN
-    n_test_req = _check_count(n_test, "n_test", sys.maxsize, name) if n_test else _sources.MNIST1D_TEST
     raw = _sources.read_mnist1d(n_train_req, n_test_req, cache_dir)
   elif name == "digits":
     raw = _sources.read_digits()

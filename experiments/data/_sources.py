@@ -20,7 +20,8 @@ RawSplits = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]
 
 MNIST1D_TRAIN = 4000
 MNIST1D_TEST = 1000
-DIGITS_TEST = 360  # 20% of scikit-learn's 1797 digits.
+DIGITS_TOTAL = 1797  # scikit-learn's digits.
+DIGITS_TEST = 360  # 20% of them.
 # The digits train/test split is fixed (independent of ``load``'s seed) so that every run is scored on the same
 # held-out images; ``seed`` only drives label noise.
 _DIGITS_SPLIT_SEED = 0
@@ -124,7 +125,8 @@ _CIFAR_SPECS = {
         test=("test_batch.bin",),
         label_bytes=1,
         num_classes=10,
-        records_per_file={"data_batch": 10000, "test_batch": 10000},
+        # Records per official file (3073-byte records: 1 label byte + 3072 pixels).
+        records={**{f"data_batch_{i}.bin": 10000 for i in range(1, 6)}, "test_batch.bin": 10000},
         archive="cifar-10-binary.tar.gz",
     ),
     "cifar100": dict(
@@ -134,23 +136,25 @@ _CIFAR_SPECS = {
         test=("test.bin",),
         label_bytes=2,  # coarse label, then fine label.
         num_classes=100,
-        records_per_file={"train": 50000, "test": 10000},
+        # Records per official file (3074-byte records: coarse and fine label bytes + 3072 pixels).
+        records={"train.bin": 50000, "test.bin": 10000},
         archive="cifar-100-binary.tar.gz",
     ),
 }
 CIFAR_PIXELS = 32 * 32 * 3
 
 
-def _cifar_dir(name: str, data_dir: str | None) -> str:
+def _cifar_dir(name: str, data_dir: str | None, field: str = "data_dir") -> str:
   spec = _CIFAR_SPECS[name]
   files = spec["train"] + spec["test"]
   expected = (f"the official {spec['title']} binary files ({spec['archive']} extracted: {', '.join(files)}), "
               f"directly in the directory or under {spec['subdir']}/")
   if data_dir is None:
-    raise ValueError(f"load({name!r}) needs data_dir: a local directory holding {expected}.")
+    raise ValueError(f"{field} is needed for {name!r}: a local directory holding {expected}.")
   data_dir = os.fspath(data_dir)
   if not os.path.isdir(data_dir):
-    raise FileNotFoundError(f"{spec['title']} data_dir {data_dir!r} is not an existing directory; expected {expected}.")
+    raise FileNotFoundError(f"{field}: {spec['title']} directory {data_dir!r} is not an existing directory; "
+                            f"expected {expected}.")
   candidates = [data_dir, os.path.join(data_dir, spec["subdir"])]
   for candidate in candidates:
     if all(os.path.isfile(os.path.join(candidate, f)) for f in files):
@@ -158,38 +162,70 @@ def _cifar_dir(name: str, data_dir: str | None) -> str:
   missing = [os.path.join(c, f) for c in candidates if os.path.isdir(c) for f in files
              if not os.path.isfile(os.path.join(c, f))]
   raise FileNotFoundError(
-      f"{spec['title']} data_dir {data_dir!r} lacks required files; expected {expected}. Missing: "
+      f"{field}: {spec['title']} directory {data_dir!r} lacks required files; expected {expected}. Missing: "
       f"{', '.join(missing)}. (The Python 'pickle' version of the dataset is not read; use the binary version.)")
 
 
-def _read_cifar_file(path: str, label_bytes: int, num_classes: int, official_records: int) -> tuple[np.ndarray, np.ndarray]:
+def _cifar_records(name: str, filename: str) -> int:
+  """The number of records the official ``filename`` of ``name`` holds (10,000 per CIFAR-10 batch)."""
+  return _CIFAR_SPECS[name]["records"][filename]
+
+
+def _check_cifar_file(name: str, path: str, field: str) -> np.ndarray:
+  """Checks one official file's size, record count and labels, reading only the label bytes; returns the labels."""
+  spec = _CIFAR_SPECS[name]
+  label_bytes, num_classes = spec["label_bytes"], spec["num_classes"]
   record = label_bytes + CIFAR_PIXELS
-  raw = np.fromfile(path, dtype=np.uint8)
-  if raw.size == 0 or raw.size % record:
-    raise ValueError(
-        f"CIFAR file {path!r} has {raw.size} bytes; expected a positive multiple of {record} bytes "
-        f"({label_bytes} label byte(s) + {CIFAR_PIXELS} pixel bytes per record; the official file holds "
-        f"{official_records} records = {official_records * record} bytes).")
-  raw = raw.reshape(-1, record)
-  labels = raw[:, label_bytes - 1].astype(np.int32)  # CIFAR-100: the fine label is the second byte.
+  official = _cifar_records(name, os.path.basename(path))
+  size = os.path.getsize(path)
+  layout = (f"{label_bytes} label byte(s) + {CIFAR_PIXELS} pixel bytes per record; the official file holds "
+            f"{official} records = {official * record} bytes")
+  if size == 0 or size % record:
+    raise ValueError(f"{field}: {spec['title']} file {path!r} has {size} bytes; expected a positive multiple of "
+                     f"{record} bytes ({layout}). Is it the right dataset's file?")
+  if size // record != official:
+    raise ValueError(f"{field}: {spec['title']} file {path!r} holds {size // record} records; expected "
+                     f"{official} ({layout}). Is the file truncated?")
+  raw = np.memmap(path, dtype=np.uint8, mode="r").reshape(-1, record)
+  labels = np.array(raw[:, label_bytes - 1], dtype=np.int32)  # CIFAR-100: the fine label is the second byte.
+  del raw
   if labels.max() >= num_classes:
-    raise ValueError(f"CIFAR file {path!r} has label {labels.max()}; expected labels in [0, {num_classes}). "
-                     "Is it the right dataset's file?")
+    bad = int(np.argmax(labels >= num_classes))
+    raise ValueError(f"{field}: {spec['title']} file {path!r} has label {labels[bad]} at record {bad}; expected "
+                     f"labels in [0, {num_classes}). Is it the right dataset's file?")
+  return labels
+
+
+def check_cifar(name: str, data_dir: str | None, field: str = "data_dir") -> tuple[int, int]:
+  """Checks a CIFAR directory without reading the pixels; returns the (train, test) example counts.
+
+  Every official file must exist, be a whole number of records of the format's size, hold the official
+  record count and carry labels in range. Errors name ``field`` (the argument or config key of the directory).
+  """
+  spec = _CIFAR_SPECS[name]
+  directory = _cifar_dir(name, data_dir, field)
+  counts = []
+  for files in (spec["train"], spec["test"]):
+    counts.append(sum(len(_check_cifar_file(name, os.path.join(directory, f), field)) for f in files))
+  return counts[0], counts[1]
+
+
+def _read_cifar_file(name: str, path: str, field: str) -> tuple[np.ndarray, np.ndarray]:
+  labels = _check_cifar_file(name, path, field)
+  label_bytes = _CIFAR_SPECS[name]["label_bytes"]
+  raw = np.fromfile(path, dtype=np.uint8).reshape(len(labels), label_bytes + CIFAR_PIXELS)
   # Each record stores the image channel-major (1024 red, 1024 green, 1024 blue bytes, rows in order).
   images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
   return images, labels
 
 
-def read_cifar(name: str, data_dir: str | None) -> RawSplits:
+def read_cifar(name: str, data_dir: str | None, field: str = "data_dir") -> RawSplits:
   """CIFAR-10/100 from the official binary files, as ``(N, 32, 32, 3)`` float32 pixels scaled to [0, 1]."""
   spec = _CIFAR_SPECS[name]
-  directory = _cifar_dir(name, data_dir)
+  directory = _cifar_dir(name, data_dir, field)
 
   def read_split(files):
-    parts = []
-    for f in files:
-      official = next(v for k, v in spec["records_per_file"].items() if f.startswith(k))
-      parts.append(_read_cifar_file(os.path.join(directory, f), spec["label_bytes"], spec["num_classes"], official))
+    parts = [_read_cifar_file(name, os.path.join(directory, f), field) for f in files]
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return images.astype(np.float32) / np.float32(255.0), labels

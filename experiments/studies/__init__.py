@@ -40,6 +40,9 @@ A study whose optimizer is not one of ``OptimConfig.name`` (FixNorm's norm proje
 * ``build_model(rngs=...) -> nnx.Module`` replaces ``experiments.models.build`` (e.g. to pass K-FAC-registered
   ``linear_cls`` / ``conv_cls``).
 
+A study whose ``make_tx`` accepts other ``optim.name`` values than the harness's lists them all in
+``Study(optimizers=...)``, so that a misspelt name is refused before the run starts.
+
 Optional: ``plots(results, config, outdir) -> [png paths]`` for study-specific figures (the harness always
 draws accuracy, loss, norm and angular-update curves).
 """
@@ -69,6 +72,9 @@ class Study:
   analyze: Callable[..., Any]
   hooks: Callable[[Any], Any] | None = None
   plots: Callable[..., list] | None = None
+  # The ``optim.name`` values the study's ``make_tx`` hook builds (``None``: the harness's
+  # ``experiments.config.OPTIMIZERS``); validation refuses any other name before a run starts.
+  optimizers: tuple[str, ...] | None = None
 
   def setting_text(self, config) -> str:
     """The setting's description for ``config`` (``setting(config)``, or ``setting`` itself if a string)."""

@@ -393,5 +393,6 @@ STUDY = Study(
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,
+    optimizers=("fixnorm",) + config_lib.OPTIMIZERS,
     plots=plots,
 )

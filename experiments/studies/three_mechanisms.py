@@ -515,5 +515,6 @@ STUDY = Study(
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,
+    optimizers=OPTIMIZERS,
     plots=plots,
 )

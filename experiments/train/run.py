@@ -27,20 +27,31 @@ def load_dataset(config: ExperimentConfig):
               seed=d.seed, flatten=d.flatten)
 
 
-def _check_config(workdir: str, config: ExperimentConfig) -> None:
+def check_workdir(workdir: str, config: ExperimentConfig) -> None:
+  """Refuses a ``workdir`` whose ``config.json`` holds a run with another config (reads that file only)."""
   path = os.path.join(workdir, "config.json")
-  current = config_lib.to_dict(config)
   if os.path.exists(path):
-    with open(path) as f:
-      saved = json.load(f)
-    if saved != json.loads(json.dumps(current)):
+    try:
+      with open(path) as f:
+        saved = json.load(f)
+    except ValueError as e:
+      raise ValueError(f"{path} is not a readable config ({e}); remove it or choose another --workdir.") from None
+    if saved != json.loads(json.dumps(config_lib.to_dict(config))):
       raise ValueError(
           f"{workdir} holds a run with a different config (see {path}); resume it with the same settings or "
           "choose another --workdir.")
-  else:
-    os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
-      json.dump(current, f, indent=2)
+
+
+def _write_config(workdir: str, config: ExperimentConfig) -> bool:
+  """Writes ``config.json`` unless the work directory already has (the same) one; True if it was written."""
+  check_workdir(workdir, config)
+  path = os.path.join(workdir, "config.json")
+  if os.path.exists(path):
+    return False
+  os.makedirs(workdir, exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(config_lib.to_dict(config), f, indent=2)
+  return True
 
 
 def _finished(records: list[dict], group, steps: int) -> bool:
@@ -53,15 +64,25 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
                    progress: bool | None = None, dataset=None, log: Callable[[str], None] = print) -> dict:
   """Trains all groups of ``config`` in ``workdir`` and returns the per-label results from metrics.jsonl."""
   config_lib.validate(config)
-  _check_config(workdir, config)
-  dataset = dataset if dataset is not None else load_dataset(config)
+  check_workdir(workdir, config)
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  writer = MetricsWriter(metrics_path)
-  for group in make_groups(config):
-    records = read_records(metrics_path) if os.path.exists(metrics_path) else []
-    if _finished(records, group, config.train.steps):
-      log(f"[{config.name}] {group.name}: already finished, skipped")
-      continue
-    log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
-    Program(config, group, dataset, hooks=hooks).train(workdir=workdir, writer=writer, progress=progress, log=log)
+  dataset = dataset if dataset is not None else load_dataset(config)
+  # config.json marks the directory as this config's run. A run that fails before its first logged step
+  # (bad data, a model that does not build, an interrupt while compiling) removes the file it wrote, so the
+  # corrected command is not refused as "a different config".
+  wrote_config = _write_config(workdir, config)
+  try:
+    writer = MetricsWriter(metrics_path)
+    for group in make_groups(config):
+      records = read_records(metrics_path) if os.path.exists(metrics_path) else []
+      if _finished(records, group, config.train.steps):
+        log(f"[{config.name}] {group.name}: already finished, skipped")
+        continue
+      log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
+      Program(config, group, dataset, hooks=hooks).train(workdir=workdir, writer=writer, progress=progress,
+                                                         log=log)
+  except BaseException:
+    if wrote_config and not (os.path.exists(metrics_path) and os.path.getsize(metrics_path)):
+      os.remove(os.path.join(workdir, "config.json"))
+    raise
   return load_results(metrics_path)
