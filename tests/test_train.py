@@ -231,3 +231,48 @@ def test_bad_batch_size_names_the_setting(dataset):
   (group,) = make_groups(config)
   with pytest.raises(ValueError, match=r"train.batch_size \(30\).*divisible"):
     Program(config, group, dataset)
+
+
+class _ReversedSet(frozenset):
+  """A frozenset that iterates in reverse sorted order, as a set of paths may under another PYTHONHASHSEED."""
+
+  def __iter__(self):
+    return iter(sorted(frozenset.__iter__(self), reverse=True))
+
+
+class _SortedSet(frozenset):
+  def __iter__(self):
+    return iter(sorted(frozenset.__iter__(self)))
+
+
+def test_diagnostics_concatenate_layers_in_sorted_path_order_whatever_the_set_order(monkeypatch):
+  """``angle/scale_invariant`` concatenates the scale-invariant layers: in sorted path order, never in the
+  frozenset's iteration order (which follows the string hash, so varies with PYTHONHASHSEED), so the logged
+  metrics are bit-identical from one process to the next."""
+  from experiments.train import step as step_lib
+
+  rng = np.random.default_rng(0)
+  shapes = {"b": (3, 3), "a": (2, 2), "c": (1, 5)}   # distinct sizes: the concatenation order is visible
+  old = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  new = {k: v + 0.1 * jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in old.items()}
+  rates = {"learning_rate": jnp.float32(0.1), "weight_decay": jnp.float32(0.0)}
+  optim = config_lib.OptimConfig(name="sgd", learning_rate=0.1)
+
+  assert list(step_lib.select(new, _ReversedSet(shapes))) == ["a", "b", "c"]
+  concatenated = []
+  original = jnp.concatenate
+
+  def spy(arrays, *args, **kwargs):
+    concatenated.append([int(np.size(a)) for a in arrays])
+    return original(arrays, *args, **kwargs)
+
+  monkeypatch.setattr(jnp, "concatenate", spy)
+  metrics = {}
+  for name, kind in (("sorted", _SortedSet), ("reversed", _ReversedSet)):
+    spec = step_lib.StepSpec(apply=None, optim=optim, total_steps=10, batch_size=8, num_examples=8,
+                             scale_invariant=kind(shapes), measured=kind(shapes))
+    metrics[name] = step_lib.diagnose_step(spec, old, new, rates)
+  assert [4, 9, 5] in concatenated and [5, 9, 4] not in concatenated, concatenated   # a, b, c by path
+  assert metrics["sorted"].keys() == metrics["reversed"].keys()
+  for key, value in metrics["sorted"].items():
+    np.testing.assert_array_equal(value, metrics["reversed"][key], err_msg=key)   # bit-identical
