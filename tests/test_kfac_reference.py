@@ -22,6 +22,7 @@ import optax
 from flax import nnx
 
 from wd_optax import kfac
+from _tol import assert_close_scaled
 
 REFERENCE = pathlib.Path(__file__).parent / "data" / "kfac_jax_reference.npz"
 
@@ -64,7 +65,7 @@ def test_first_update_matches_kfac_jax_with_the_empirical_fisher():
     return loss, updates
 
   loss, updates = step(model)
-  np.testing.assert_allclose(loss, ref["loss"], rtol=1e-6)
+  assert_close_scaled(loss, ref["loss"], c=16)   # kfac-jax's float32 loss, computed by another program
   for i in range(depth):
     for name in ("kernel", "bias"):
       ours, theirs = np.asarray(updates["layers"][i][name]), ref[f"update_{name}_{i}"]

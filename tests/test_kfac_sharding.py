@@ -9,6 +9,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from wd_optax import kfac
+from _tol import assert_close_scaled
 
 
 class Net(nnx.Module):
@@ -55,9 +56,11 @@ def test_sharded_batch_gives_the_global_batch_statistics_and_update():
   single = jax.device_put(batch, devices[0])
   loss8, curvature8, params8 = run(sharded)
   loss1, curvature1, params1 = run(single)
-  np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+  # 8 devices vs 1: cross-device sums in another order. c = 1000 (1.2e-4 of each array's scale, as before for
+  # the largest entries) for the factors and the params after a step through their damped inverses.
+  assert_close_scaled(loss8, loss1, c=100)
   for layer in curvature1:
     for field in ("a", "s", "locations"):
-      np.testing.assert_allclose(getattr(curvature8[layer], field), getattr(curvature1[layer], field),
-                                 rtol=1e-4, atol=1e-7)
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), params8, params1)
+      assert_close_scaled(getattr(curvature8[layer], field), getattr(curvature1[layer], field), c=1000,
+                          err_msg=f"{layer}.{field}")
+  assert_close_scaled(params8, params1, c=1000)

@@ -9,6 +9,7 @@ from flax import nnx
 
 from experiments import models
 from wd_optax._tree import named_leaves
+from _tol import assert_close_scaled
 
 NUM_CLASSES = 5
 BATCH = 8
@@ -60,7 +61,7 @@ def test_forward_modes_scale_invariance_and_classifier(name, norm):
     assert not np.allclose(train_out, eval_out, atol=1e-3)
   else:
     assert not stats_before
-    np.testing.assert_allclose(train_out, eval_out, rtol=1e-6, atol=1e-6)
+    assert_close_scaled(train_out, eval_out, c=16)   # two traces of the same function: round-off of the logits' scale
 
   # Scale invariance in train mode: every hidden kernel sits before its own norm, so scaling all of them by 3
   # leaves the logits unchanged up to the norms' epsilon inside sqrt(var + eps); without norm they change.

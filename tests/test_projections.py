@@ -11,6 +11,7 @@ from flax import nnx
 
 import wd_optax
 from wd_optax.projections import FixNormState, fix_norm, fixnorm
+from _tol import assert_close_scaled
 
 # A bias-free layer followed by a LayerNorm without scale/offset is exactly scale-invariant.
 _SCALE_INVARIANT = {"hidden1": {"kernel": True}, "hidden2": {"kernel": True},
@@ -140,8 +141,7 @@ def test_update_matches_hand_written_projection_for_each_target_kind(per_channel
     for path, w in [("conv", params["conv"]["kernel"]), ("dense", params["dense"]["kernel"])]:
       key = (path, "kernel")
       expected = _project_reference(w, updates[key[0]][key[1]], expected_radius(path, w), per_channel)
-      np.testing.assert_allclose(out[key[0]][key[1]], expected, rtol=1e-5, atol=1e-6,
-                                 err_msg=f"target={target!r} path={path}")
+      assert_close_scaled(out[key[0]][key[1]], expected, c=100, err_msg=f"target={target!r} path={path}")
     np.testing.assert_array_equal(out["dense"]["bias"], updates["dense"]["bias"])
 
 
@@ -214,7 +214,7 @@ def test_fixnorm_matches_hand_written_momentum_sgd_with_projection(momentum, nes
     ref["a"] = a_norms * ref["a"] / np.linalg.norm(ref["a"], axis=0)
     ref["c"] = 1.5 * ref["c"] / np.linalg.norm(ref["c"])
   for k in ref:
-    np.testing.assert_allclose(jparams[k], ref[k], rtol=2e-5, atol=2e-6, err_msg=k)
+    assert_close_scaled(jparams[k], ref[k], c=200, err_msg=k)   # several float32 steps vs float64
 
 
 def test_zero_norm_leaf_at_init_is_an_error_naming_the_path():
@@ -260,12 +260,12 @@ def test_float_target_is_read_at_update_so_it_can_be_injected():
   update = jax.jit(tx.update)
   updates, state = update(grads, state, params)
   params = optax.apply_updates(params, updates)
-  np.testing.assert_allclose(jnp.linalg.norm(params["c"]), 2.0, rtol=1e-6)
+  assert_close_scaled(jnp.linalg.norm(params["c"]), 2.0, c=16)   # a rescale, then a float32 norm
   state.hyperparams["classifier_norm"] = jnp.asarray(5.0)
   updates, state = update(grads, state, params)
   params = optax.apply_updates(params, updates)
-  np.testing.assert_allclose(jnp.linalg.norm(params["c"]), 5.0, rtol=1e-6)
-  np.testing.assert_allclose(jnp.linalg.norm(params["a"]), math.sqrt(6.0), rtol=1e-6)
+  assert_close_scaled(jnp.linalg.norm(params["c"]), 5.0, c=16)
+  assert_close_scaled(jnp.linalg.norm(params["a"]), math.sqrt(6.0), c=16)
 
 
 def test_low_precision_params_keep_their_dtype():

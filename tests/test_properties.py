@@ -8,6 +8,7 @@ from hypothesis import given, settings, HealthCheck
 from hypothesis import strategies as st
 
 import wd_optax
+from _tol import assert_close_scaled
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -34,9 +35,14 @@ def trees(draw):
   return tree, grads, mask
 
 
-def _close(a, b, **kw):
+def _close(a, b, c=16):
+  """Per leaf: float32 round-off of the leaf's scale (an entry g + λw near 0 keeps the error of its terms);
+  c=0: bit-identical."""
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, **{"rtol": 1e-6, "atol": 1e-7, **kw})
+    if c == 0:
+      np.testing.assert_array_equal(x, y)
+    else:
+      assert_close_scaled(x, y, c=c)
 
 
 @SETTINGS
@@ -59,7 +65,7 @@ def test_decoupled_decay_shrinks_by_the_coupling_factor(data, wd, lr, coupling):
   factor = {"lr": lr, "schedule": lr / peak, "independent": 1.0, "corrected": lr * lr / peak}[coupling]
   updates, _ = tx.update(updates_in, tx.init(params), params)
   expected = jax.tree.map(lambda u, w, m: u - factor * wd * w if m else u, updates_in, params, mask)
-  _close(updates, expected, rtol=1e-5)
+  _close(updates, expected, c=100)
 
 
 @SETTINGS
@@ -70,7 +76,7 @@ def test_plain_sgd_l2_equals_decoupled_lr(data, wd, lr):
   b = wd_optax.sgd(lr, momentum=None, weight_decay=wd, decay="decoupled", mask=mask)
   ua, _ = a.update(grads, a.init(params), params)
   ub, _ = b.update(grads, b.init(params), params)
-  _close(ua, ub, rtol=1e-5, atol=1e-6)
+  _close(ua, ub, c=100)
 
 
 @SETTINGS
@@ -83,7 +89,7 @@ def test_adam_decoupled_equals_adamw(data, wd, lr):
   for _ in range(2):
     u1, s1 = ours.update(grads, s1, params)
     u2, s2 = reference.update(grads, s2, params)
-    _close(u1, u2, rtol=1e-5, atol=1e-6)
+    _close(u1, u2, c=100)
 
 
 @SETTINGS
@@ -95,7 +101,7 @@ def test_adam_buffers_without_l2_equal_scale_by_adam(data, wd):
   reference = optax.scale_by_adam()
   u1, _ = ours.update(grads, ours.init(params), params)
   u2, _ = reference.update(grads, reference.init(params), params)
-  _close(u1, u2, rtol=0, atol=0)
+  _close(u1, u2, c=0)
 
 
 @SETTINGS

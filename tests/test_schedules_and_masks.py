@@ -9,6 +9,7 @@ from flax import nnx
 import wd_optax
 from wd_optax import masks, schedules
 from wd_optax._tree import resolve_mask
+from _tol import assert_close_scaled
 
 # ---------------------------------------------------------------- schedules
 
@@ -34,8 +35,8 @@ def test_early_and_late_match_python_reference(ramp):
   steps = np.arange(0, 60)
   early = jax.vmap(schedules.early(0.3, 20, ramp_steps=ramp))(steps)
   late = jax.vmap(schedules.late(0.3, 20, ramp_steps=ramp))(steps)
-  np.testing.assert_allclose(early, [_early_reference(t, 0.3, 20, ramp) for t in steps], rtol=1e-6)
-  np.testing.assert_allclose(late, [_late_reference(t, 0.3, 20, ramp) for t in steps], rtol=1e-6)
+  assert_close_scaled(early, [_early_reference(t, 0.3, 20, ramp) for t in steps], c=16)   # vmapped vs float64
+  assert_close_scaled(late, [_late_reference(t, 0.3, 20, ramp) for t in steps], c=16)
 
 
 def test_window_matches_python_reference():

@@ -26,6 +26,7 @@ from experiments.models import build
 from experiments.train import Hooks, Program, TrainingDiverged, make_groups
 from experiments.train import optim as optim_lib
 from experiments.train.checkpoint import Checkpointer
+from _tol import assert_close_scaled
 
 STEPS = 12
 LR, MOMENTUM, WD = 0.05, 0.9, 1e-3
@@ -100,20 +101,22 @@ def reference_run(dataset, seed: int, weight_decay: float) -> tuple[dict, np.nda
   return nnx.to_pure_dict(nnx.state(model, nnx.Param)), np.array(losses)
 
 
-def assert_trees_close(a, b, **tol):
+def assert_trees_close(a, b, c):
+  """Per leaf: float32 round-off of the leaf's scale, c eps32 max|leaf| (two programs)."""
   flat_a = jax.tree_util.tree_flatten_with_path(a)[0]
   flat_b = dict(jax.tree_util.tree_flatten_with_path(b)[0])
   assert len(flat_a) == len(flat_b)
   for path, x in flat_a:
-    np.testing.assert_allclose(np.asarray(x), np.asarray(flat_b[path]), err_msg=jax.tree_util.keystr(path), **tol)
+    assert_close_scaled(x, flat_b[path], c=c, err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("member", [0, 3])
 def test_member_matches_hand_written_optax_loop(runs, dataset, member):
   m = runs["group"].members[member]
   ref_params, ref_losses = reference_run(dataset, m.seed, m.hp["weight_decay"])
-  np.testing.assert_allclose(runs["pop_out"]["loss"][member], ref_losses, rtol=1e-5, atol=1e-6)
-  assert_trees_close(runs["pop_params"][member], ref_params, rtol=1e-5, atol=1e-6)
+  # Our trainer vs a hand-written optax loop, 12 steps: round-off grows along the trajectory.
+  assert_close_scaled(runs["pop_out"]["loss"][member], ref_losses, c=100)
+  assert_trees_close(runs["pop_params"][member], ref_params, c=100)
 
 
 def test_members_differ(runs):
@@ -127,15 +130,18 @@ def test_members_differ(runs):
 
 def test_vmapped_population_equals_sequential_runs(runs):
   for i in range(len(runs["group"].members)):
-    np.testing.assert_allclose(runs["pop_out"]["loss"][i], runs["seq_losses"][i], rtol=1e-6, atol=1e-7)
-    assert_trees_close(runs["pop_params"][i], runs["seq_params"][i], rtol=1e-6, atol=1e-7)
+    # vmapped vs not: the same steps in another compiled program, 12 steps.
+    assert_close_scaled(runs["pop_out"]["loss"][i], runs["seq_losses"][i], c=32)
+    assert_trees_close(runs["pop_params"][i], runs["seq_params"][i], c=32)
 
 
 def test_eight_devices_match_one_device(runs):
   assert runs["sharded"].mesh.size == 8 and len(jax.devices()) == 8
-  np.testing.assert_allclose(runs["sharded_out"]["loss"], runs["pop_out"]["loss"], rtol=0, atol=1e-5)
+  # 8 devices vs 1: all-reduced gradients and BN statistics sum in another order, 12 steps; c as before
+  # (the loss had atol 1e-5 at a scale ~2.3, the params rtol 1e-4).
+  assert_close_scaled(runs["sharded_out"]["loss"], runs["pop_out"]["loss"], c=64)
   for i in range(len(runs["group"].members)):
-    assert_trees_close(runs["sharded_params"][i], runs["pop_params"][i], rtol=1e-4, atol=1e-5)
+    assert_trees_close(runs["sharded_params"][i], runs["pop_params"][i], c=1000)
 
 
 def test_eight_device_program_is_data_parallel(runs):
@@ -218,9 +224,8 @@ def test_lr_norm_sq_scales_each_scale_invariant_step_by_its_squared_norm_ratio()
   order = np.asarray(jax.random.permutation(jax.random.fold_in(jax.random.PRNGKey(0), 0), 8))
   grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(apply(p, {}, x[order], True)[0],
                                                                               y[order]).mean())(params)
-  np.testing.assert_allclose(new["params"]["hidden"], params["hidden"] - 0.1 * 4.0 * grads["hidden"], rtol=1e-5)
-  np.testing.assert_allclose(new["params"]["classifier"], params["classifier"] - 0.1 * grads["classifier"],
-                             rtol=1e-5)
+  assert_close_scaled(new["params"]["hidden"], params["hidden"] - 0.1 * 4.0 * grads["hidden"], c=100)
+  assert_close_scaled(new["params"]["classifier"], params["classifier"] - 0.1 * grads["classifier"], c=100)
   # The logged effective learning rate uses the layer's own step size, 0.1·4, over the new ‖W‖².
   np.testing.assert_allclose(metrics["eff_lr/hidden"], 0.4 / float(jnp.sum(new["params"]["hidden"] ** 2)),
                              rtol=1e-5)
@@ -231,3 +236,48 @@ def test_bad_batch_size_names_the_setting(dataset):
   (group,) = make_groups(config)
   with pytest.raises(ValueError, match=r"train.batch_size \(30\).*divisible"):
     Program(config, group, dataset)
+
+
+class _ReversedSet(frozenset):
+  """A frozenset that iterates in reverse sorted order, as a set of paths may under another PYTHONHASHSEED."""
+
+  def __iter__(self):
+    return iter(sorted(frozenset.__iter__(self), reverse=True))
+
+
+class _SortedSet(frozenset):
+  def __iter__(self):
+    return iter(sorted(frozenset.__iter__(self)))
+
+
+def test_diagnostics_concatenate_layers_in_sorted_path_order_whatever_the_set_order(monkeypatch):
+  """``angle/scale_invariant`` concatenates the scale-invariant layers: in sorted path order, never in the
+  frozenset's iteration order (which follows the string hash, so varies with PYTHONHASHSEED), so the logged
+  metrics are bit-identical from one process to the next."""
+  from experiments.train import step as step_lib
+
+  rng = np.random.default_rng(0)
+  shapes = {"b": (3, 3), "a": (2, 2), "c": (1, 5)}   # distinct sizes: the concatenation order is visible
+  old = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+  new = {k: v + 0.1 * jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in old.items()}
+  rates = {"learning_rate": jnp.float32(0.1), "weight_decay": jnp.float32(0.0)}
+  optim = config_lib.OptimConfig(name="sgd", learning_rate=0.1)
+
+  assert list(step_lib.select(new, _ReversedSet(shapes))) == ["a", "b", "c"]
+  concatenated = []
+  original = jnp.concatenate
+
+  def spy(arrays, *args, **kwargs):
+    concatenated.append([int(np.size(a)) for a in arrays])
+    return original(arrays, *args, **kwargs)
+
+  monkeypatch.setattr(jnp, "concatenate", spy)
+  metrics = {}
+  for name, kind in (("sorted", _SortedSet), ("reversed", _ReversedSet)):
+    spec = step_lib.StepSpec(apply=None, optim=optim, total_steps=10, batch_size=8, num_examples=8,
+                             scale_invariant=kind(shapes), measured=kind(shapes))
+    metrics[name] = step_lib.diagnose_step(spec, old, new, rates)
+  assert [4, 9, 5] in concatenated and [5, 9, 4] not in concatenated, concatenated   # a, b, c by path
+  assert metrics["sorted"].keys() == metrics["reversed"].keys()
+  for key, value in metrics["sorted"].items():
+    np.testing.assert_array_equal(value, metrics["reversed"][key], err_msg=key)   # bit-identical

@@ -89,8 +89,14 @@ def sq_norm(tree: PyTree) -> jax.Array:
 
 
 def select(tree: PyTree, paths: frozenset[str]) -> dict[str, jax.Array]:
-  """The leaves of ``tree`` whose path is in ``paths``, as a flat dict."""
-  return {p: x for p, x in diagnostics.flatten_by_path(tree).items() if p in paths}
+  """The leaves of ``tree`` whose path is in ``paths``, as a flat dict in sorted path order.
+
+  The order is fixed here, not by the set's iteration order (which varies with ``PYTHONHASHSEED``), so that
+  whatever is built from the values in order (e.g. the concatenation behind ``angle/scale_invariant``) is
+  bit-identical from one process to the next.
+  """
+  flat = diagnostics.flatten_by_path(tree)
+  return {p: flat[p] for p in sorted(paths) if p in flat}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,8 +188,8 @@ def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates:
   """Per-layer ‖w‖, η_eff and angular update of one step (Zhang et al. 2019 §4.1, via wd_optax.diagnostics)."""
   old = select(old_params, spec.measured | spec.scale_invariant)
   new = select(new_params, spec.measured | spec.scale_invariant)
-  si_old = {p: old[p] for p in spec.scale_invariant}
-  si_new = {p: new[p] for p in spec.scale_invariant}
+  si_old = {p: old[p] for p in spec.si_paths()}  # sorted: the concatenation below is in this order
+  si_new = {p: new[p] for p in spec.si_paths()}
   optimizer = "adam" if spec.optim.name.startswith("adam") else "sgd"
   out = {"lr": rates["learning_rate"], "weight_decay": rates["weight_decay"]}
   out.update(diagnostics.flatten_by_path(diagnostics.weight_norms(new), prefix="norm"))
