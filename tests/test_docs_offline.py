@@ -1,0 +1,60 @@
+"""The documentation reads offline (math from a local MathJax), and every citation of the papers page names
+the page that exists, ``docs/papers.md``."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+import re
+import subprocess
+import sys
+import types
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONF = ROOT / "docs" / "conf.py"
+URL = re.compile(r"^([a-z][a-z0-9+.-]*:)?//", re.IGNORECASE)
+
+
+def _conf_assignments() -> dict[str, ast.expr]:
+  """Top-level ``name = value`` of docs/conf.py, without executing it (it imports jax and writes pages)."""
+  out = {}
+  for node in ast.parse(CONF.read_text()).body:
+    targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) \
+        else []
+    for target in targets:
+      if isinstance(target, ast.Name) and getattr(node, "value", None) is not None:
+        out[target.id] = node.value
+  return out
+
+
+def test_docs_math_is_rendered_by_a_local_mathjax_not_a_cdn():
+  conf = _conf_assignments()
+  extensions = ast.literal_eval(conf["extensions"])
+  assert "sphinx.ext.mathjax" in extensions and "sphinx-mathjax-offline" in extensions
+  if "mathjax_path" in conf:  # conf.py may set it, but only to a local file
+    assert not URL.match(ast.literal_eval(conf["mathjax_path"]))
+  # What the extension does at setup: point mathjax_path at a file it ships and copy the files on build-finished.
+  ext = importlib.import_module("sphinx-mathjax-offline")
+  app = types.SimpleNamespace(config=types.SimpleNamespace(), events=[])
+  app.connect = lambda event, fn: app.events.append(event)
+  ext.setup(app)
+  path = app.config.mathjax_path
+  assert not URL.match(path) and path.startswith("mathjax/"), path
+  assert (pathlib.Path(ext.__file__).parent / "static" / path).is_file()
+  assert "build-finished" in app.events
+
+
+@pytest.mark.slow  # a full HTML build (~10-60 s); the test above checks the configuration it relies on
+def test_built_html_loads_mathjax_from_its_own_static_folder(tmp_path):
+  out = tmp_path / "html"
+  run = subprocess.run([sys.executable, "-m", "sphinx", "-q", "-W", "-b", "html", "-d", str(tmp_path / "doctrees"),
+                        str(ROOT / "docs"), str(out)], capture_output=True, text=True, cwd=ROOT)
+  assert run.returncode == 0, run.stderr[-3000:]
+  page = (out / "mechanisms" / "where.html").read_text()
+  scripts = re.findall(r'<script[^>]*src="([^"]*mathjax[^"]*)"', page)
+  assert scripts == ["../_static/mathjax/tex-chtml.js"], scripts
+  assert (out / "_static" / "mathjax" / "tex-chtml.js").is_file()
+  assert "cdn.jsdelivr.net" not in page and r"\(" in page  # math is there, as MathJax input
