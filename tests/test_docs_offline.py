@@ -58,3 +58,47 @@ def test_built_html_loads_mathjax_from_its_own_static_folder(tmp_path):
   assert scripts == ["../_static/mathjax/tex-chtml.js"], scripts
   assert (out / "_static" / "mathjax" / "tex-chtml.js").is_file()
   assert "cdn.jsdelivr.net" not in page and r"\(" in page  # math is there, as MathJax input
+
+
+# --- docs/papers.md ---------------------------------------------------------------------------------------------------
+
+PAPERS_PAGE = "docs/papers.md"
+
+
+def _tracked_files() -> list[pathlib.Path]:
+  listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], capture_output=True, text=True,
+                          cwd=ROOT, check=True).stdout.split("\n")
+  return [ROOT / f for f in listed if f and not f.startswith("results/") and (ROOT / f).is_file()]
+
+
+def test_every_mention_of_papers_md_is_the_docs_page_that_exists():
+  assert (ROOT / PAPERS_PAGE).is_file()
+  bad = []
+  for path in _tracked_files():
+    try:
+      text = path.read_text()
+    except (UnicodeDecodeError, OSError):
+      continue
+    for number, line in enumerate(text.splitlines(), 1):
+      for match in re.finditer(r"[\w./-]*papers\.md", line):
+        mention = match.group(0)
+        rel = path.relative_to(ROOT).as_posix()
+        # From a docs page, a relative link to the page (its bare file name in docs/, with ../ one level down).
+        resolved = (path.parent / mention).resolve() if rel.startswith("docs/") else None
+        if mention.lstrip("./") != PAPERS_PAGE and resolved != (ROOT / PAPERS_PAGE).resolve():
+          bad.append(f"{rel}:{number}: {mention}")
+  assert not bad, "mentions of a papers page other than docs/papers.md:\n" + "\n".join(bad)
+
+
+def test_papers_page_is_in_the_toctree_and_defines_every_claim_the_studies_test():
+  index = (ROOT / "docs" / "index.md").read_text()
+  assert re.search(r"^papers$", index, re.MULTILINE)
+  page = (ROOT / PAPERS_PAGE).read_text()
+  for arxiv in ("1810.12281", "2012.13841", "2103.15345"):
+    assert arxiv in page
+  ids = set()
+  for study in (ROOT / "experiments" / "studies").glob("*.py"):
+    ids |= set(re.findall(r'"([ZBF]\d)(?=[a-z{"-])', study.read_text()))  # "Z1a", f"Z4{tag}", "B2"
+  assert ids, "no claim ids found in experiments/studies"
+  for claim in sorted(ids):
+    assert re.search(rf"\*\*{claim}\*\*", page), f"{claim} is tested by a study but not stated in {PAPERS_PAGE}"
