@@ -37,6 +37,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.mathjax",
+    # MathJax 3 shipped inside the package and copied to _static/mathjax/ at the end of the build; it sets
+    # mathjax_path to that local copy, so the math renders without the CDN (no network at build or read time).
+    "sphinx-mathjax-offline",
     "sphinx.ext.viewcode",
 ]
 

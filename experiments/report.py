@@ -203,7 +203,7 @@ class Claim:
   the checks of :func:`checked_verdict`.
 
   Attributes:
-    id: the claim's tag in ``papers.md`` §7 (e.g. ``"B1"``), with a suffix if split.
+    id: the claim's tag in ``docs/papers.md`` §7 (e.g. ``"B1"``), with a suffix if split.
     statement: the paper's claim in words.
     prediction: what we expected to measure, and the verdict rule's δ or margin.
     measured: what ``effect`` is (which arms, which metric, which unit).

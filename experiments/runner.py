@@ -209,7 +209,7 @@ def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None
   start = time.time()
   results = run_experiment(config, workdir, hooks=hooks, progress=progress, log=log)
   claims, table = study.analyze(results, config)
-  plots = plots_lib.standard_plots(results, workdir)
+  plots = plots_lib.standard_plots(results, workdir, styles=plots_lib.StyleMap.from_config(config))
   if study.plots:
     plots += study.plots(results, config, workdir)
   section = report_lib.StudySection(
@@ -246,7 +246,7 @@ def describe(config: config_lib.ExperimentConfig, quick: bool) -> str:
 
 PREAMBLE = """\
 Produced by `python -m experiments reproduce{quick}`. Every study trains all of its arms and seeds as
-vmapped populations on the bundled data (no download), then tests the claims of `papers.md` §7 with
+vmapped populations on the bundled data (no download), then tests the claims of `docs/papers.md` §7 with
 paired 95% intervals over seeds. Small-scale effects are a few points at most; the verdicts say what
 these settings can resolve, not what the papers found at full scale."""
 

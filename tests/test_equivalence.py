@@ -103,7 +103,7 @@ def test_scale_by_adam_l2_without_l2_is_exactly_scale_by_adam():
 
 
 def _numpy_adam_l2(params, grads_fn, xs, lr, wd, b1, b2, eps, in_m, in_v, precond):
-  """Adam with routed L2, written out in numpy from the formula in papers.md §1."""
+  """Adam with routed L2, written out in numpy from the formula in docs/papers.md §1."""
   w = {k: np.asarray(v, np.float64) for k, v in params.items()}
   m = {k: np.zeros_like(v) for k, v in w.items()}
   v2 = {k: np.zeros_like(v) for k, v in w.items()}

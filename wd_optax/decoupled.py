@@ -1,7 +1,7 @@
 """Where the decay enters, part 2: decoupled decay, applied to the weights after the optimizer's step.
 
 The decay never touches the gradient statistics; only its coupling to the learning rate differs between
-the conventions in use (papers.md §1), and that coupling is an explicit argument here.
+the conventions in use (docs/papers.md §1), and that coupling is an explicit argument here.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ share one vmapped program with its seeds):
 * ``l2_0_0_1`` — L2 only preconditioned, in neither buffer;
 * ``l2_1_0_0`` — L2 only in the first moment.
 
-Claims tested (papers.md §7):
+Claims tested (docs/papers.md §7):
 
 * Z3 — with Adam, coupled L2 gains clearly less than decoupled decay.
 * B5 — Adam+L2 degrades over a narrower λ range than AdamW; (0,·,1) ≈ AdamW; (1,·,0) ≈ Adam+L2.
@@ -159,7 +159,8 @@ def plots(results, config, outdir):
   from experiments.train import plots as plots_lib
   points = {arm: sweep_matrix(results, arm) for arm in ARMS}
   path = plots_lib.plot_sweep(points, os.path.join(outdir, "lambda_sweep.png"), xlabel="λ",
-                              ylabel="final test accuracy (%)", title="Adam: accuracy against λ by where L2 enters")
+                              ylabel="final test accuracy (%)", title="Adam: accuracy against λ by where L2 enters",
+                              styles=plots_lib.StyleMap.from_config(config))
   return [path]
 
 

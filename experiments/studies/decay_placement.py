@@ -5,7 +5,7 @@ but the classifier ("conv", the scale-invariant hidden layers here); decay on th
 decay with the learning rate η_t = η·‖w_t‖²/‖w_0‖² over the scale-invariant weights (Z2), which holds the
 effective learning rate η/‖w‖² of those layers at its initial value the way decay would hold it down.
 
-Claims tested (papers.md §7):
+Claims tested (docs/papers.md §7):
 
 * Z1 — decay beats no decay; decay on the hidden layers ≈ decay everywhere ≫ decay on the classifier only;
   ‖w_hidden‖ keeps growing without decay and plateaus with it.

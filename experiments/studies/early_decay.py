@@ -4,7 +4,7 @@ Arms (SGD with momentum, coupled L2 on every parameter of a BatchNorm MLP): no d
 decay during the first 25% / 50% of the steps only, and decay during the last 50% only. All five differ only
 in λ and the window of steps where it acts, so all arms × seeds are one vmapped program.
 
-Claims tested (papers.md §7):
+Claims tested (docs/papers.md §7):
 
 * B1 — decay only for the first ~25–50% of steps lands close to decay throughout; late-only ≈ none.
 * B2 — after early decay stops, ‖w‖ of the scale-invariant layers stays far below the no-decay run.

@@ -1,4 +1,4 @@
-"""``fixnorm``: fixing weight norms instead of decaying them (Zhou, Sun & Zhong, FixNorm; papers.md §6, §7 F1–F3).
+"""``fixnorm``: fixing weight norms instead of decaying them (Zhou, Sun & Zhong, FixNorm; docs/papers.md §6, §7 F1–F3).
 
 Arms (BatchNorm MLP without affine BN parameters, MNIST-1D with label noise, cosine learning rate):
 
@@ -25,7 +25,7 @@ The classifier norm is the traced field ``classifier_norm`` of :class:`experimen
 the FixNorm arms of every norm share one vmapped program; override it with
 ``--set arms.fixnorm_c1p5.classifier_norm=...`` (the analysis reads it back from the arms).
 
-Claims tested (papers.md §7):
+Claims tested (docs/papers.md §7):
 
 * F1 — FixNorm without decay matches or beats tuned SGD+decay; its decoupled tuning does at least as well as
   random search with the same budget.
@@ -309,62 +309,98 @@ def analyze(results, config):
 
 
 def plots(results, config, outdir: str) -> list[str]:
-  """The angular update against the prediction η_t/c² (fitted scale), and accuracy against the classifier norm."""
-  from experiments.train.plots import _pyplot
+  """The angular update against the prediction η_t/c² (fitted scale), and accuracy against the classifier norm.
+
+  Arms are drawn in their styles of the study's :class:`~experiments.train.plots.StyleMap` (the same as in
+  the accuracy and loss figures); lines that are not an arm (the prediction, one line per η across the
+  ``fixnorm_c*`` arms) are grey or black.
+  """
+  from experiments.train import plots as plots_lib
+  styles = plots_lib.StyleMap.from_config(config)
   grid = _Grid(results, config)
-  decoupled, _, _ = _search(grid)
+  d = grid.design
+  decoupled, _, sgd = _search(grid)
   lr_star, c_star = decoupled.best_config["learning_rate"], decoupled.best_config["classifier_norm"]
-  result = results[grid.fixnorm_label(lr_star, c_star)]
-  plt = _pyplot()
+  label = grid.fixnorm_label(lr_star, c_star)
+  result = results[label]
+  style = styles.result(result)
+  plt = plots_lib._pyplot()
   paths = []
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
+  # One panel per layer: the measured angle (the arm's style, band over seeds) and the fitted prediction.
   layers = sorted(k[len("angle/"):] for k in result.series
                   if k.startswith("angle/") and f"eff_lr/{k[len('angle/'):]}" in result.series)
+  fits = []
   for layer in layers:
-    angle = np.nanmean(result.series[f"angle/{layer}"], axis=0)
-    predicted = np.nanmean(result.series[f"eff_lr/{layer}"], axis=0)
-    keep = np.isfinite(angle) & np.isfinite(predicted) & (angle > 0) & (predicted > 0)
-    if keep.sum() < 2:
-      continue
-    scale = np.exp(np.mean(np.log(angle[keep]) - np.log(predicted[keep])))  # least squares in log space
-    line, = ax.plot(result.steps[keep], angle[keep], label=f"{layer}: measured")
-    ax.plot(result.steps[keep], scale * predicted[keep], "--", color=line.get_color(),
-            label=f"{layer}: {scale:.3g}·η_t/c²")
-  ax.set_yscale("log")
-  ax.set_xlabel("step")
-  ax.set_ylabel("angular update per step (rad)")
-  ax.set_title(f"FixNorm η={lr_star:g}, classifier c={c_star:g}: angle vs η_t/c²\n"
-               "(c = each layer's fixed norm; mean over seeds; scale fitted in log space)", fontsize=9)
-  ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(outdir, "fixnorm_angle_vs_prediction.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  paths.append(path)
+    angle, predicted = result.series[f"angle/{layer}"], result.series[f"eff_lr/{layer}"]
+    mean_angle, mean_predicted = np.nanmean(angle, axis=0), np.nanmean(predicted, axis=0)
+    keep = np.isfinite(mean_angle) & np.isfinite(mean_predicted) & (mean_angle > 0) & (mean_predicted > 0)
+    if keep.sum() >= 2:
+      fits.append((layer, angle, mean_predicted, keep))
+  fig, axes = plt.subplots(1, max(1, len(fits)), figsize=(3.6 * max(1, len(fits)) + 2.4, 3.8), sharey=True,
+                           squeeze=False, layout="constrained")
+  for ax, (layer, angle, mean_predicted, keep) in zip(axes[0], fits):
+    scale = np.exp(np.mean(np.log(np.nanmean(angle, axis=0)[keep]) - np.log(mean_predicted[keep])))  # log LSQ
+    plots_lib.draw_series(ax, result.steps[keep], angle[:, keep], style,
+                          label=f"measured, {plots_lib.result_text(result)}", gid=label)
+    ax.plot(result.steps[keep], scale * mean_predicted[keep], color="black", linestyle=(0, (4, 2)), linewidth=1.2,
+            label="fitted a·η_t/c²")
+    ax.set_yscale("log")
+    ax.set_title(f"{layer}  (a = {scale:.3g})", fontsize=9)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel("angular update per step (rad)")
+  if fits:
+    plots_lib.legend_outside(axes[0][-1])
+  fig.suptitle(f"F3: FixNorm η={lr_star:g}, classifier c={c_star:g}: angle vs η_t/c² (c = each layer's fixed "
+               f"norm; scale a fitted in log space; {plots_lib.BAND_NOTE})", fontsize=9)
+  paths.append(plots_lib.save_figure(fig, os.path.join(outdir, "fixnorm_angle_vs_prediction.png")))
 
-  fig, ax = plt.subplots(figsize=(6.4, 4.0))
-  d = grid.design
-  for lr in d.fixnorm_lrs:
-    curve = np.stack([grid.accuracy(grid.fixnorm_label(lr, c), grid.heldout_seeds) for c in d.classifier_norms], 1)
-    cis = [report.mean_ci(curve[:, j]) for j in range(len(d.classifier_norms))]
-    mean = np.array([ci.mean for ci in cis])
-    low = np.array([ci.low if np.isfinite(ci.low) else ci.mean for ci in cis])
-    high = np.array([ci.high if np.isfinite(ci.high) else ci.mean for ci in cis])
-    line, = ax.plot(d.classifier_norms, mean, "o-", label=f"η={lr:g}")
-    ax.fill_between(d.classifier_norms, low, high, alpha=0.15, color=line.get_color())
+  # Accuracy against c: one neutral line per η across the fixnorm_c* arms, each point marked in its arm's
+  # colour; FixNorm + decay at the default c and the tuned SGD+decay baseline in their arms' styles.
+  fig, ax = plt.subplots(figsize=(7.8, 4.4), layout="constrained")
+  held = grid.heldout_seeds
+
+  def interval(values):
+    ci = report.mean_ci(values)
+    return ci.mean, (ci.low if np.isfinite(ci.low) else ci.mean), (ci.high if np.isfinite(ci.high) else ci.mean)
+
+  for k, lr in enumerate(d.fixnorm_lrs):
+    curve = np.stack([grid.accuracy(grid.fixnorm_label(lr, c), held) for c in d.classifier_norms], 1)
+    mean, low, high = (np.array(v) for v in zip(*(interval(curve[:, j]) for j in range(len(d.classifier_norms)))))
+    grey = plots_lib.NEUTRALS[k % len(plots_lib.NEUTRALS)]
+    ax.plot(d.classifier_norms, mean, color=grey, linestyle=plots_lib.LINESTYLES[k % len(plots_lib.LINESTYLES)],
+            marker=plots_lib.MARKERS[k % len(plots_lib.MARKERS)], markersize=6, label=f"FixNorm η={lr:g}",
+            zorder=2)
+    ax.fill_between(d.classifier_norms, low, high, alpha=0.10, color=grey, linewidth=0)
+    for c, m in zip(d.classifier_norms, mean):
+      ax.plot([c], [m], linestyle="none", marker=plots_lib.MARKERS[k % len(plots_lib.MARKERS)], markersize=4,
+              color=styles.arm(_fixnorm_arm(c)).color, zorder=3)
+  decay_label = grid.label("fixnorm_decay", learning_rate=lr_star)
+  m, lo, hi = interval(grid.accuracy(decay_label, held))
+  decay_style = styles.result(results[decay_label])
+  line, = ax.plot([d.default_norm], [m], markersize=9, zorder=4,
+                  label=f"{plots_lib.result_text(results[decay_label])}, c={d.default_norm:g}",
+                  **{**decay_style.kwargs(), "linestyle": "none"})
+  line.set_gid(decay_label)
+  ax.errorbar([d.default_norm], [m], yerr=[[m - lo], [hi - m]], color=decay_style.color, capsize=3, zorder=4)
+  sgd_label = grid.label("sgd", **sgd.best_config)
+  m, lo, hi = interval(grid.accuracy(sgd_label, held))
+  sgd_style = styles.result(results[sgd_label])
+  flat = np.full(len(d.classifier_norms), m)   # SGD has no classifier norm: its level, across the axis
+  line, = ax.plot(d.classifier_norms, flat, linewidth=1.5, markersize=5, zorder=2,
+                  label=f"tuned {plots_lib.result_text(results[sgd_label])}", **sgd_style.kwargs())
+  line.set_gid(sgd_label)
+  ax.fill_between(d.classifier_norms, np.full_like(flat, lo), np.full_like(flat, hi), color=sgd_style.color,
+                  alpha=0.10, linewidth=0)
   ax.set_xscale("log")
   ax.set_xlabel("classifier norm c")
-  ax.set_ylabel("held-out-seed test accuracy % (95% CI)")
-  ax.set_title("F2: accuracy against the classifier norm")
+  ax.set_ylabel("held-out-seed test accuracy %")
+  ax.set_title("F2: accuracy against the classifier norm\n(mean over held-out seeds; band / bar = 95% CI; small "
+               "markers in each fixnorm_c arm's colour)", fontsize=9)
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  path = os.path.join(outdir, "fixnorm_accuracy_vs_classifier_norm.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  paths.append(path)
+  plots_lib.legend_outside(ax)
+  paths.append(plots_lib.save_figure(fig, os.path.join(outdir, "fixnorm_accuracy_vs_classifier_norm.png")))
   return paths
 
 

@@ -1,4 +1,4 @@
-"""``three_mechanisms``: weight decay under K-FAC (Zhang, Wang, Xu & Grosse 2019, papers.md §4–5, §7 Z4–Z6).
+"""``three_mechanisms``: weight decay under K-FAC (Zhang, Wang, Xu & Grosse 2019, docs/papers.md §4–5, §7 Z4–Z6).
 
 Arms: {SGD, Adam, KFAC-F, KFAC-G} × {no decay, coupled L2, decoupled decay} × {no normalisation, BatchNorm},
 named ``<optimizer>_<decay>_<net>``, e.g. ``kfacf_decoupled_bn``. One MLP on MNIST-1D with label noise.
@@ -30,7 +30,7 @@ How the harness carries the design (it has one model and one grad/tx hook per st
   program hung on this CPU backend.
   The input-Jacobian norm E‖J_x‖²_F uses ``wd_optax.diagnostics.jacobian_norm`` in inference mode.
 
-Claims tested (papers.md §7):
+Claims tested (docs/papers.md §7):
 
 * Z4 — K-FAC without normalisation: decay gains more than for SGD, and lowers E‖J_x‖²_F.
 * Z5 — K-FAC with BN, no decay: γ_eff = γ‖W‖² grows by orders of magnitude and cos(direction, gradient) → 1;
@@ -414,44 +414,55 @@ def analyze(results, config):
 
 
 def plots(results, config, outdir: str) -> list[str]:
-  """γ_eff and cos(direction, gradient) over time for the K-FAC BN arms; E‖J_x‖²_F for the plain arms."""
-  from experiments.train.plots import _pyplot
-  plt = _pyplot()
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+  """γ_eff and cos(direction, gradient) over time for the K-FAC BN arms; E‖J_x‖²_F for the plain arms.
+
+  Each arm in its style of the study's :class:`~experiments.train.plots.StyleMap` (the same as in the
+  accuracy and loss figures); per seed the mean over hidden layers, then mean over seeds with a min–max band.
+  """
+  from experiments.train import plots as plots_lib
+  styles = plots_lib.StyleMap.from_config(config)
+  plt = plots_lib._pyplot()
+  fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), layout="constrained")
+  index = 0
   for optimizer, cos_key in (("kfacf", "cos_f"), ("kfacg", "cos_g")):
-    for decay, style in (("none", "-"), ("l2", ":"), ("decoupled", "--")):
-      r = results.get(arm_name(optimizer, decay, "bn"))
+    for decay in DECAYS:
+      label = arm_name(optimizer, decay, "bn")
+      r = results.get(label)
       if r is None:
         continue
       layers = _hidden_layers(r)
-      gamma = np.nanmean(np.stack([r.series[f"gamma_eff/{l}"] for l in layers]), axis=(0, 1))
-      if f"{cos_key}/{layers[0]}" not in r.series:
+      if not layers or f"{cos_key}/{layers[0]}" not in r.series:
         continue
-      cos = np.nanmean(np.stack([r.series[f"{cos_key}/{l}"] for l in layers]), axis=(0, 1))
-      keep = np.isfinite(gamma)
-      axes[0].plot(r.steps[keep], gamma[keep], style, label=f"{optimizer} {decay}")
-      axes[1].plot(r.steps[keep], cos[keep], style, label=f"{optimizer} {decay}")
+      gamma = np.nanmean(np.stack([r.series[f"gamma_eff/{l}"] for l in layers]), axis=0)   # (seeds, steps)
+      cos = np.nanmean(np.stack([r.series[f"{cos_key}/{l}"] for l in layers]), axis=0)
+      keep = np.isfinite(gamma).any(axis=0)
+      style = styles.arm(label)
+      plots_lib.draw_series(axes[0], r.steps[keep], gamma[:, keep], style, label=label, gid=label, index=index)
+      plots_lib.draw_series(axes[1], r.steps[keep], cos[:, keep], style, label=label, gid=label, index=index)
+      index += 1
   for optimizer in OPTIMIZERS:
-    for decay, style in (("none", "-"), ("decoupled", "--")):
-      r = results.get(arm_name(optimizer, decay, "plain"))
+    for decay in ("none", "decoupled"):
+      label = arm_name(optimizer, decay, "plain")
+      r = results.get(label)
       if r is None or "jacobian_norm" not in r.series:
         continue
-      j = np.nanmean(r.series["jacobian_norm"], axis=0)
-      keep = np.isfinite(j)
-      axes[2].plot(r.steps[keep], j[keep], style, label=f"{optimizer} {decay}")
-  for ax, title in zip(axes, ("BN: γ_eff = γ‖W‖² (hidden mean)", "BN: cos(K-FAC dir, grad)",
-                              "plain: E‖J_x‖²_F (test)")):
+      j = r.series["jacobian_norm"]
+      keep = np.isfinite(j).any(axis=0)
+      plots_lib.draw_series(axes[2], r.steps[keep], j[:, keep], styles.arm(label), label=label, gid=label,
+                            index=index)
+      index += 1
+  for ax, title in zip(axes, ("BatchNorm arms: γ_eff = γ‖W‖² (mean over hidden layers)",
+                              "BatchNorm arms: cos(K-FAC direction, gradient)",
+                              "no-normalisation arms: E‖J_x‖²_F (test inputs)")):
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
+    if ax.get_lines():
+      plots_lib.legend_outside(ax, where="below", ncol=2)
   axes[0].set_yscale("log")
   axes[2].set_yscale("log")
-  fig.tight_layout()
-  path = os.path.join(outdir, "three_mechanisms_damping_jacobian.png")
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  fig.suptitle(f"Z5 (left, middle) and Z4 (right): {plots_lib.BAND_NOTE}", fontsize=10)
+  return [plots_lib.save_figure(fig, os.path.join(outdir, "three_mechanisms_damping_jacobian.png"))]
 
 
 def trained_optimizers(config: config_lib.ExperimentConfig) -> list[str]:

@@ -1,7 +1,7 @@
 """Diagnostics: the quantities through which weight decay acts, cheap enough to log while training.
 
 Per-leaf results are pytrees shaped like the parameters (``None`` for leaves outside a mask); turn
-them into ``{path: value}`` dicts for logging with :func:`flatten_by_path`. See papers.md §4 and §7.
+them into ``{path: value}`` dicts for logging with :func:`flatten_by_path`. See docs/papers.md §4 and §7.
 """
 
 from wd_optax.diagnostics.boundary import cross_boundary_risk

@@ -3,7 +3,7 @@
 Bjorck et al. (2021) argue that raw-norm measures mis-rank runs with early, constant and no weight
 decay, because for layers followed by normalisation the norm of the weights carries no information
 about the function (L(cw) = L(w)); a measure that is invariant to that rescaling ranks them like the
-test error (papers.md §7, B3). This module implements the family:
+test error (docs/papers.md §7, B3). This module implements the family:
 
 * raw: :func:`sum_of_squared_norms`, :func:`spectral_norm_product`, :func:`fixed_radius_sharpness`;
 * scale-invariant: :func:`scale_invariant_sharpness` (perturbations relative to each leaf's norm, the

@@ -1,6 +1,6 @@
 """K-FAC as a plain optax transform, with explicitly registered layers.
 
-Zhang et al.'s second and third mechanisms of weight decay (papers.md §4-5) live in K-FAC. This package
+Zhang et al.'s second and third mechanisms of weight decay (docs/papers.md §4–5) live in K-FAC. This package
 captures the curvature of explicitly registered layers and preconditions with it inside an ordinary
 ``optax`` chain, so every decay transform of :mod:`wd_optax` composes with it:
 
