@@ -69,6 +69,15 @@ def test_integer_leaf_outside_the_mask_passes_through(name):
   np.testing.assert_allclose(updates["dense"]["kernel"], np.full((2, 2), expected), rtol=1e-6)
 
 
+@pytest.mark.parametrize("name", DECAYS)
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16, jnp.float32], ids=["bfloat16", "float16", "float32"])
+def test_every_float_dtype_is_accepted(name, dtype):
+  params = jax.tree.map(lambda x: x.astype(dtype), PARAMS)
+  tx = TRANSFORMS[name]()
+  updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  assert all(u.dtype == dtype for u in jax.tree.leaves(updates))
+
+
 def test_optimizers_refuse_integer_params_under_their_decay():
   with pytest.raises(TypeError, match="add_l2: parameter 'step' has dtype int32"):
     wd_optax.sgd(0.1, weight_decay=1e-3).init(INT_PARAMS)
@@ -108,8 +117,9 @@ def test_updates_in_another_container_are_named():
   tx = wd_optax.add_l2(0.1)
   grads = {"dense": [jnp.ones((2, 2))]}
   params = {"dense": (jnp.ones((2, 2)),)}
-  with pytest.raises(ValueError, match=r"add_l2: updates and params name the same leaves but are different "
-                                       r"containers"):
+  with pytest.raises(ValueError, match=re.escape(
+      "add_l2: updates and params name the same leaves but in different containers: at 'dense' updates has "
+      "a list and params a tuple")):
     tx.update(grads, tx.init(params), params)
 
 

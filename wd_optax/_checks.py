@@ -6,6 +6,7 @@ import math
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -110,7 +111,7 @@ def check_inexact(path: str, leaf: Any, transform: str, *, what: str = "paramete
                   reason: str = "weight decay acts") -> None:
   """A leaf the transform changes must be floating point (or complex): an integer one would drop it."""
   dtype = _dtype(leaf)
-  if not np.issubdtype(dtype, np.inexact):
+  if not jnp.issubdtype(dtype, jnp.inexact):  # jnp's knows bfloat16 and the float8s, numpy's does not
     raise TypeError(
         f"{transform}: {what} {path!r} has dtype {dtype}; {reason} only on floating-point (or complex) "
         "leaves, and on this one the result would be cast back to "
@@ -145,10 +146,34 @@ def check_updates_match_params(updates: Any, params: Any, transform: str) -> Non
   try:
     jax.tree_util.tree_structure(updates).flatten_up_to(params)
   except (ValueError, TypeError) as err:
+    where, u_type, p_type = _container_mismatch(updates, params)
+    if not u_type:
+      raise ValueError(
+          f"{transform}: updates and params name the same leaves but their pytree structures differ "
+          f"({err}); pass both as the same kind of pytree.") from err
     raise ValueError(
-        f"{transform}: updates and params name the same leaves but are different containers "
-        f"(updates: {type(updates).__name__}, params: {type(params).__name__}); pass both as the same "
+        f"{transform}: updates and params name the same leaves but in different containers: at "
+        f"{where or '<root>'!r} updates has a {u_type} and params a {p_type}; pass both as the same "
         "kind of pytree.") from err
+
+
+def _children(node: Any) -> list[tuple[tuple[Any, ...], Any]]:
+  return jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)[0]
+
+
+def _container_mismatch(updates: Any, params: Any, path: tuple[Any, ...] = ()) -> tuple[str, str, str]:
+  """The first path at which the two trees' containers differ, and the two container types."""
+  from wd_optax import _tree
+  u_children = _children(updates)
+  leaf = len(u_children) == 1 and u_children[0][1] is updates
+  if not leaf and type(updates) is not type(params):
+    return _tree.path_str(path), type(updates).__name__, type(params).__name__
+  if not leaf:
+    for (key, u), (_, p) in zip(u_children, _children(params)):
+      found = _container_mismatch(u, p, path + key)
+      if found[1]:
+        return found
+  return _tree.path_str(path), "", ""
 
 
 def check_decayed_leaves(params: Any, selected: Any, transform: str, updates: Any = None, *,

@@ -76,6 +76,9 @@ class MonitorState(NamedTuple):
     param_norm: ‖w_{t+1}‖, the norm of the parameters after the latest step (‖w_0‖ after ``init``).
     update_norm: ‖u_t‖, the norm of the latest (final) update (0 after ``init``).
     angular_update: ∠(w_t, w_{t+1}) in radians (0 after ``init``).
+
+  The fields are measurements, not param-shaped arrays: ``optax.tree.map_params`` leaves each alone (or
+  hands it whole to ``transform_non_params``).
   """
   param_norm: PyTree
   update_norm: PyTree

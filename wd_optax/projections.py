@@ -39,7 +39,8 @@ class FixNormState(NamedTuple):
     init_norms: with ``target="init"``, the norm each masked leaf had at ``init`` (a scalar, or one
       entry per output channel with ``per_channel=True``), keyed by parameter path; empty otherwise,
       because a float or pytree target is read from the transform's arguments at every update (so
-      ``optax.inject_hyperparams`` can change it).
+      ``optax.inject_hyperparams`` can change it). The norms do not mirror the params, so
+      ``optax.tree.map_params`` hands this entry to ``transform_non_params`` whole.
   """
   init_norms: dict[str, jax.Array]
 
