@@ -389,3 +389,22 @@ def test_map_params_with_nnx_state_params():
   assert jax.tree.structure(mapped) == jax.tree.structure(state)
   shapes = [x.shape for x in jax.tree.leaves(mapped) if isinstance(x, _Mapped)]
   assert shapes == [np.shape(x) for x in jax.tree.leaves(params)]  # the momentum buffer, leaf by leaf
+
+
+def test_map_params_scale_by_kfac_reading_layers_from_nnx_metadata():
+  # layers=None: init reads the registered layers from the Variables' metadata, which map_params's
+  # stand-in does not have; the per-layer dicts then come back whole (kept, or given to
+  # transform_non_params once each).
+  model = wd_optax.kfac.Linear(3, 2, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  tx = optax.chain(wd_optax.kfac.scale_by_kfac(1e-3), optax.trace(0.9))
+  state = tx.init(params)
+  mapped = optax.tree.map_params(tx, lambda x: _Mapped(np.shape(x)), state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  assert [x.shape for x in jax.tree.leaves(mapped) if isinstance(x, _Mapped)] == [
+      np.shape(x) for x in jax.tree.leaves(params)]  # the momentum buffer only
+  out = optax.tree.map_params(tx, lambda x: "spec", state, transform_non_params=lambda _: "replicated")
+  kfac_out = out[0]
+  assert kfac_out.factors == "replicated" and kfac_out.count == "replicated"
+  assert jax.tree.leaves(jax.tree.broadcast(out, state)) == (
+      ["replicated"] * len(jax.tree.leaves(state[0])) + ["spec"] * len(jax.tree.leaves(params)))
