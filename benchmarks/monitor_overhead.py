@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from wd_optax.monitor import monitor
+from wd_optax.monitoring import monitor
 
 
 class SmallCNN(nnx.Module):

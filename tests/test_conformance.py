@@ -211,3 +211,201 @@ def test_works_with_nnx_optimizer(entry):
   trained = nnx.to_pure_dict(nnx.state(model, nnx.Param))
   for a, b in zip(jax.tree.leaves(trained), jax.tree.leaves(params)):
     assert_close_scaled(a, b, c=100)   # two programs, 3 steps: float32 round-off of the params' scale
+
+
+# --- optax.tree.map_params over every public factory ------------------------------------------------
+#
+# map_params(tx, fn, state) calls tx.init on a leafless stand-in for the params and applies fn to the
+# parts of the state that init built by mapping over it. These cases cover every public factory of the
+# library (test_map_params_cases_cover_every_public_factory finds them), each with masks given as trees
+# (what used to fail: init validated the mask against the stand-in) and as callables.
+
+PARAM_MASK = {"dense": {"kernel": True, "bias": False}, "scale": False}
+NOT_KERNEL = {"dense": {"kernel": False, "bias": True}, "scale": False}
+
+
+@dataclasses.dataclass(frozen=True)
+class MapCase:
+  name: str
+  factory: Callable[..., Any]
+  kwargs: dict
+  # Entries whose structure depends on the params without mirroring them (per-leaf norms, measurements,
+  # per-layer dicts without ``layers``): map_params hands each to transform_non_params whole.
+  whole_non_param_entries: bool = False
+
+
+_SCHEDULE = optax.linear_schedule(0.1, 0.0, 10)
+MAP_CASES = [
+    MapCase("add_l2[mask tree]", wd_optax.add_l2, dict(weight_decay=0.1, mask=PARAM_MASK)),
+    MapCase("add_l2[schedule, callable mask]", wd_optax.add_l2, dict(weight_decay=_SCHEDULE, mask=KERNELS)),
+    *[MapCase(f"decoupled_decay[{c}]", wd_optax.decoupled_decay,
+              dict(weight_decay=0.1, coupling=c, learning_rate=_SCHEDULE, peak_learning_rate=0.1,
+                   mask=PARAM_MASK)) for c in wd_optax.COUPLINGS],
+    MapCase("scale_by_adam_l2[mask tree]", wd_optax.scale_by_adam_l2, dict(weight_decay=0.1, mask=PARAM_MASK)),
+    MapCase("scale_by_adam_l2[outside, floor]", wd_optax.scale_by_adam_l2,
+            dict(weight_decay=0.1, l2_in_first_moment=False, l2_in_second_moment=False,
+                 l2_preconditioned=True, preconditioner_floor=1e-3, mask=KERNELS)),
+    MapCase("sgd[l2]", wd_optax.sgd, dict(learning_rate=0.1, weight_decay=0.1, decay="l2", mask=PARAM_MASK)),
+    MapCase("sgd[decoupled, no momentum]", wd_optax.sgd,
+            dict(learning_rate=_SCHEDULE, momentum=None, weight_decay=0.1, decay="decoupled",
+                 coupling="schedule", peak_learning_rate=0.1, mask=PARAM_MASK)),
+    *[MapCase(f"adam[{d}]", wd_optax.adam, dict(learning_rate=1e-2, weight_decay=0.1, decay=d, mask=PARAM_MASK))
+      for d in wd_optax.optimizers.ADAM_DECAYS],
+    MapCase("fix_norm[init]", wd_optax.fix_norm, dict(target="init", mask=PARAM_MASK), True),
+    MapCase("fix_norm[init, per_channel]", wd_optax.fix_norm, dict(per_channel=True, mask=KERNELS), True),
+    MapCase("fix_norm[float]", wd_optax.fix_norm, dict(target=2.0, mask=PARAM_MASK)),
+    MapCase("fix_norm[tree]", wd_optax.fix_norm, dict(target={"dense": 2.0, "scale": 1.0})),
+    MapCase("fixnorm", wd_optax.fixnorm,
+            dict(learning_rate=0.1, classifier_norm=1.0, classifier_mask=NOT_KERNEL,
+                 scale_invariant_mask=PARAM_MASK), True),
+    MapCase("fixnorm[no momentum]", wd_optax.fixnorm,
+            dict(learning_rate=0.1, momentum=None, classifier_norm=1.0, classifier_mask=NOT_KERNEL,
+                 scale_invariant_mask=PARAM_MASK), True),
+    MapCase("monitor[mask tree]", wd_optax.monitor, dict(mask=PARAM_MASK), True),
+    MapCase("monitor[all]", wd_optax.monitor, dict(), True),
+    MapCase("monitor[packed]", wd_optax.monitor, dict(mask=PARAM_MASK, packed=True)),
+    MapCase("kfac[decoupled]", wd_optax.kfac.kfac,
+            dict(learning_rate=0.1, damping=1e-3, weight_decay=0.1, layers=["dense"], mask=PARAM_MASK)),
+    MapCase("kfac[l2, kl_clip]", wd_optax.kfac.kfac,
+            dict(learning_rate=0.1, damping=1e-3, weight_decay=0.1, decay="l2", kl_clip=1e-3,
+                 layers=["dense"], mask=KERNELS)),
+    MapCase("scale_by_kfac[layers]", wd_optax.kfac.scale_by_kfac, dict(damping=1e-3, layers=["dense"])),
+    MapCase("inject_hyperparams(adam)", optax.inject_hyperparams(wd_optax.adam, static_args=("mask",)),
+            dict(learning_rate=1e-2, b1=0.9, weight_decay=0.1, mask=PARAM_MASK)),
+]
+MAP_IDS = [c.name for c in MAP_CASES]
+
+
+def _public_factories() -> dict[str, Callable[..., Any]]:
+  """Every public function of wd_optax (any public module) that returns a gradient transformation."""
+  import importlib
+  import inspect
+  import pkgutil
+  modules = [wd_optax] + [importlib.import_module(info.name) for info in
+                          pkgutil.walk_packages(wd_optax.__path__, prefix="wd_optax.")
+                          if not any(part.startswith("_") for part in info.name.split("."))]
+  found = {}
+  for module in modules:
+    for name in getattr(module, "__all__", []):
+      obj = getattr(module, name)
+      if inspect.isfunction(obj) and "GradientTransformation" in str(inspect.signature(obj).return_annotation):
+        found[f"{obj.__module__}.{obj.__qualname__}"] = obj
+  return found
+
+
+def test_map_params_cases_cover_every_public_factory():
+  factories = _public_factories()
+  assert len(factories) >= 10, sorted(factories)
+  covered = {id(c.factory) for c in MAP_CASES}
+  missing = sorted(name for name, f in factories.items() if id(f) not in covered)
+  assert not missing, f"public factories without a map_params case: {missing}"
+
+
+class _Mapped:
+  """What fn returns in the test: a leaf recording the shape of the array it was given."""
+
+  def __init__(self, shape):
+    self.shape = shape
+
+
+def _param_shaped_subtrees(state, params) -> list[tuple]:
+  """Key paths of the parts of ``state`` laid out exactly like ``params`` (same tree, same leaf shapes)."""
+  treedef = jax.tree.structure(params)
+  shapes = [np.shape(x) for x in jax.tree.leaves(params)]
+  found = []
+
+  def visit(path, node):
+    if jax.tree.structure(node) == treedef and [np.shape(x) for x in jax.tree.leaves(node)] == shapes:
+      found.append(path)
+      return
+    children, _ = jax.tree_util.tree_flatten_with_path(node, is_leaf=lambda x: x is not node)
+    if len(children) == 1 and children[0][1] is node:
+      return  # a leaf
+    for key_path, child in children:
+      visit(path + key_path, child)
+
+  visit((), state)
+  return found
+
+
+def _under(path, prefixes) -> bool:
+  return any(path[:len(p)] == p for p in prefixes)
+
+
+def _map_case_state(case: MapCase):
+  tx = case.factory(**case.kwargs)
+  params = _params()
+  return tx, params, tx.init(params)
+
+
+@pytest.mark.parametrize("case", MAP_CASES, ids=MAP_IDS)
+def test_map_params_applies_fn_to_the_param_shaped_parts_only(case):
+  tx, params, state = _map_case_state(case)
+  mirrors = _param_shaped_subtrees(state, params)
+  mapped = optax.tree.map_params(tx, lambda x: _Mapped(np.shape(x)), state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  for (path, got), (_, original) in zip(jax.tree_util.tree_flatten_with_path(mapped)[0],
+                                        jax.tree_util.tree_flatten_with_path(state)[0]):
+    if _under(path, mirrors):
+      assert isinstance(got, _Mapped) and got.shape == np.shape(original), jax.tree_util.keystr(path)
+    else:
+      assert got is original, jax.tree_util.keystr(path)
+  # The momentum and moment buffers are found as param-shaped, so the check above is not vacuous.
+  expected_buffers = {"sgd[l2]": 1, "adam[decoupled]": 2, "scale_by_adam_l2[mask tree]": 2, "fixnorm": 1,
+                      "kfac[decoupled]": 1, "inject_hyperparams(adam)": 2}
+  if case.name in expected_buffers:
+    assert len(mirrors) == expected_buffers[case.name], mirrors
+
+
+@pytest.mark.parametrize("case", MAP_CASES, ids=MAP_IDS)
+def test_map_params_builds_sharding_like_specs(case):
+  # The use map_params exists for: a spec per parameter, mapped onto the state; everything else gets
+  # transform_non_params. The result is the state's structure or (for entries that do not mirror the
+  # params, documented) a prefix of it, which jax's sharding arguments accept.
+  tx, params, state = _map_case_state(case)
+  specs = wd_optax._tree.map_with_path(lambda path, _: f"spec:{path}", params)
+  out = optax.tree.map_params(tx, lambda _, spec: spec, state, specs,
+                              transform_non_params=lambda _: "replicated")
+  if not case.whole_non_param_entries:
+    assert jax.tree.structure(out) == jax.tree.structure(state)
+  full = jax.tree.broadcast(out, state)
+  mirrors = _param_shaped_subtrees(state, params)
+  param_paths = [p for p, _ in wd_optax._tree.named_leaves(params)]
+  for path, got in jax.tree_util.tree_flatten_with_path(full)[0]:
+    prefix = [p for p in mirrors if path[:len(p)] == p]
+    if prefix:
+      leaf_path = wd_optax._tree.path_str(path[len(prefix[0]):])
+      assert leaf_path in param_paths and got == f"spec:{leaf_path}", jax.tree_util.keystr(path)
+    else:
+      assert got == "replicated", jax.tree_util.keystr(path)
+
+
+def test_map_params_with_nnx_state_params():
+  # Params as nnx.Optimizer hands them to update (the pure nnx.State of a model), mask by regex.
+  model = TinyNet(nnx.Rngs(0))
+  params = nnx.as_pure(nnx.state(model, nnx.Param))
+  tx = wd_optax.sgd(0.1, weight_decay=0.1, mask=wd_optax.masks.exclude("bias$", "scale$"))
+  state = tx.init(params)
+  mapped = optax.tree.map_params(tx, lambda x: _Mapped(np.shape(x)), state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  shapes = [x.shape for x in jax.tree.leaves(mapped) if isinstance(x, _Mapped)]
+  assert shapes == [np.shape(x) for x in jax.tree.leaves(params)]  # the momentum buffer, leaf by leaf
+
+
+def test_map_params_scale_by_kfac_reading_layers_from_nnx_metadata():
+  # layers=None: init reads the registered layers from the Variables' metadata, which map_params's
+  # stand-in does not have; the per-layer dicts then come back whole (kept, or given to
+  # transform_non_params once each).
+  model = wd_optax.kfac.Linear(3, 2, rngs=nnx.Rngs(0))
+  params = nnx.state(model, nnx.Param)
+  tx = optax.chain(wd_optax.kfac.scale_by_kfac(1e-3), optax.trace(0.9))
+  state = tx.init(params)
+  mapped = optax.tree.map_params(tx, lambda x: _Mapped(np.shape(x)), state)
+  assert jax.tree.structure(mapped) == jax.tree.structure(state)
+  assert [x.shape for x in jax.tree.leaves(mapped) if isinstance(x, _Mapped)] == [
+      np.shape(x) for x in jax.tree.leaves(params)]  # the momentum buffer only
+  out = optax.tree.map_params(tx, lambda x: "spec", state, transform_non_params=lambda _: "replicated")
+  kfac_out = out[0]
+  assert kfac_out.factors == "replicated" and kfac_out.count == "replicated"
+  assert jax.tree.leaves(jax.tree.broadcast(out, state)) == (
+      ["replicated"] * len(jax.tree.leaves(state[0])) + ["spec"] * len(jax.tree.leaves(params)))

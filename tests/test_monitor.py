@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from wd_optax.diagnostics import flatten_by_path
-from wd_optax.monitor import MonitorState, monitor, unpack
+from wd_optax.monitoring import MonitorState, monitor, unpack
 from _tol import assert_close_scaled
 
 
@@ -148,3 +148,70 @@ def test_monitor_inside_nnx_optimizer_matches_model_weights():
   angles = flatten_by_path(optax.tree_utils.tree_get(nnx.as_pure(optimizer.opt_state), "angular_update"))
   np.testing.assert_allclose(angles["out/kernel"],
                              _angle64(old["out"]["kernel"], model.out.kernel[...]), rtol=1e-4, atol=1e-6)
+
+
+# --- names: the transform and its module cannot shadow each other -------------------------------------
+
+def _resolve(dotted: str):
+  """The object a documented dotted path names, read as a user would: attribute by attribute from the
+  package, importing a submodule only where the attribute is not there yet."""
+  import importlib
+  parts = dotted.split(".")
+  obj = importlib.import_module(parts[0])
+  for i, part in enumerate(parts[1:], start=1):
+    if not hasattr(obj, part):
+      importlib.import_module(".".join(parts[:i + 1]))
+    obj = getattr(obj, part)
+  return obj
+
+
+def test_documented_monitor_paths_resolve():
+  import wd_optax
+  import wd_optax.monitoring  # importing the module must not rebind wd_optax.monitor
+  assert wd_optax.monitor is wd_optax.monitoring.monitor
+  assert isinstance(wd_optax.monitor(), optax.GradientTransformation)
+  assert wd_optax.MonitorState is wd_optax.monitoring.MonitorState
+  assert wd_optax.monitoring.unpack is unpack
+  for path in ("wd_optax.monitor", "wd_optax.monitoring.unpack", "wd_optax.monitoring.monitor",
+               "wd_optax.monitoring.MonitorState", "wd_optax.MonitorState"):
+    assert callable(_resolve(path)), path
+  # The documented use of unpack, through the attribute path (this raised AttributeError when the
+  # module was wd_optax.monitor and the package rebound that name to the function).
+  params = {"a": jnp.ones(3), "b": jnp.ones(2)}
+  tx = wd_optax.monitor(mask={"a": True, "b": False}, packed=True)
+  state = tx.init(params)
+  norms = wd_optax.monitoring.unpack(state.param_norm, params, mask={"a": True, "b": False})
+  assert norms["b"] is None
+  np.testing.assert_allclose(norms["a"], np.sqrt(3.0), rtol=1e-6)
+
+
+def test_every_api_page_directive_and_docs_reference_resolves():
+  # Sphinx directives in docs/api/*.rst (relative to their currentmodule) and {func}/{mod}/{class}
+  # roles in the docs pages: every path they name must resolve, so renames cannot leave dead links.
+  import pathlib
+  import re
+  root = pathlib.Path(__file__).resolve().parents[1]
+  names = set()
+  for page in sorted((root / "docs" / "api").glob("*.rst")):
+    module = None
+    for line in page.read_text().splitlines():
+      match = re.match(r"\.\. (currentmodule|automodule|autofunction|autoclass|autodata):: (\S+)", line)
+      if not match:
+        continue
+      kind, target = match.groups()
+      if kind in ("currentmodule",):
+        module = target
+      elif kind == "automodule":
+        names.add(target)
+      else:
+        names.add(target if target.startswith("wd_optax") else f"{module}.{target}")
+  for page in sorted((root / "docs").rglob("*.md")):
+    names.update(re.findall(r"\{(?:func|mod|class|data)\}`~?(wd_optax[\w.]*)`", page.read_text()))
+  assert "wd_optax.monitoring.unpack" in names and "wd_optax.monitor" in names
+  unresolved = []
+  for name in sorted(names):
+    try:
+      _resolve(name)
+    except (ImportError, AttributeError):
+      unresolved.append(name)
+  assert not unresolved, unresolved

@@ -10,8 +10,9 @@ The package is laid out by the three questions every weight-decay choice answers
 
 Beside decay: :mod:`wd_optax.projections` fixes weight norms instead of decaying them (FixNorm),
 :mod:`wd_optax.kfac` preconditions with K-FAC and damping, :mod:`wd_optax.diagnostics` and
-:func:`wd_optax.monitor` measure the mechanisms (effective learning rate, angular update, Jacobian
-norm, effective damping), and :mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
+:func:`wd_optax.monitor` (from :mod:`wd_optax.monitoring`, with :func:`~wd_optax.monitoring.unpack`)
+measure the mechanisms (effective learning rate, angular update, Jacobian norm, effective damping), and
+:mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
 
 References:
   Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
@@ -22,11 +23,12 @@ References:
 from wd_optax import diagnostics
 from wd_optax import kfac
 from wd_optax import masks
+from wd_optax import monitoring
 from wd_optax import schedules
 from wd_optax import tuning
 from wd_optax.coupled import AddL2State, add_l2, scale_by_adam_l2
 from wd_optax.decoupled import COUPLINGS, DecoupledDecayState, decoupled_decay
-from wd_optax.monitor import MonitorState, monitor
+from wd_optax.monitoring import MonitorState, monitor
 from wd_optax.optimizers import adam, sgd
 from wd_optax.projections import FixNormState, fix_norm, fixnorm
 
@@ -47,6 +49,7 @@ __all__ = [
     "kfac",
     "masks",
     "monitor",
+    "monitoring",
     "scale_by_adam_l2",
     "schedules",
     "sgd",

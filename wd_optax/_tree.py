@@ -133,3 +133,19 @@ def resolve_mask(mask: MaskOrFn, params: PyTree, *, argname: str = "mask") -> Re
         f"{extra[:10]} name{'s' if len(extra) == 1 else ''} no parameter. "
         f"Parameters: {param_paths[:10]}{' ...' if len(param_paths) > 10 else ''}.")
   return ResolvedMask(by_path)
+
+
+class _NotParamShaped:
+  """A leaf standing for a state entry whose structure depends on the parameters but does not mirror them.
+
+  ``init`` returns it when it gets ``optax.tree.map_params``'s stand-in for the parameters (see
+  :func:`wd_optax._checks.is_params_placeholder`) in place of per-leaf measurements such as the norms
+  :func:`wd_optax.fix_norm` keeps or :func:`wd_optax.monitor` records: it is a leaf, so map_params
+  treats the whole entry as one non-parameter value (kept, or given to ``transform_non_params``).
+  """
+
+  def __repr__(self) -> str:
+    return "NOT_PARAM_SHAPED"
+
+
+NOT_PARAM_SHAPED = _NotParamShaped()

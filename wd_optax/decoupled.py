@@ -120,14 +120,18 @@ def decoupled_decay(
     return lr * lr / peak * decay
 
   def init_fn(params):
-    _tree.resolve_mask(mask, params)
+    if not _checks.is_params_placeholder(params):
+      resolved = _tree.resolve_mask(mask, params)
+      _checks.check_decayed_leaves(params, resolved, "decoupled_decay")
     if scheduled:
       return DecoupledDecayState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     _checks.require_params(params, "decoupled_decay")
+    _checks.check_updates_match_params(updates, params, "decoupled_decay")
     resolved = _tree.resolve_mask(mask, params)
+    _checks.check_decayed_leaves(params, resolved, "decoupled_decay", updates)
     if scheduled:
       coef = coefficient(state.count)
       state = DecoupledDecayState(count=optax.safe_increment(state.count))

@@ -79,8 +79,8 @@ def sgd(
   _checks.check_choice(decay, "decay", SGD_DECAYS)
   _checks.check_rate(learning_rate, "learning_rate")
   _check_coupling_use(decay, coupling, peak_learning_rate)
-  if momentum is not None and not _checks.is_traced(momentum) and not 0.0 <= float(momentum) < 1.0:
-    raise ValueError(f"momentum must be in [0, 1) or None, got {momentum!r}.")
+  _checks.check_number(momentum, "momentum", unit_interval=True, allow_none=True,
+                       what="a number in [0, 1) or None")
   momentum_step = [] if momentum is None else [optax.trace(decay=momentum, nesterov=nesterov)]
   if decay == "l2":
     return optax.chain(
@@ -145,6 +145,9 @@ def adam(
   """
   _checks.check_choice(decay, "decay", ADAM_DECAYS)
   _checks.check_rate(learning_rate, "learning_rate")
+  _checks.check_number(b1, "b1", unit_interval=True)
+  _checks.check_number(b2, "b2", unit_interval=True)
+  _checks.check_number(eps, "eps")
   _check_coupling_use(decay, coupling, peak_learning_rate)
   if decay == "decoupled":
     return optax.chain(

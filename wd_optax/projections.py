@@ -39,7 +39,8 @@ class FixNormState(NamedTuple):
     init_norms: with ``target="init"``, the norm each masked leaf had at ``init`` (a scalar, or one
       entry per output channel with ``per_channel=True``), keyed by parameter path; empty otherwise,
       because a float or pytree target is read from the transform's arguments at every update (so
-      ``optax.inject_hyperparams`` can change it).
+      ``optax.inject_hyperparams`` can change it). The norms do not mirror the params, so
+      ``optax.tree.map_params`` hands this entry to ``transform_non_params`` whole.
   """
   init_norms: dict[str, jax.Array]
 
@@ -158,6 +159,10 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
 
   def init_fn(params: PyTree) -> FixNormState:
     _checks.require_params(params, name)
+    if _checks.is_params_placeholder(params):
+      # optax.tree.map_params: the init norms are per-leaf scalars keyed by masked path, not a tree
+      # mirroring the params, so the whole entry is one non-parameter value.
+      return FixNormState(init_norms=_tree.NOT_PARAM_SHAPED if isinstance(target, str) else {})
     masked = masked_leaves(params)
     targets_for(params, masked)
     norms = {path: _norms(leaf, per_channel) for path, leaf in masked.items()}
@@ -178,6 +183,7 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
   def update_fn(updates: PyTree, state: FixNormState, params: PyTree = None
                 ) -> tuple[PyTree, FixNormState]:
     _checks.require_params(params, name)
+    _checks.check_updates_match_params(updates, params, name)
     masked = masked_leaves(params)
     if isinstance(target, str):
       if set(state.init_norms) != set(masked):
@@ -343,13 +349,9 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
     arXiv:2103.15345.
   """
   _checks.check_rate(learning_rate, "learning_rate")
-  if momentum is not None and not _checks.is_traced(momentum):
-    # Scalar arrays arrive here from optax.inject_hyperparams.
-    if (isinstance(momentum, (bool, np.bool_, str, bytes)) or np.ndim(momentum) != 0
-        or not np.issubdtype(np.asarray(momentum).dtype, np.number)):
-      raise TypeError(f"momentum must be a float in [0, 1) or None, got {momentum!r}.")
-    if not 0 <= float(momentum) < 1:
-      raise ValueError(f"momentum must be in [0, 1), got {momentum}.")
+  # Scalar arrays arrive here from optax.inject_hyperparams.
+  _checks.check_number(momentum, "momentum", unit_interval=True, allow_none=True,
+                       what="a float in [0, 1) or None")
   if not isinstance(nesterov, (bool, np.bool_)):
     raise TypeError(f"nesterov must be a bool, got {nesterov!r}.")
   if not isinstance(classifier_per_class, (bool, np.bool_)):
@@ -369,6 +371,8 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
 
   def init_fn(params: PyTree) -> Any:
     _checks.require_params(params, "fixnorm")
+    if _checks.is_params_placeholder(params):  # optax.tree.map_params: nothing to check against
+      return inner.init(params)
     invariant = _tree.resolve_mask(scale_invariant_mask, params, argname="scale_invariant_mask")
     head = _tree.resolve_mask(classifier_mask, params, argname="classifier_mask")
     both = [p for p in invariant.by_path if invariant(p) and head(p)]

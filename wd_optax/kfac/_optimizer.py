@@ -95,8 +95,8 @@ def kfac(
     raise ValueError(
         f"coupling and peak_learning_rate only apply to decay='decoupled', got decay={decay!r} with "
         f"coupling={coupling!r}, peak_learning_rate={peak_learning_rate!r}.")
-  if momentum is not None and not _checks.is_traced(momentum) and not 0.0 <= float(momentum) < 1.0:
-    raise ValueError(f"momentum must be in [0, 1) or None, got {momentum!r}.")
+  _checks.check_number(momentum, "momentum", unit_interval=True, allow_none=True,
+                       what="a number in [0, 1) or None")
   precondition = scale_by_kfac(damping, ema=ema, inverse_every=inverse_every, pi_damping=pi_damping,
                                inverse=inverse, layers=layers, kl_clip=kl_clip,
                                learning_rate=learning_rate if kl_clip is not None else None)

@@ -104,6 +104,27 @@ def _layer_dims(params: Any, layers: Sequence[str] | None) -> dict[str, tuple[in
   return dims
 
 
+def _placeholder_state(layers: Sequence[str] | None) -> ScaleByKfacState:
+  """What ``init`` returns for ``optax.tree.map_params``'s stand-in for the params.
+
+  No entry mirrors the params (factors and inverses have their own shapes), so nothing is a params
+  placeholder. With ``layers`` given the state has its real structure, one non-parameter leaf per
+  array; with ``layers=None`` the layers are unknown and each per-layer dict is one non-parameter value.
+  """
+  leaf = _tree.NOT_PARAM_SHAPED
+  scalar = jnp.zeros((), jnp.int32)
+  if layers is None:
+    per_layer = dict.fromkeys(("factors", "inverses", "cosine", "locations"), leaf)
+  else:
+    if isinstance(layers, str):
+      raise TypeError(f"layers must be a sequence of module paths, got the string {layers!r}.")
+    per_layer = dict(factors={l: KfacFactors(leaf, leaf) for l in layers},
+                     inverses={l: KfacFactors(leaf, leaf) for l in layers},
+                     cosine={l: leaf for l in layers}, locations={l: leaf for l in layers})
+  return ScaleByKfacState(count=scalar, curvature_count=scalar, damping=jnp.zeros((), jnp.float32),
+                          **per_layer)
+
+
 def _check_curvature(curvature: Any, state: ScaleByKfacState) -> None:
   if curvature is None:
     raise ValueError(
@@ -350,8 +371,7 @@ def scale_by_kfac(
     Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
   """
   _checks.check_rate(damping, "damping", positive=True)
-  if not _checks.is_traced(ema) and not 0.0 <= float(ema) < 1.0:
-    raise ValueError(f"ema must be in [0, 1), got {ema!r}.")
+  _checks.check_number(ema, "ema", unit_interval=True)
   if isinstance(inverse_every, bool) or not isinstance(inverse_every, int) or inverse_every < 1:
     raise ValueError(
         f"inverse_every must be a Python int >= 1, got {inverse_every!r} (inside optax.inject_hyperparams "
@@ -362,6 +382,8 @@ def scale_by_kfac(
     _checks.check_rate(learning_rate, "learning_rate")
 
   def init_fn(params: Any) -> ScaleByKfacState:
+    if _checks.is_params_placeholder(params):
+      return _placeholder_state(layers)
     dims = _layer_dims(params, layers)
     # Built in numpy and transferred: eager jnp.zeros / jnp.eye compile one small program per shape, which
     # made init take over a second on CPU.

@@ -1,4 +1,10 @@
-"""A pass-through transform that records per-leaf norms and angular updates in its state."""
+"""A pass-through transform that records per-leaf norms and angular updates in its state.
+
+The transform is :func:`wd_optax.monitor` (also ``wd_optax.monitoring.monitor``); this module holds it
+with its state, :class:`MonitorState`, and :func:`unpack`, which turns the fields of a
+``monitor(packed=True)`` state back into pytrees. The module is named ``monitoring`` so that it cannot
+shadow the function: ``wd_optax.monitor`` is always the transform.
+"""
 
 from __future__ import annotations
 
@@ -64,12 +70,15 @@ class MonitorState(NamedTuple):
   """Latest per-leaf measurements (float32 scalars; ``None`` for leaves outside the mask).
 
   With ``monitor(packed=True)`` each field is instead a float32 vector, one entry per measured leaf;
-  see :func:`unpack`.
+  see :func:`wd_optax.monitoring.unpack`.
 
   Attributes:
     param_norm: ‖w_{t+1}‖, the norm of the parameters after the latest step (‖w_0‖ after ``init``).
     update_norm: ‖u_t‖, the norm of the latest (final) update (0 after ``init``).
     angular_update: ∠(w_t, w_{t+1}) in radians (0 after ``init``).
+
+  The fields are measurements, not param-shaped arrays: ``optax.tree.map_params`` leaves each alone (or
+  hands it whole to ``transform_non_params``).
   """
   param_norm: PyTree
   update_norm: PyTree
@@ -84,7 +93,7 @@ def unpack(values: jax.Array, params: PyTree, mask: Any = None) -> PyTree:
 
   Example:
     >>> import jax.numpy as jnp
-    >>> from wd_optax.monitor import unpack
+    >>> from wd_optax.monitoring import unpack
     >>> unpack(jnp.array([1.0, 2.0]), {"a": jnp.zeros(3), "b": jnp.zeros(2), "c": jnp.zeros(1)},
     ...        mask={"a": True, "b": False, "c": True})
     {'a': Array(1., dtype=float32), 'b': None, 'c': Array(2., dtype=float32)}
@@ -126,9 +135,9 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
     mask: project mask convention: which leaves to measure (e.g. ``wd_optax.masks.kernels()``).
       Leaves outside it hold ``None`` in every field of the state.
     packed: store each field as one float32 vector with an entry per measured leaf (flattening
-      order; turn it into a pytree with :func:`unpack`) instead of a pytree of scalars. The values
-      are identical; what changes is the number of arrays in the optimizer state. A jitted step pays
-      a few microseconds of host dispatch per input and output array, so on an accelerator, where a
+      order; turn it into a pytree with :func:`wd_optax.monitoring.unpack`) instead of a pytree of
+      scalars. The values are identical; what changes is the number of arrays in the optimizer
+      state. A jitted step pays a few microseconds of host dispatch per input and output array, so on an accelerator, where a
       small network's step takes well under a millisecond, per-leaf scalars (3 per leaf, in and out)
       can add tens of percent to the step time; packed adds 3 arrays whatever the model.
 
@@ -137,9 +146,8 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
     ``params``.
 
   Example:
-    >>> import jax.numpy as jnp, optax
-    >>> from wd_optax.monitor import monitor
-    >>> tx = optax.chain(optax.sgd(1.0), monitor())
+    >>> import jax.numpy as jnp, optax, wd_optax
+    >>> tx = optax.chain(optax.sgd(1.0), wd_optax.monitor())
     >>> params = {"w": jnp.array([1.0, 0.0])}
     >>> state = tx.init(params)
     >>> updates, state = tx.update({"w": jnp.array([0.0, -1.0])}, state, params)
@@ -156,6 +164,10 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
 
   def init_fn(params):
     _checks.require_params(params, "monitor")
+    if _checks.is_params_placeholder(params):
+      # optax.tree.map_params: the fields hold per-leaf scalars (or one vector), not param-shaped
+      # arrays, so each field is one non-parameter value.
+      return MonitorState(*(_tree.NOT_PARAM_SHAPED,) * 3)
     resolved = _tree.resolve_mask(mask, params)
     measured = [w for path, w in _tree.named_leaves(params) if resolved(path)]
     norms = jnp.stack([_norms._norm(w, None) for w in measured]) if measured else jnp.zeros((0,))
@@ -168,11 +180,10 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
   def update_fn(updates, state, params=None):
     del state
     _checks.require_params(params, "monitor")
+    _checks.check_updates_match_params(updates, params, "monitor")
     resolved = _tree.resolve_mask(mask, params)
     named_params = _tree.named_leaves(params)
     named_updates = _tree.named_leaves(updates)
-    if [p for p, _ in named_params] != [p for p, _ in named_updates]:
-      raise ValueError("monitor: updates and params must have the same parameter paths.")
     measured = [(w, u) for (path, w), (_, u) in zip(named_params, named_updates) if resolved(path)]
     if measured:
       fields = _measure_blocked([w for w, _ in measured], [u for _, u in measured])
