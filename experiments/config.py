@@ -93,6 +93,9 @@ class OptimConfig:
     b1, b2, eps: Adam moments.
     l2_in_first_moment, l2_in_second_moment, l2_preconditioned: switches of
       ``wd_optax.scale_by_adam_l2`` (Bjorck et al. buffer ablation).
+    preconditioner_floor: φ of ``wd_optax.scale_by_adam_l2`` (``adam_buffers`` only): the update divides by
+      max(√v̂, φ) + ε, so an L2 term kept out of the second moment cannot be divided by ε alone where the loss
+      gradient vanishes (0: the literal formula).
     decoupled_decay: decoupled λ after ``scale_by_adam_l2`` (``adam_buffers`` with ``decay="decoupled"``).
     classifier_norm: the norm c > 0 at which FixNorm holds the classifier kernel (``classifier_norm`` of
       ``wd_optax.fixnorm``; the ``fixnorm`` study's ``name="fixnorm"`` arms).
@@ -121,6 +124,7 @@ class OptimConfig:
   l2_in_first_moment: bool = True
   l2_in_second_moment: bool = True
   l2_preconditioned: bool = False
+  preconditioner_floor: float = 0.0
   decoupled_decay: float = 0.0
   classifier_norm: float = 1.0
   batch_norm: bool = False
@@ -455,6 +459,7 @@ _VALUE_CHECKS = {
     "b1": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "b2": (lambda v: 0 <= v < 1, "a number in [0, 1)"),
     "eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "preconditioner_floor": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
 }
 _BOOL_FIELDS = ("lr_norm_sq", "nesterov", "l2_in_first_moment", "l2_in_second_moment", "l2_preconditioned")
 

@@ -295,3 +295,50 @@ def test_every_claim_names_the_arms_it_compared():
   results = {label: arm(label, BASE + jitter(), norms=np.tile([10.0, 12.0], (8, 1))) for label in early_decay.ARMS}
   for c in early_decay.analyze(results, early_decay.make_config(True))[0]:
     assert c.compared and all(h.members == 8 for h in c.compared), c.id
+
+
+def test_adam_buffers_variants_without_l2_in_the_second_moment_step_boundedly_where_the_gradient_vanishes():
+  # At a zero loss gradient the literal (0, 0, 1) and (1, 0, 0) updates divide λw by ε (for (1, 0, 0),
+  # m̂ = λw after bias correction): w moves by ηλw/ε. The study's arms carry the floor φ to the optimizer the
+  # harness builds, so the first step is ηλw/(φ + ε); the variants with L2 in v keep the literal formula.
+  import jax.numpy as jnp
+  import optax
+  import wd_optax
+
+  from experiments.train import optim as optim_lib
+  config = adam_buffers.make_config(quick=True)
+  w, lam, eta = 0.5, 0.1, 1e-3
+  params, zero_grad = {"w": jnp.full((3,), w)}, {"w": jnp.zeros(3)}
+  rates = {"learning_rate": eta, "weight_decay": lam, "decoupled_decay": 0.0, "peak_learning_rate": eta}
+
+  def first_step(tx):
+    return float(jnp.abs(tx.update(zero_grad, tx.init(params), params)[0]["w"]).max())
+
+  checked = 0
+  for arm in config.arms:
+    optim = config.arm_optim(arm)
+    if optim.name != "adam_buffers":
+      continue
+    literal = optax.chain(
+        wd_optax.scale_by_adam_l2(lam, b1=optim.b1, b2=optim.b2, eps=optim.eps,
+                                  l2_in_first_moment=optim.l2_in_first_moment,
+                                  l2_in_second_moment=optim.l2_in_second_moment,
+                                  l2_preconditioned=optim.l2_preconditioned),
+        optax.scale_by_learning_rate(eta))
+    step = first_step(optim_lib.make_tx(optim, rates))
+    if optim.l2_in_second_moment:
+      assert optim.preconditioner_floor == 0.0 and step == first_step(literal), arm.name
+    else:
+      assert optim.preconditioner_floor == adam_buffers.PRECONDITIONER_FLOOR > 0, arm.name
+      assert first_step(literal) > 1e3 * w, arm.name  # the hazard the floor removes
+      np.testing.assert_allclose(step, eta * lam * w / (optim.preconditioner_floor + optim.eps), rtol=1e-5,
+                                 err_msg=arm.name)
+      checked += 1
+  assert checked == 2  # l2_0_0_1 and l2_1_0_0
+
+
+def test_preconditioner_floor_must_be_a_finite_non_negative_number():
+  config = adam_buffers.make_config(quick=True)
+  config.arms[2].optim["preconditioner_floor"] = -1e-3
+  with pytest.raises(ValueError, match=r"arms\.l2_0_1_1\.preconditioner_floor must be a finite number >= 0"):
+    config_lib.validate(config)

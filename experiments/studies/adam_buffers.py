@@ -36,9 +36,17 @@ WITHIN = 2.0  # a λ counts as "not degraded" when its accuracy is within this m
 MIN_WIDTH = 0.25  # B5a: difference in the fraction of the grid within WITHIN of the best
 
 
+# The variants whose L2 term skips the second moment divide λw by √v̂ of the loss gradient alone, which is
+# ε where that gradient vanishes: a step of ηλw/ε ≈ 1e5·w at η = 1e-3. They run with the floor φ of
+# ``wd_optax.scale_by_adam_l2`` (denominator max(√v̂, φ) + ε). φ = 1e-3 lies below the smallest √v̂ of
+# any kernel coordinate after the quick run's 600 steps of plain Adam (1.6e-3; medians 5e-3 to 1.6e-2),
+# so it acts only where √v̂ collapsed, and it caps the per-step shrink ηλ/φ at 1 at the top of L2_GRID.
+PRECONDITIONER_FLOOR = 1e-3
+
+
 def _buffers(first: bool, second: bool, precond: bool) -> dict:
   return {"name": "adam_buffers", "decay": "l2", "l2_in_first_moment": first, "l2_in_second_moment": second,
-          "l2_preconditioned": precond}
+          "l2_preconditioned": precond, "preconditioner_floor": 0.0 if second else PRECONDITIONER_FLOOR}
 
 
 ARMS = {
@@ -185,7 +193,19 @@ def setting(config) -> str:
       "comparisons pick one λ per arm on the mean over seeds. Extreme λ may make a variant diverge (L2 "
       "preconditioned by a second moment that never saw it, or L2 in the first moment only); those runs are "
       f"kept and scored as what they predict (one class, ~{100 / _common.num_classes(config):g}%), and a claim "
-      "whose compared runs all collapsed is invalid.")
+      "whose compared runs all collapsed is invalid." + _floor_text(config))
+
+
+def _floor_text(config) -> str:
+  floors = {a.name: config.arm_optim(a).preconditioner_floor for a in config.arms
+            if config.arm_optim(a).name == "adam_buffers"}
+  floored = [f"`{name}`" for name, floor in floors.items() if floor > 0]
+  if not floored:
+    return ""
+  values = sorted({f"{floor:g}" for floor in floors.values() if floor > 0})
+  return (f" The variants that keep L2 out of the second moment ({', '.join(floored)}) divide by "
+          f"max(√v̂, φ) + ε with φ = {', '.join(values)} (`preconditioner_floor`): without it, λw would be "
+          "divided by ε wherever the loss gradient vanishes.")
 
 
 STUDY = Study(

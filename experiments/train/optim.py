@@ -111,7 +111,7 @@ def make_tx(optim: OptimConfig, rates: Rates) -> optax.GradientTransformation:
         wd_optax.scale_by_adam_l2(
             wd, b1=optim.b1, b2=optim.b2, eps=optim.eps, l2_in_first_moment=optim.l2_in_first_moment,
             l2_in_second_moment=optim.l2_in_second_moment, l2_preconditioned=optim.l2_preconditioned,
-            mask=mask),
+            preconditioner_floor=optim.preconditioner_floor, mask=mask),
         optax.scale_by_learning_rate(lr),
     ]
     if optim.decay == "decoupled":
