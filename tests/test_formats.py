@@ -1,0 +1,158 @@
+"""The harness in the field's formats: TensorBoard event files that equal metrics.jsonl (read back with an
+independent TFRecord reader), progress lines where stderr is not a terminal, and every figure as SVG too."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from experiments import config as config_lib
+from experiments.train import metrics as metrics_lib
+from experiments.train.metrics import MetricsWriter, read_records
+
+pytest.importorskip("tensorboardX")
+from tensorboardX.proto import event_pb2  # noqa: E402
+
+
+# --- TensorBoard ------------------------------------------------------------------------------------------------
+
+def read_events(path: str) -> list:
+  """The events of one TFRecord file: per record an 8-byte length, its 4-byte crc, the data, the data's crc."""
+  events = []
+  with open(path, "rb") as f:
+    while True:
+      header = f.read(8)
+      if not header:
+        return events
+      (length,) = struct.unpack("<Q", header)
+      f.read(4)
+      data = f.read(length)
+      f.read(4)
+      event = event_pb2.Event()
+      event.ParseFromString(data)
+      events.append(event)
+
+
+def tensorboard_scalars(logdir: str) -> dict:
+  """``(run, tag, step) -> [values]`` over every event file under ``logdir`` (a list, to see duplicates)."""
+  out: dict = {}
+  for path in glob.glob(os.path.join(logdir, "**", "events.out.tfevents.*"), recursive=True):
+    run = os.path.relpath(os.path.dirname(path), logdir)
+    for event in read_events(path):
+      for value in event.summary.value:
+        out.setdefault((run, value.tag, event.step), []).append(value.simple_value)
+  return out
+
+
+def jsonl_scalars(path: str) -> dict:
+  """The same mapping from metrics.jsonl, by hand: every finite number but seed, step and diverged_at."""
+  out: dict = {}
+  for r in read_records(path):
+    for tag, value in r.items():
+      if tag in ("seed", "step", "diverged_at") or isinstance(value, bool) or not isinstance(value, (int, float)):
+        continue
+      out.setdefault((f"{r['label']}/seed{r['seed']}", tag, r["step"]), []).append(np.float32(value))
+  return out
+
+
+def record(label: str, seed: int, step: int, loss: float, group: str = "g0", **extra) -> dict:
+  return {"group": group, "arm": label.split("[")[0], "label": label, "seed": seed, "step": step, "swept": {},
+          "diverged_at": None, "train_loss": loss, "train_accuracy": 0.5, **extra}
+
+
+def test_tensorboard_runs_per_member_equal_metrics_jsonl(tmp_path):
+  path, logdir = str(tmp_path / "metrics.jsonl"), str(tmp_path / "tensorboard")
+  with MetricsWriter(path, tensorboard_dir=logdir) as writer:
+    for step in (10, 20):
+      writer.write([record("adamw[weight_decay=0.1]", s, step, 1.0 / step + s, **{"norm/dense": 2.0 * s})
+                    for s in (0, 1)] + [record("sgd", 0, step, float("nan"), test_accuracy=0.25)])
+  runs = sorted(os.path.relpath(d, logdir) for d in glob.glob(os.path.join(logdir, "*", "*")))
+  assert runs == ["adamw[weight_decay=0.1]/seed0", "adamw[weight_decay=0.1]/seed1", "sgd/seed0"]
+  events, expected = tensorboard_scalars(logdir), jsonl_scalars(path)
+  assert events == expected
+  assert ("sgd/seed0", "train_loss", 10) not in events  # NaN (null in metrics.jsonl): no point
+  assert events[("adamw[weight_decay=0.1]/seed1", "norm/dense", 20)] == [2.0]
+
+
+def test_resume_rewrites_the_group_without_duplicate_steps(tmp_path):
+  path, logdir = str(tmp_path / "metrics.jsonl"), str(tmp_path / "tensorboard")
+  writer = MetricsWriter(path, tensorboard_dir=logdir)
+  writer.write([record("a", 0, step, float(step)) for step in (10, 20, 30)])
+  writer.write([record("b", 0, step, float(step), group="g1") for step in (10, 20)])
+  writer.close()
+  # A new process resumes g0 from its checkpoint at step 10 and trains steps 20 and 30 again, differently.
+  with MetricsWriter(path, tensorboard_dir=logdir) as writer:
+    writer.truncate("g0", 10)
+    writer.write([record("a", 0, step, -float(step)) for step in (20, 30)])
+  events = tensorboard_scalars(logdir)
+  assert events == jsonl_scalars(path)
+  assert all(len(v) == 1 for v in events.values())
+  assert events[("a/seed0", "train_loss", 30)] == [-30.0] and events[("b/seed0", "train_loss", 20)] == [20.0]
+
+
+def test_a_crash_between_the_two_writes_is_repaired_on_resume(tmp_path):
+  path, logdir = str(tmp_path / "metrics.jsonl"), str(tmp_path / "tensorboard")
+  with open(path, "w") as f:  # metrics.jsonl got steps 10 and 20; the process died before TensorBoard did
+    for step in (10, 20):
+      f.write(json.dumps(record("a", 0, step, float(step))) + "\n")
+  with MetricsWriter(path, tensorboard_dir=logdir) as writer:
+    writer.truncate("g0", 20)
+  assert tensorboard_scalars(logdir) == jsonl_scalars(path) != {}
+
+
+def test_run_names_keep_a_slash_in_a_label_inside_its_run():
+  assert metrics_lib.run_name({"label": "a/b", "seed": 3}) == "a_b/seed3"
+
+
+def test_tensorboard_field_is_validated_and_may_change_on_resume(tmp_path):
+  from experiments.train import run as run_lib
+  config = config_lib.ExperimentConfig()
+  config.train.tensorboard = "yes"
+  with pytest.raises(ValueError, match="train.tensorboard must be true or false, got 'yes'"):
+    config_lib.validate(config)
+  config.train.tensorboard = False
+  workdir = str(tmp_path)
+  run_lib._write_config(workdir, config)
+  run_lib.check_workdir(workdir, dataclasses.replace(config, train=dataclasses.replace(config.train,
+                                                                                      tensorboard=True)))
+  with pytest.raises(ValueError, match="different config"):
+    run_lib.check_workdir(workdir, dataclasses.replace(config, seeds=4))
+
+
+def tiny_config(**train) -> config_lib.ExperimentConfig:
+  return config_lib.ExperimentConfig(
+      name="tiny",
+      data=config_lib.DataConfig(name="digits", n_train=128, n_test=64),
+      model=config_lib.ModelConfig(name="mlp", kwargs={"hidden": [8]}),
+      optim=config_lib.OptimConfig(name="sgd", learning_rate=0.05, weight_decay=1e-3),
+      train=config_lib.TrainConfig(**{"steps": 8, "batch_size": 32, "log_every": 4, "eval_every": 4,
+                                      "eval_batch_size": 64, "num_devices": 1, **train}),
+      seeds=2, arms=[config_lib.Arm("decay", sweep={"weight_decay": [1e-3, 1e-2]}),
+                     config_lib.Arm("none", {"weight_decay": 0.0})])
+
+
+def test_a_tiny_run_with_tensorboard_writes_what_metrics_jsonl_holds(tmp_path):
+  from experiments.data import load
+  from experiments.train import run as run_lib
+  config = tiny_config(tensorboard=True)
+  dataset = load("digits", n_train=128, n_test=64)
+  workdir = str(tmp_path / "run")
+  run_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
+  logdir, path = os.path.join(workdir, "tensorboard"), os.path.join(workdir, "metrics.jsonl")
+  events, expected = tensorboard_scalars(logdir), jsonl_scalars(path)
+  members = {run for run, _, _ in events}
+  assert len(members) == 6 and "none/seed1" in members  # 3 labels x 2 seeds, one run each
+  assert {step for _, _, step in events} == {4, 8}
+  assert {"train_loss", "test_accuracy", "lr"} <= {tag for _, tag, _ in events}
+  assert events == expected
+  # The finished run, opened again after its events were lost: the skipped group's events are rewritten.
+  for f in glob.glob(os.path.join(logdir, "*", "*", "events.out.tfevents.*")):
+    os.remove(f)
+  run_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
+  assert tensorboard_scalars(logdir) == expected
