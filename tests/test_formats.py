@@ -156,3 +156,68 @@ def test_a_tiny_run_with_tensorboard_writes_what_metrics_jsonl_holds(tmp_path):
     os.remove(f)
   run_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
   assert tensorboard_scalars(logdir) == expected
+
+
+# --- progress where there is no terminal -----------------------------------------------------------------------
+
+import io  # noqa: E402
+import re  # noqa: E402
+
+from experiments.train import progress as progress_lib  # noqa: E402
+
+LINE = re.compile(r"\[(?P<group>[^\]]+)\] step (?P<step>\d+)/(?P<total>\d+) \((?P<pct>\d+)%\), "
+                  r"(?P<rate>[\d.e+]+) steps/s, (?P<h>\d+):(?P<m>\d\d):(?P<s>\d\d) left(?P<rest>.*)")
+
+
+def parse(text: str) -> list[dict]:
+  lines = text.splitlines()
+  parsed = [LINE.fullmatch(line) for line in lines]
+  assert all(parsed), lines
+  return [dict(m.groupdict(), left=int(m["h"]) * 3600 + int(m["m"]) * 60 + int(m["s"])) for m in parsed]
+
+
+class FakeClock:
+  def __init__(self):
+    self.t = 0.0
+
+  def __call__(self) -> float:
+    return self.t
+
+
+def test_progress_lines_carry_group_step_rate_and_a_falling_eta():
+  stream, clock = io.StringIO(), FakeClock()
+  bar = progress_lib.LineProgress("g0", total=100, initial=20, stream=stream, min_interval=0.0, clock=clock)
+  for step, t in [(40, 10.0), (60, 15.0), (80, 20.0), (100, 25.0)]:  # 20 steps in 10 s, then 20 every 5 s
+    clock.t = t
+    bar.update(step, loss="0.5")
+  lines = parse(stream.getvalue())
+  assert [int(x["step"]) for x in lines] == [40, 60, 80, 100] and {x["group"] for x in lines} == {"g0"}
+  assert [x["total"] for x in lines] == ["100"] * 4 and lines[0]["pct"] == "40"
+  # Rate over the steps done here (from the resumed step 20): 20/10, 40/15, 60/20, 80/25 steps/s.
+  assert [float(x["rate"]) for x in lines] == pytest.approx([2.0, 40 / 15, 3.0, 3.2], rel=1e-2)
+  assert [x["left"] for x in lines] == [30, 15, 7, 0]  # steps to go / rate, rounded to seconds
+  assert lines[0]["rest"] == ", loss 0.5"
+
+
+def test_progress_lines_are_rate_limited_but_keep_the_first_and_last():
+  stream, clock = io.StringIO(), FakeClock()
+  bar = progress_lib.LineProgress("g1", total=50, stream=stream, min_interval=30.0, clock=clock)
+  for step in range(5, 55, 5):
+    clock.t += 10.0
+    bar.update(step)
+  assert [int(x["step"]) for x in parse(stream.getvalue())] == [5, 20, 35, 50]
+
+
+def test_training_without_a_terminal_prints_progress_lines_and_no_progress_silences_them(capsys):
+  from experiments.data import load
+  from experiments.train import Program, make_groups
+  config = tiny_config()
+  (group,) = make_groups(config)
+  program = Program(config, group, load("digits", n_train=128, n_test=64))
+  program.train()  # capsys: stderr is not a terminal
+  lines = parse(capsys.readouterr().err)
+  assert [(x["group"], int(x["step"]), int(x["total"])) for x in lines] == [(group.name, 4, 8), (group.name, 8, 8)]
+  assert "loss" in lines[-1]["rest"] and lines[-1]["left"] == 0
+  program.reset(group.members)
+  program.train(progress=False)
+  assert capsys.readouterr().err == ""
