@@ -5,7 +5,8 @@ Work directory layout::
   <workdir>/config.json         the resolved config (a restart must use the same one)
   <workdir>/metrics.jsonl       one line per member per logged step (see experiments.train.metrics)
   <workdir>/checkpoints/<group> orbax checkpoints of each group's population (when train.checkpoint_every > 0)
-  <workdir>/*.png               plots
+  <workdir>/*.png, *.svg        plots (SVG beside each PNG)
+  <workdir>/tensorboard/        TensorBoard runs, one per member (when train.tensorboard is true)
 """
 
 from __future__ import annotations
