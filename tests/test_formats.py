@@ -268,3 +268,11 @@ def test_the_svg_of_a_figure_is_reproducible(tmp_path):
     plots_lib.save_figure(fig, str(tmp_path / f"f{i}.png"))
     out.append((tmp_path / f"f{i}.svg").read_bytes())
   assert out[0] == out[1] and b"<dc:date>" not in out[0]
+
+
+def test_tensorboard_without_tensorboardx_says_what_to_install(tmp_path, monkeypatch):
+  import sys
+  monkeypatch.setitem(sys.modules, "tensorboardX", None)  # import tensorboardX now raises ImportError
+  with pytest.raises(ImportError, match=r"train.tensorboard=true needs tensorboardX: pip install tensorboardX"):
+    MetricsWriter(str(tmp_path / "metrics.jsonl"), tensorboard_dir=str(tmp_path / "tb"))
+  MetricsWriter(str(tmp_path / "metrics.jsonl")).write([record("a", 0, 1, 1.0)])  # off: not needed

@@ -108,12 +108,17 @@ class TensorBoardWriter:
   """
 
   def __init__(self, logdir: str):
+    try:
+      import tensorboardX  # noqa: F401  only runs with train.tensorboard=true need it
+    except ImportError:
+      raise ImportError("train.tensorboard=true needs tensorboardX: pip install tensorboardX (it is in the "
+                        "experiments extra, pip install \".[experiments]\").") from None
     self.logdir = logdir
     self._writers: dict = {}
 
   def _writer(self, run: str):
     if run not in self._writers:
-      from tensorboardX import SummaryWriter  # imported here: only runs with train.tensorboard=true need it
+      from tensorboardX import SummaryWriter
       self._writers[run] = SummaryWriter(os.path.join(self.logdir, run), flush_secs=60)
     return self._writers[run]
 
