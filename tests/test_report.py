@@ -237,3 +237,17 @@ def test_rank_correlation_intervals():
   assert np.isnan(report.kendall_ci([1, 1, 1], [1, 2, 3]).statistic)
   with pytest.raises(ValueError, match="equal length, got 3 and 2"):
     report.spearman_ci([1, 2, 3], [1, 2])
+
+
+def test_fixnorm_non_inferiority_claim_takes_the_same_bootstrap_fallback():
+  from experiments.studies import fixnorm
+  x = [0.0] * 9 + [-10.0]  # t low end −3.26 clears a 3.5 margin; the bootstrap's (−5) does not
+  ci = report.mean_ci(x)
+  partial = [report.ArmHealth("A", members=10), report.ArmHealth("B", members=10, at_chance=1)]
+  healthy = [report.ArmHealth("A", members=10), report.ArmHealth("B", members=10)]
+  claim = lambda compared: fixnorm._non_inferiority_claim(  # pylint: disable=protected-access
+      "F1a", "A matches or beats B.", "acc(A) − acc(B)", ci, 3.5, "", compared=compared)
+  assert claim(healthy).verdict == report.REPRODUCED and claim(healthy).effect is ci
+  fallback = claim(partial)
+  assert fallback.effect.method == report.HULL and fallback.effect.low == report.bootstrap_ci(x).low
+  assert fallback.verdict == report.INCONCLUSIVE
