@@ -8,7 +8,6 @@ from flax import nnx
 
 import wd_optax
 from wd_optax import masks, schedules
-from wd_optax._tree import resolve_mask
 from _tol import assert_close_scaled
 
 # ---------------------------------------------------------------- schedules
@@ -161,7 +160,7 @@ def zoo_states():
 
 
 def _selected(mask, params):
-  return sorted(p for p, on in resolve_mask(mask, params).by_path.items() if on)
+  return sorted(p for p, on in masks.resolve(mask, params).items() if on)
 
 
 ALL_PATHS = sorted([
@@ -187,6 +186,47 @@ def test_masks_select_expected_paths(zoo_states, form):
   assert _selected(norms, params) == sorted(["bn/scale", "bn/bias", "ln/scale", "ln/bias"])
   assert _selected(masks.negate(masks.kernels()), params) == sorted(
       set(ALL_PATHS) - set(_selected(masks.kernels(), params)))
+
+
+def _walk(tree, prefix=""):
+  """(path, leaf) of a nested dict, depth first in sorted key order: a reference for the "/"-joined paths."""
+  if not isinstance(tree, dict):
+    return [(prefix, tree)]
+  return [pair for key in sorted(tree, key=str) for pair in _walk(tree[key], f"{prefix}/{key}" if prefix else str(key))]
+
+
+def test_resolve_gives_one_bool_per_path_in_flattening_order_on_every_form(zoo_states):
+  reference = [path for path, _ in _walk(zoo_states["dict"])]
+  expected = {p: p.endswith("kernel") or p == "embed/embedding" for p in reference}
+  abstract = jax.eval_shape(lambda: zoo_states["dict"])   # ShapeDtypeStruct leaves: no values needed
+  for form in (zoo_states["state"], zoo_states["pure"], zoo_states["dict"], abstract):
+    got = masks.resolve(masks.kernels(), form)
+    assert list(got) == reference and got == expected
+    assert all(type(v) is bool for v in got.values())
+  assert masks.resolve(None, abstract) == {p: True for p in reference}
+  with pytest.raises(ValueError, match="include: regex 'kernl' matches no parameter path"):
+    masks.resolve(masks.include("kernl"), abstract)
+
+
+def test_map_with_path_passes_each_leafs_mask_path_and_the_other_trees_leaves(zoo_states):
+  params = zoo_states["dict"]
+  offsets = jax.tree.map(lambda x: jnp.full_like(x, 2.0), params)
+  seen = []
+
+  def fn(path, x, y):
+    seen.append(path)
+    return x * (3.0 if path.startswith("blocks/") else 1.0) + y
+
+  out = masks.map_with_path(fn, params, offsets)
+  assert seen == [path for path, _ in _walk(params)]
+  for path, leaf in _walk(out):
+    original = dict(_walk(params))[path]
+    np.testing.assert_array_equal(np.asarray(leaf), np.asarray(original) * (3.0 if path.startswith("blocks/") else 1.0)
+                                  + 2.0)
+  # On an nnx.State the path drops the Variable's ".value": the same strings the masks match.
+  state_paths = []
+  masks.map_with_path(lambda path, x: state_paths.append(path) or x, zoo_states["state"])
+  assert sorted(state_paths) == ALL_PATHS
 
 
 def test_masks_on_nested_dict_and_prefix_masks():
@@ -218,11 +258,11 @@ def test_regex_matching_nothing_is_an_error_naming_it(zoo_states):
 def test_mask_structure_mismatch_names_the_path():
   params = {"a": jnp.ones(2), "b": {"c": jnp.ones(2)}}
   with pytest.raises(ValueError, match="'b/c' has no entry"):
-    resolve_mask({"a": True, "b": {"d": True}}, params)
+    masks.resolve({"a": True, "b": {"d": True}}, params)
   with pytest.raises(ValueError, match="'z'.*no parameter"):
-    resolve_mask({"a": True, "b": True, "z": False}, params)
+    masks.resolve({"a": True, "b": True, "z": False}, params)
   with pytest.raises(TypeError, match="'a'.*expected a bool"):
-    resolve_mask({"a": 1.0, "b": True}, params)
+    masks.resolve({"a": 1.0, "b": True}, params)
 
 
 # ---------------------------------------------------------------- scale_invariant

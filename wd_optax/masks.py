@@ -301,8 +301,9 @@ def resolve(mask: Any, params: PyTree) -> dict[str, bool]:
     mask: ``None`` (every leaf), a mask callable (this module's, or any params -> pytree of bools), or a
       pytree of bools naming every parameter exactly or through a prefix (``{"conv": True}`` covers
       ``"conv/kernel"`` and ``"conv/bias"``); the container type may differ from ``params``'s.
-    params: the parameter pytree (nested dict, ``nnx.State`` or its pure form); only its structure and
-      leaf shapes are read, so ``jax.ShapeDtypeStruct`` leaves (``jax.eval_shape``, ``nnx.eval_shape``) work.
+    params: the parameter pytree (nested dict, ``nnx.State`` or its pure form). The regex masks and
+      :func:`kernels` read only its structure and leaf shapes, so an abstract tree (``jax.ShapeDtypeStruct``
+      leaves, from ``jax.eval_shape`` / ``nnx.eval_shape``) checks a mask without initialising the model.
 
   Returns:
     ``{path: bool}`` in the flattening order of ``params``.

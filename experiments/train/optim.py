@@ -25,6 +25,7 @@ from experiments.config import OptimConfig
 
 Rates = Mapping[str, jax.Array]
 
+
 def decay_mask(spec: Any) -> Any:
   """The ``wd_optax.masks`` mask of ``optim.decay_mask`` (a preset name, a list of include regexes or a dict).
 
@@ -53,7 +54,8 @@ def lr_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
   The cosine is ``optax.cosine_decay_schedule`` with ``decay_steps=1`` evaluated at the fraction of the decay
   done, (t − W)/(T − W): it then computes π·((t − W)/(T − W)), bit for bit what the harness computed before it
   used optax, where ``decay_steps=T − W`` at t − W would compute π·(t − W)/(T − W), one float32 ulp off at a
-  third of the steps, and change every published run in its last digits.
+  third of the steps, and change every published run in its last digits. The warm-up is optax's interpolation
+  1/W + (1 − 1/W)·t/(W − 1): (t + 1)/W up to one float32 ulp (no published study warms up).
   """
   if optim.lr_schedule == "constant":
     main = optax.constant_schedule(1.0)
