@@ -31,7 +31,6 @@ from experiments.train import sharding as sharding_lib
 from experiments.train import step as step_lib
 from experiments.train.checkpoint import Checkpointer
 from experiments.train.metrics import MetricsWriter
-from wd_optax import _tree
 import wd_optax
 
 
@@ -172,7 +171,8 @@ class Program:
     if group.optim.lr_norm_sq and not self.scale_invariant:
       raise ValueError(f"optim.lr_norm_sq (group {group.name!r}) scales the steps of scale-invariant layers, but "
                        f"model {config.model.name!r} with norm={config.model.norm!r} has none.")
-    measured = frozenset(p for p, leaf in _tree.named_leaves(first_params) if np.ndim(leaf) >= 2)
+    measured = frozenset(p for p, leaf in wd_optax.diagnostics.flatten_by_path(first_params).items()
+                         if np.ndim(leaf) >= 2)
     augment = None
     if config.data.augment:
       from experiments.data import augment_crop_flip
@@ -352,5 +352,4 @@ _SCALE_INVARIANT_CACHE: dict = {}
 def scale_invariant_paths(apply_fn, params, batch) -> frozenset:
   """Paths of the leaves whose scaling leaves the train-mode outputs unchanged (``wd_optax.masks.scale_invariant``)."""
   mask = wd_optax.masks.scale_invariant(apply_fn, params, batch)
-  resolved = _tree.resolve_mask(mask, params)
-  return frozenset(p for p, keep in resolved.by_path.items() if keep)
+  return frozenset(p for p, keep in wd_optax.masks.resolve(mask, params).items() if keep)
