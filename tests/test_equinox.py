@@ -13,6 +13,7 @@ attributes (not from path strings), updates with optax's own transforms or by ha
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -47,7 +48,9 @@ class Net(eqx.Module):
     return self.mlp(self.norm(h))
 
 
+@functools.lru_cache(maxsize=None)
 def _model():
+  """The same model every call (Equinox modules are immutable, so sharing it is safe)."""
   model = Net(jax.random.key(0))
   # Non-zero biases and norm parameters, so that a wrong mask changes the numbers.
   leaves, treedef = jax.tree.flatten(model, is_leaf=lambda x: x is None)
