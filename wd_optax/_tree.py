@@ -4,7 +4,11 @@ A parameter is named by the "/"-joined key path of its leaf: ``{"conv": {"kernel
 ``"conv/kernel"``; an ``nnx.State`` of a model with ``self.layers = nnx.List([nnx.Linear(...)])``
 names the first kernel ``"layers/0/kernel"``. The trailing ``.value`` that an ``nnx.Variable`` adds to
 the key path is dropped, so the same string names a leaf in an ``nnx.State``, its pure form
-(``nnx.as_pure``, what ``nnx.Optimizer`` hands to ``update``) and the equivalent nested dict.
+(``nnx.as_pure``, what ``nnx.Optimizer`` hands to ``update``) and the equivalent nested dict. An
+Equinox module's key path is made of attribute names (``GetAttrKey``) and tuple indices, so
+``eqx.filter(model, eqx.is_array)`` names ``model.mlp.layers[0].weight`` ``"mlp/layers/0/weight"``;
+the ``None`` that ``eqx.filter`` leaves for non-array fields is an empty subtree to JAX, so it has no
+path and every ``map_with_path`` keeps it ``None``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,12 @@ match) against the "/"-joined key path of each leaf:
   ``"encoder/dense/bias"``;
 * Flax NNX ``nnx.state(model, nnx.Param)`` (or its pure form, which ``nnx.Optimizer`` passes) of a
   model with attributes ``self.conv = nnx.Conv(...)`` and ``self.layers = nnx.List([nnx.Linear(...)])``:
-  ``"conv/kernel"``, ``"conv/bias"``, ``"layers/0/kernel"``, ``"layers/0/bias"``.
+  ``"conv/kernel"``, ``"conv/bias"``, ``"layers/0/kernel"``, ``"layers/0/bias"``;
+* Flax Linen ``variables["params"]``: ``"Dense_0/kernel"``; Haiku: ``"linear/w"``, and
+  ``"mlp/~/linear_0/w"`` for the layers of ``hk.nets.MLP`` (Haiku's dict keys contain "/");
+* Equinox ``eqx.filter(model, eqx.is_array)`` of a model with ``self.mlp = eqx.nn.MLP(...)``:
+  ``"mlp/layers/0/weight"``, ``"mlp/layers/0/bias"`` (attribute names; fields the filter replaced
+  by ``None`` are empty subtrees and have no path).
 
 A regex given to :func:`include` that matches no parameter raises ``ValueError`` when the mask is
 evaluated (at ``init``): a typo there would silently switch the decay off. A regex given to
