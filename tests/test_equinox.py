@@ -225,6 +225,20 @@ def test_every_transform_keeps_the_none_leaves_and_steps_through_eqx_apply_updat
   assert jax.tree.structure(updates2) == jax.tree.structure(params)
 
 
+@pytest.mark.parametrize("name", TRANSFORMS)
+def test_every_transform_on_a_tree_with_a_frozen_submodule(name):
+  """Freezing a layer the Equinox way (its arrays replaced by None in the trainable tree) leaves a whole
+  None subtree: no path, no mask entry, and None again in the updates."""
+  model = _model()
+  params = eqx.tree_at(lambda m: m.norm, eqx.filter(model, eqx.is_array), replace=None)
+  assert [p for p, _ in wd_optax._tree.named_leaves(params)] == [p for p in ALL_PATHS if not p.startswith("norm/")]
+  grads = jax.tree.map(lambda w: 0.1 * jnp.ones_like(w), params)
+  tx = _transforms()[name]
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert updates.norm is None and updates.mlp.activation is None
+  assert jax.tree.structure(updates) == jax.tree.structure(params)
+
+
 def test_add_l2_equals_optax_add_decayed_weights_with_the_mask_by_hand():
   model = _model()
   params = eqx.filter(model, eqx.is_array)
@@ -236,6 +250,31 @@ def test_add_l2_equals_optax_add_decayed_weights_with_the_mask_by_hand():
   assert_close_scaled(u_ours, u_theirs, c=1)
   # and the unmasked leaves really are the plain gradients
   np.testing.assert_array_equal(u_ours.conv.bias, grads.conv.bias)
+  # The mask may itself be an Equinox-shaped tree of bools (what eqx.tree_at builds).
+  by_tree = wd_optax.add_l2(WD, mask=_kernels_by_hand(params))
+  u_tree, _ = by_tree.update(grads, by_tree.init(params), params)
+  assert_close_scaled(u_tree, u_theirs, c=1)
+
+
+def test_masks_and_targets_shaped_like_the_module_are_read_not_called():
+  """An Equinox module is callable (its forward pass), so a mask or target tree built from the model
+  (eqx.tree_at, jax.tree.map) must be read as a pytree, as optax.masked does: a mask is a function only
+  when every leaf is callable. Before, wd_optax called it on the params and the forward pass failed."""
+  model = _model()
+  params = eqx.filter(model, eqx.is_array)
+  hand = _kernels_by_hand(params)
+  assert callable(hand)
+  masks = wd_optax.masks
+  assert _selected(masks.all_of(hand, masks.exclude("^conv/")), params) == KERNEL_PATHS[1:]
+  assert _selected(masks.negate(hand), params) == [p for p in ALL_PATHS if p not in KERNEL_PATHS]
+  tx = optax.chain(optax.sgd(1.0), wd_optax.monitor(hand))
+  _, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  assert [p for p, _ in wd_optax._tree.named_leaves(optax.tree_utils.tree_get(state, "param_norm"))] == KERNEL_PATHS
+  targets = jax.tree.map(lambda w: 2.0, params)           # a float per leaf, shaped like the model
+  tx = optax.chain(optax.sgd(0.1), wd_optax.fix_norm(target=targets, mask=hand))
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+  new = eqx.apply_updates(model, updates)
+  assert_close_scaled(jnp.linalg.norm(new.mlp.layers[0].weight), 2.0, c=16)
 
 
 @pytest.mark.parametrize("decay", ["decoupled", "l2"])

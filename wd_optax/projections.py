@@ -154,7 +154,7 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
   """:func:`fix_norm` with the argument names its errors use, so :func:`fixnorm` can name its own."""
   if isinstance(target, str):
     _checks.check_choice(target, target_argname, ("init",))
-  elif isinstance(target, (bool, np.bool_)) or target is None or callable(target):
+  elif isinstance(target, (bool, np.bool_)) or target is None or _tree.is_function(target):
     raise TypeError(
         f"{target_argname} must be 'init', a positive float or a pytree of positive floats, got "
         f"{target!r}.")
