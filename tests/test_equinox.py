@@ -406,6 +406,24 @@ def test_fixnorm_classifier_per_class_with_output_channel_first_fixes_each_class
                       np.linalg.norm(np.asarray(model.conv.weight)), c=8)
 
 
+def test_fix_norm_per_row_targets_with_output_channel_first():
+  model = _model()
+  params = eqx.filter(model, eqx.is_array)
+  rows = jnp.arange(1.0, 9.0)                                   # one target per output row of (8, 64)
+  mask = wd_optax.masks.include("^mlp/layers/0/weight$")
+  tx = optax.chain(optax.sgd(0.1), wd_optax.fix_norm(
+      target={"mlp": {"layers": {"0": {"weight": rows}}}}, per_channel=True, output_channel="first",
+      mask=mask))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  assert_close_scaled(_row_norms(eqx.apply_updates(model, updates).mlp.layers[0].weight), rows, c=16)
+  wrong = wd_optax.fix_norm(target={"mlp/layers/0/weight": jnp.ones(64)}, per_channel=True,
+                            output_channel="first", mask=mask)
+  with pytest.raises(ValueError, match=r"'mlp/layers/0/weight' has shape \(64,\); expected a scalar or an "
+                                       r"array of shape \(8,\), one per output channel"):
+    wrong.init(params)
+
+
 def test_output_channel_must_be_last_or_first():
   with pytest.raises(ValueError, match=r"output_channel must be one of \('last', 'first'\), got 0"):
     wd_optax.fix_norm(per_channel=True, output_channel=0)

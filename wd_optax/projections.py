@@ -69,7 +69,7 @@ def _norms(leaf: jax.Array, per_channel: bool, channel_axis: int = -1) -> jax.Ar
   return jnp.sqrt(jnp.sum(jnp.square(x), axis=_channel_axes(x, per_channel, channel_axis)))
 
 
-OUTPUT_CHANNEL_AXES = {"last": -1, "first": 0}
+_OUTPUT_CHANNEL_AXES = {"last": -1, "first": 0}
 
 
 def _channel_axis_of(output_channel: Any) -> int:
@@ -78,8 +78,8 @@ def _channel_axis_of(output_channel: Any) -> int:
   A string rather than an int so that ``optax.inject_hyperparams`` leaves it alone: it would turn an
   int into a (traced, under ``jit``) array, and an axis must be static.
   """
-  _checks.check_choice(output_channel, "output_channel", tuple(OUTPUT_CHANNEL_AXES))
-  return OUTPUT_CHANNEL_AXES[output_channel]
+  _checks.check_choice(output_channel, "output_channel", tuple(_OUTPUT_CHANNEL_AXES))
+  return _OUTPUT_CHANNEL_AXES[output_channel]
 
 
 def _check_leaf(path: str, leaf: Any, per_channel: bool, transform: str, channel_axis: int = -1
@@ -95,7 +95,6 @@ def _check_leaf(path: str, leaf: Any, per_channel: bool, transform: str, channel
         "kernel with at least 2 axes, and a "
         f"{np.ndim(leaf)}-d leaf has no input axes to take the norm over. Leave it out of the mask "
         "(biases usually are).")
-
 
 
 def _check_target_value(value: Any, path: str, leaf: Any, per_channel: bool, argname: str,
