@@ -155,6 +155,9 @@ class TrainConfig:
     on_nan: ``stop`` (raise, naming the step; the last good checkpoint stays) or ``continue`` (for sweeps whose
       extreme settings may diverge: the diverged member is marked with ``diverged_at`` in its records and
       trained on; its NaN weights cannot affect the other members).
+    tensorboard: also write the metrics as TensorBoard event files, one run per member under
+      ``<workdir>/tensorboard/<label>/seed<seed>`` (``metrics.jsonl`` stays the source of truth; a resume may
+      switch it on or off).
   """
   steps: int = 500
   batch_size: int = 128
@@ -165,6 +168,7 @@ class TrainConfig:
   num_devices: int = 1
   label_smoothing: float = 0.0
   on_nan: str = "stop"
+  tensorboard: bool = False
 
 
 @dataclasses.dataclass
@@ -338,6 +342,8 @@ def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = N
                      f"train.log_every ({t.log_every}).")
   if t.on_nan not in ON_NAN:
     raise ValueError(f"train.on_nan must be one of {ON_NAN}, got {t.on_nan!r}.")
+  if not isinstance(t.tensorboard, bool):
+    raise ValueError(f"train.tensorboard must be true or false, got {t.tensorboard!r}.")
   if _bad_int(t.num_devices) or t.num_devices < 0:
     raise ValueError(f"train.num_devices must be an int >= 0 (0: all visible devices), got {t.num_devices!r}.")
   if not (_is_number(t.label_smoothing) and 0 <= t.label_smoothing < 1):
