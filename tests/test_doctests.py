@@ -5,8 +5,10 @@
   A module that has no examples passes trivially; the last case checks that the examples were found at
   all, so a broken discovery cannot pass silently.
 * One case per page under ``docs/`` with ```` ```python ```` blocks (the tutorial, the quick start, the
-  mechanism pages): its blocks run in order in one namespace, as a reader would paste them. The pages
-  assert what they claim (``assert`` lines), so a wrong statement fails here.
+  mechanism pages, the pages for Equinox, Linen and Haiku): its blocks run in order in one namespace,
+  as a reader would paste them. The pages assert what they claim (``assert`` lines), so a wrong
+  statement fails here. A page about a library that is only a test dependency (Equinox) is skipped
+  where that library is not installed.
 """
 
 from __future__ import annotations
@@ -76,12 +78,17 @@ def _doc_pages() -> list[pathlib.Path]:
   return pages
 
 
+# Pages whose blocks import a library that wd_optax does not depend on: skipped without it.
+PAGE_REQUIRES = {"with_equinox.md": "equinox"}
 PYTHON_BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```", re.S | re.M)
 PAGES = _doc_pages()
 
 
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(DOCS)) for p in PAGES])
 def test_documentation_page_runs(page):
+  relative = str(page.relative_to(DOCS))
+  if relative in PAGE_REQUIRES:
+    pytest.importorskip(PAGE_REQUIRES[relative])
   text = page.read_text()
   namespace = {"__name__": f"docs.{page.stem}"}
   for match in PYTHON_BLOCK.finditer(text):
@@ -93,3 +100,13 @@ def test_documentation_page_runs(page):
 
 def test_tutorial_is_executed():
   assert DOCS / "tutorial.md" in PAGES, "docs/tutorial.md must have python blocks, and they must run"
+
+
+@pytest.mark.parametrize("name", ["with_equinox", "with_linen_haiku"])
+def test_library_pages_are_executed_and_in_the_toctree(name):
+  page = DOCS / f"{name}.md"
+  assert page in PAGES, f"docs/{name}.md must have python blocks, and they must run"
+  assert "import " in PYTHON_BLOCK.search(page.read_text()).group(1)
+  toctrees = re.findall(r"^```\{toctree\}\n(.*?)^```", (DOCS / "index.md").read_text(), re.S | re.M)
+  assert any(name in tree.split() for tree in toctrees), f"{name} is not in a toctree of docs/index.md"
+  assert set(PAGE_REQUIRES) <= {str(p.relative_to(DOCS)) for p in PAGES}

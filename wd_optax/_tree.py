@@ -4,7 +4,11 @@ A parameter is named by the "/"-joined key path of its leaf: ``{"conv": {"kernel
 ``"conv/kernel"``; an ``nnx.State`` of a model with ``self.layers = nnx.List([nnx.Linear(...)])``
 names the first kernel ``"layers/0/kernel"``. The trailing ``.value`` that an ``nnx.Variable`` adds to
 the key path is dropped, so the same string names a leaf in an ``nnx.State``, its pure form
-(``nnx.as_pure``, what ``nnx.Optimizer`` hands to ``update``) and the equivalent nested dict.
+(``nnx.as_pure``, what ``nnx.Optimizer`` hands to ``update``) and the equivalent nested dict. An
+Equinox module's key path is made of attribute names (``GetAttrKey``) and tuple indices, so
+``eqx.filter(model, eqx.is_array)`` names ``model.mlp.layers[0].weight`` ``"mlp/layers/0/weight"``;
+the ``None`` that ``eqx.filter`` leaves for non-array fields is an empty subtree to JAX, so it has no
+path and every ``map_with_path`` keeps it ``None``.
 """
 
 from __future__ import annotations
@@ -49,6 +53,19 @@ def map_with_path(fn: Callable[[str, Any], Any], tree: PyTree, *rest: PyTree) ->
   return jax.tree_util.tree_map_with_path(lambda p, *xs: fn(path_str(p), *xs), tree, *rest)
 
 
+def is_function(tree: Any) -> bool:
+  """Whether a ``mask=`` (or target) argument is a function of the params rather than a pytree.
+
+  optax's rule (``optax.masked``): a function when every leaf of the pytree is callable. A callable
+  *container* of bools is a pytree: an Equinox module is callable (its ``__call__`` is the forward
+  pass), and an ``eqx.tree_at``-built mask shaped like the model must be read, not called.
+  """
+  if isinstance(tree, Mapping):
+    return False
+  leaves = jax.tree_util.tree_leaves(jax.tree_util.tree_map(callable, tree))
+  return bool(leaves) and all(leaves)
+
+
 def _is_prefix(prefix: str, path: str) -> bool:
   return prefix == "" or path == prefix or path.startswith(prefix + "/")
 
@@ -86,8 +103,9 @@ class ResolvedMask:
 def resolve_mask(mask: MaskOrFn, params: PyTree, *, argname: str = "mask") -> ResolvedMask:
   """Evaluates ``mask`` against ``params`` to one bool per parameter path.
 
-  ``mask`` is ``None`` (every leaf), a callable from params to a pytree of bools, or a pytree of bools
-  whose paths name every parameter, either exactly or through a prefix (``{"conv": True}`` covers
+  ``mask`` is ``None`` (every leaf), a callable from params to a pytree of bools (by optax's rule,
+  :func:`is_function`: a callable pytree of bools such as an Equinox-shaped mask is a pytree), or a
+  pytree of bools whose paths name every parameter, either exactly or through a prefix (``{"conv": True}`` covers
   ``"conv/kernel"`` and ``"conv/bias"``). The mask may be a nested dict while the params are an
   ``nnx.State`` (or the reverse): leaves are matched by path, not by container type.
 
@@ -101,7 +119,7 @@ def resolve_mask(mask: MaskOrFn, params: PyTree, *, argname: str = "mask") -> Re
     return ResolvedMask({p: True for p in param_paths})
   if isinstance(mask, ResolvedMask):
     tree = mask
-  elif callable(mask) and not isinstance(mask, Mapping):
+  elif is_function(mask):
     tree = mask(params)
   else:
     tree = mask

@@ -10,7 +10,12 @@ match) against the "/"-joined key path of each leaf:
   ``"encoder/dense/bias"``;
 * Flax NNX ``nnx.state(model, nnx.Param)`` (or its pure form, which ``nnx.Optimizer`` passes) of a
   model with attributes ``self.conv = nnx.Conv(...)`` and ``self.layers = nnx.List([nnx.Linear(...)])``:
-  ``"conv/kernel"``, ``"conv/bias"``, ``"layers/0/kernel"``, ``"layers/0/bias"``.
+  ``"conv/kernel"``, ``"conv/bias"``, ``"layers/0/kernel"``, ``"layers/0/bias"``;
+* Flax Linen ``variables["params"]``: ``"Dense_0/kernel"``; Haiku: ``"linear/w"``, and
+  ``"mlp/~/linear_0/w"`` for the layers of ``hk.nets.MLP`` (Haiku's dict keys contain "/");
+* Equinox ``eqx.filter(model, eqx.is_array)`` of a model with ``self.mlp = eqx.nn.MLP(...)``:
+  ``"mlp/layers/0/weight"``, ``"mlp/layers/0/bias"`` (attribute names; fields the filter replaced
+  by ``None`` are empty subtrees and have no path).
 
 A regex given to :func:`include` that matches no parameter raises ``ValueError`` when the mask is
 evaluated (at ``init``): a typo there would silently switch the decay off. A regex given to
@@ -45,22 +50,46 @@ def _from_predicate(predicate: Callable[[str, Any], bool]) -> Mask:
   return mask_fn
 
 
+# Names libraries give to biases and normalisation offsets/scales. Some keep them with singleton axes
+# so that they broadcast: Equinox's Conv bias is (out, 1, 1), Haiku's BatchNorm scale and offset are
+# (1, 1, 1, C). ``kernels()`` leaves such a leaf out although its ndim is >= 2.
+_VECTOR_NAMES = ("bias", "b", "offset", "scale")
+
+
+def _is_kernel(path: str, leaf: Any) -> bool:
+  shape = np.shape(leaf)
+  if len(shape) < 2:
+    return False
+  name = path.rsplit("/", 1)[-1]
+  broadcast_vector = sum(1 for n in shape if n != 1) <= 1
+  return not (name in _VECTOR_NAMES and broadcast_vector)
+
+
 def kernels() -> Mask:
   r"""Selects leaves with ``ndim >= 2``: Dense and Conv kernels, and embedding tables.
 
   Biases and normalisation scales/offsets (1-D) are left out, the common practice for weight decay.
-  Embedding tables are 2-D and are selected; combine with :func:`exclude` to leave them out.
+  The rule is the shape, not the name, so it is the same for every library's layout: flax's
+  ``kernel`` (``(in, out)``, ``(H, W, in, out)``), Equinox's ``weight`` (``(out, in)``,
+  ``(out, in, H, W)``) and Haiku's ``w`` are all selected; flax's ``bias``, Haiku's ``b`` and a
+  LayerNorm's 1-D ``scale`` / ``weight`` are not. One exception covers the libraries that store a
+  vector with singleton axes so that it broadcasts: a leaf whose name (last path component) is
+  ``bias``, ``b``, ``offset`` or ``scale`` and which has at most one axis longer than 1 is left out,
+  so Equinox's Conv bias ``(out, 1, 1)`` and Haiku's BatchNorm ``scale`` / ``offset``
+  ``(1, 1, 1, C)`` are not decayed. Embedding tables are 2-D and are selected; combine with
+  :func:`exclude` to leave them out.
 
   Returns:
     A mask callable.
 
   Example:
     >>> import jax.numpy as jnp, wd_optax
-    >>> params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    >>> params = {"dense": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)},
+    ...           "conv": {"weight": jnp.ones((4, 1, 3, 3)), "bias": jnp.zeros((4, 1, 1))}}
     >>> wd_optax.masks.kernels()(params)
-    {'dense': {'bias': False, 'kernel': True}}
+    {'conv': {'bias': False, 'weight': True}, 'dense': {'bias': False, 'kernel': True}}
   """
-  return _from_predicate(lambda path, leaf: jnp.ndim(leaf) >= 2)
+  return _from_predicate(_is_kernel)
 
 
 def _compile(regexes: Sequence[str], argname: str) -> list[re.Pattern]:

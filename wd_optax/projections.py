@@ -45,10 +45,17 @@ class FixNormState(NamedTuple):
   init_norms: dict[str, jax.Array]
 
 
-def _channel_axes(leaf: Any, per_channel: bool) -> tuple[int, ...]:
-  """Axes summed over by the norm: all of them, or all but the last (the output channel in flax)."""
+def _channel_axes(leaf: Any, per_channel: bool, channel_axis: int = -1) -> tuple[int, ...]:
+  """Axes summed over by the norm: all of them, or all but ``channel_axis`` (the output channel).
+
+  The output channel is the last axis in flax and Haiku (``(in, out)``, ``(H, W, in, out)``) and the
+  first in Equinox (``(out, in)``, ``(out, in, H, W)``).
+  """
   ndim = np.ndim(leaf)
-  return tuple(range(ndim - 1)) if per_channel else tuple(range(ndim))
+  if not per_channel:
+    return tuple(range(ndim))
+  keep = channel_axis % ndim
+  return tuple(a for a in range(ndim) if a != keep)
 
 
 def _compute_dtype(dtype: Any) -> Any:
@@ -57,12 +64,26 @@ def _compute_dtype(dtype: Any) -> Any:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _norms(leaf: jax.Array, per_channel: bool) -> jax.Array:
+def _norms(leaf: jax.Array, per_channel: bool, channel_axis: int = -1) -> jax.Array:
   x = jnp.asarray(leaf, _compute_dtype(jnp.result_type(leaf)))
-  return jnp.sqrt(jnp.sum(jnp.square(x), axis=_channel_axes(x, per_channel)))
+  return jnp.sqrt(jnp.sum(jnp.square(x), axis=_channel_axes(x, per_channel, channel_axis)))
 
 
-def _check_leaf(path: str, leaf: Any, per_channel: bool, transform: str) -> None:
+_OUTPUT_CHANNEL_AXES = {"last": -1, "first": 0}
+
+
+def _channel_axis_of(output_channel: Any) -> int:
+  """The axis ``output_channel`` names: ``"last"`` (flax, Haiku) is -1, ``"first"`` (Equinox) is 0.
+
+  A string rather than an int so that ``optax.inject_hyperparams`` leaves it alone: it would turn an
+  int into a (traced, under ``jit``) array, and an axis must be static.
+  """
+  _checks.check_choice(output_channel, "output_channel", tuple(_OUTPUT_CHANNEL_AXES))
+  return _OUTPUT_CHANNEL_AXES[output_channel]
+
+
+def _check_leaf(path: str, leaf: Any, per_channel: bool, transform: str, channel_axis: int = -1
+                ) -> None:
   if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
     raise TypeError(
         f"{transform}: parameter {path!r} has dtype {jnp.result_type(leaf)}; only floating-point "
@@ -70,18 +91,20 @@ def _check_leaf(path: str, leaf: Any, per_channel: bool, transform: str) -> None
   if per_channel and np.ndim(leaf) < 2:
     raise ValueError(
         f"{transform}: parameter {path!r} has shape {np.shape(leaf)}; per_channel=True fixes the "
-        "norm of each output channel (the last axis) of a kernel with at least 2 axes, and a "
+        f"norm of each output channel (the {'last' if channel_axis == -1 else 'first'} axis) of a "
+        "kernel with at least 2 axes, and a "
         f"{np.ndim(leaf)}-d leaf has no input axes to take the norm over. Leave it out of the mask "
         "(biases usually are).")
 
 
-def _check_target_value(value: Any, path: str, leaf: Any, per_channel: bool, argname: str) -> None:
+def _check_target_value(value: Any, path: str, leaf: Any, per_channel: bool, argname: str,
+                        channel_axis: int = -1) -> None:
   """A target entry is a positive finite scalar, or with per_channel one entry per output channel."""
   if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
     raise TypeError(
         f"{argname}: the target for parameter {path!r} is {value!r}; expected a positive float.")
   shape = np.shape(value)
-  channels = np.shape(leaf)[-1] if per_channel else None
+  channels = np.shape(leaf)[channel_axis] if per_channel else None
   if shape != () and not (per_channel and shape == (channels,)):
     expected = "a scalar" + (f" or an array of shape ({channels},), one per output channel"
                              if per_channel else "")
@@ -125,11 +148,12 @@ def _is_scalar_target(target: Any) -> bool:
 
 
 def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: str,
-              target_argname: str, mask_argname: str) -> optax.GradientTransformation:
+              target_argname: str, mask_argname: str, output_channel: str = "last"
+              ) -> optax.GradientTransformation:
   """:func:`fix_norm` with the argument names its errors use, so :func:`fixnorm` can name its own."""
   if isinstance(target, str):
     _checks.check_choice(target, target_argname, ("init",))
-  elif isinstance(target, (bool, np.bool_)) or target is None or callable(target):
+  elif isinstance(target, (bool, np.bool_)) or target is None or _tree.is_function(target):
     raise TypeError(
         f"{target_argname} must be 'init', a positive float or a pytree of positive floats, got "
         f"{target!r}.")
@@ -139,12 +163,13 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
       raise ValueError(f"{target_argname} must be positive and finite, got {number}.")
   if not isinstance(per_channel, (bool, np.bool_)):
     raise TypeError(f"per_channel must be a bool, got {per_channel!r}.")
+  channel_axis = _channel_axis_of(output_channel)
 
   def masked_leaves(params: PyTree) -> dict[str, Any]:
     resolved = _tree.resolve_mask(mask, params, argname=mask_argname)
     leaves = {p: leaf for p, leaf in _tree.named_leaves(params) if resolved(p)}
     for path, leaf in leaves.items():
-      _check_leaf(path, leaf, per_channel, name)
+      _check_leaf(path, leaf, per_channel, name, channel_axis)
     return leaves
 
   def targets_for(params: PyTree, masked: dict[str, Any]) -> dict[str, Any]:
@@ -154,7 +179,7 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
       return {path: target for path in masked}
     by_path = _targets_by_path(target, params, masked, target_argname)
     for path, value in by_path.items():
-      _check_target_value(value, path, masked[path], per_channel, target_argname)
+      _check_target_value(value, path, masked[path], per_channel, target_argname, channel_axis)
     return by_path
 
   def init_fn(params: PyTree) -> FixNormState:
@@ -165,7 +190,7 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
       return FixNormState(init_norms=_tree.NOT_PARAM_SHAPED if isinstance(target, str) else {})
     masked = masked_leaves(params)
     targets_for(params, masked)
-    norms = {path: _norms(leaf, per_channel) for path, leaf in masked.items()}
+    norms = {path: _norms(leaf, per_channel, channel_axis) for path, leaf in masked.items()}
     for path, norm in norms.items():
       if _checks.is_traced(norm):
         continue  # A traced init cannot raise; a zero leaf then stays zero (see fix_norm).
@@ -200,11 +225,11 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
       dtype = _compute_dtype(jnp.result_type(param, update))
       param_c = jnp.asarray(param, dtype)
       moved = param_c + jnp.asarray(update, dtype)
-      axes = _channel_axes(moved, per_channel)
+      axes = _channel_axes(moved, per_channel, channel_axis)
       norm = jnp.sqrt(jnp.sum(jnp.square(moved), axis=axes, keepdims=True))
       radius = jnp.asarray(targets[path], dtype)
       if per_channel:
-        radius = jnp.reshape(jnp.broadcast_to(radius, norm.shape[-1:]), norm.shape)
+        radius = jnp.reshape(jnp.broadcast_to(radius, (norm.shape[channel_axis],)), norm.shape)
       # w + u = 0 has no direction: the leaf (or channel) keeps w, which already has the target
       # norm; the `where` on the divisor keeps the untaken branch, and its gradient, NaN-free.
       nonzero = norm > 0
@@ -219,7 +244,8 @@ def _fix_norm(target: Target, per_channel: bool, mask: _tree.MaskOrFn, *, name: 
 
 
 def fix_norm(*, target: Target = "init", per_channel: bool = False,
-             mask: _tree.MaskOrFn = None) -> optax.GradientTransformation:
+             mask: _tree.MaskOrFn = None, output_channel: str = "last"
+             ) -> optax.GradientTransformation:
   r"""Changes the update so that each masked parameter lands on a sphere of fixed norm.
 
   Put it last in a chain, after the learning rate is applied. With the incoming update ``u`` and
@@ -235,10 +261,15 @@ def fix_norm(*, target: Target = "init", per_channel: bool = False,
   scale-invariant leaf it fixes the effective learning rate at ``η_t / r²``.
 
   Norms: with ``per_channel=False`` the Frobenius norm of the whole leaf; with ``per_channel=True``
-  the norm of each output channel, i.e. over all axes but the last. In flax's layouts the last axis
-  is the output feature of a Dense kernel ``(in, out)`` — so a classifier kernel ``(features,
-  classes)`` gets one norm per class column ``kernel[:, k]`` — and the output channel of a Conv
-  kernel ``(H, W, in, out)``. Leaves with fewer than two axes cannot be fixed per channel (error).
+  the norm of each output channel, i.e. over all axes but the output-channel one (by default the
+  last).
+  In flax's (and Haiku's) layouts the last axis is the output feature of a Dense kernel ``(in, out)``
+  — so a classifier kernel ``(features, classes)`` gets one norm per class column ``kernel[:, k]`` —
+  and the output channel of a Conv kernel ``(H, W, in, out)``. Equinox stores the output channel
+  first (``Linear.weight`` is ``(out, in)``, ``Conv2d.weight`` ``(out, in, H, W)``): pass
+  ``output_channel="first"`` for it; with the default ``"last"`` an Equinox weight would get one norm
+  per *input* feature (or per kernel column) instead. Leaves with fewer than two axes cannot be fixed per channel
+  (error).
 
   Degenerate cases: a masked leaf (or channel) with zero norm at ``init`` is a ``ValueError`` naming
   its path, since it has no direction (checked when ``init`` runs on concrete values; a traced
@@ -252,9 +283,13 @@ def fix_norm(*, target: Target = "init", per_channel: bool = False,
       (an entry may name a parameter or a prefix of its path, as masks do; entries for unmasked
       parameters are ignored; with ``per_channel`` an entry may also be an array with one norm per
       output channel). A float or pytree target is read at each update, so it can be injected.
-    per_channel: fix the norm of each output channel (last axis) instead of the whole leaf.
+    per_channel: fix the norm of each output channel (see ``output_channel``) instead of the whole
+      leaf.
     mask: which parameters to project: ``None`` (all), a pytree of bools, or a callable from params
       to one (e.g. ``wd_optax.masks.kernels()``).
+    output_channel: with ``per_channel``, where the output channel of every masked leaf is:
+      ``"last"`` (flax, Haiku; the default) or ``"first"`` (Equinox). Ignored without
+      ``per_channel``; a string so that ``optax.inject_hyperparams`` keeps it static.
 
   Returns:
     An ``optax.GradientTransformation`` whose ``update`` needs ``params``; its state is a
@@ -263,7 +298,7 @@ def fix_norm(*, target: Target = "init", per_channel: bool = False,
   Raises:
     ValueError: zero-norm masked leaf at ``init``; a target pytree or mask that does not match the
       params (the message names the path); a non-positive target; ``per_channel`` on a leaf with
-      fewer than two axes.
+      fewer than two axes; ``output_channel`` not ``"last"`` or ``"first"``.
 
   Example:
     >>> import jax.numpy as jnp, optax, wd_optax
@@ -282,13 +317,14 @@ def fix_norm(*, target: Target = "init", per_channel: bool = False,
     arXiv:2103.15345.
   """
   return _fix_norm(target, per_channel, mask, name="fix_norm", target_argname="target",
-                   mask_argname="mask")
+                   mask_argname="mask", output_channel=output_channel)
 
 
 def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
             classifier_mask: _tree.MaskOrFn, scale_invariant_mask: _tree.MaskOrFn,
             momentum: float | None = 0.9, nesterov: bool = False, per_channel: bool = False,
-            classifier_per_class: bool = False) -> optax.GradientTransformation:
+            classifier_per_class: bool = False, output_channel: str = "last"
+            ) -> optax.GradientTransformation:
   r"""FixNorm: SGD with momentum and no weight decay, with the weight norms held fixed instead.
 
   .. math::
@@ -323,6 +359,10 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
       whole leaf.
     classifier_per_class: fix each class row of the classifier — for a flax Dense kernel
       ``(features, classes)`` the column ``kernel[:, k]`` — to norm ``c`` instead of the whole matrix.
+    output_channel: where the output channel (class) is for ``per_channel`` and
+      ``classifier_per_class``: ``"last"`` for flax and Haiku kernels (the default), ``"first"`` for
+      Equinox weights ``(out, in)`` — with it an Equinox classifier ``(classes, features)`` gets one
+      norm per row ``weight[k]``.
 
   Returns:
     An ``optax.GradientTransformation`` (its ``update`` needs ``params``).
@@ -358,9 +398,11 @@ def fixnorm(learning_rate: optax.ScalarOrSchedule, *, classifier_norm: Any,
     raise TypeError(f"classifier_per_class must be a bool, got {classifier_per_class!r}.")
 
   scale_invariant = _fix_norm("init", per_channel, scale_invariant_mask, name="fixnorm",
-                              target_argname="target", mask_argname="scale_invariant_mask")
+                              target_argname="target", mask_argname="scale_invariant_mask",
+                              output_channel=output_channel)
   classifier = _fix_norm(classifier_norm, classifier_per_class, classifier_mask, name="fixnorm",
-                         target_argname="classifier_norm", mask_argname="classifier_mask")
+                         target_argname="classifier_norm", mask_argname="classifier_mask",
+                         output_channel=output_channel)
   # Same ops as optax.sgd, so leaves outside both masks follow it bitwise.
   inner = optax.chain(
       optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else optax.identity(),

@@ -14,8 +14,10 @@ Conventions shared by every function here:
 * Norms are computed in float32 (lower-precision leaves are upcast first) and returned as float32.
 * A zero vector has no direction: its effective learning rate is reported as ``0.0`` and any angle
   involving it as ``0.0``. No function here returns NaN or inf for finite input.
-* ``per_output_channel=True`` reduces over every axis but the last (flax kernels keep output
-  features / channels last), giving one value per output channel; a 0-d leaf gives a scalar.
+* ``per_output_channel=True`` reduces over every axis but the output channel, giving one value per
+  output channel; a 0-d leaf gives a scalar. ``output_channel="last"`` (the default) is where flax
+  and Haiku keep it (``(in, out)``, ``(H, W, in, out)``); Equinox keeps it first (``(out, in)``,
+  ``(out, in, H, W)``), so pass ``output_channel="first"`` for an Equinox model.
 """
 
 from __future__ import annotations
@@ -43,9 +45,21 @@ __all__ = [
 _OPTIMIZER_POWERS = {"sgd": 2, "adam": 1}
 
 
-def _reduce_axes(leaf: jax.Array, per_output_channel: bool) -> tuple[int, ...] | None:
-  if per_output_channel and jnp.ndim(leaf) >= 1:
-    return tuple(range(jnp.ndim(leaf) - 1))
+_OUTPUT_CHANNEL_AXES = {"last": -1, "first": 0}
+
+
+def _channel_axis_of(output_channel: Any) -> int:
+  """``"last"`` (flax, Haiku) is axis -1, ``"first"`` (Equinox) axis 0."""
+  _checks.check_choice(output_channel, "output_channel", tuple(_OUTPUT_CHANNEL_AXES))
+  return _OUTPUT_CHANNEL_AXES[output_channel]
+
+
+def _reduce_axes(leaf: jax.Array, per_output_channel: bool, channel_axis: int = -1
+                 ) -> tuple[int, ...] | None:
+  ndim = jnp.ndim(leaf)
+  if per_output_channel and ndim >= 1:
+    keep = channel_axis % ndim
+    return tuple(a for a in range(ndim) if a != keep)
   return None
 
 
@@ -84,21 +98,24 @@ def safe_angle(a: jax.Array, b: jax.Array, axes: tuple[int, ...] | None = None) 
   return jnp.where(both_nonzero, angle, 0.0)
 
 
-def weight_norms(params: PyTree, mask: Any = None, *, per_output_channel: bool = False) -> PyTree:
+def weight_norms(params: PyTree, mask: Any = None, *, per_output_channel: bool = False,
+                 output_channel: str = "last") -> PyTree:
   r"""Per-leaf L2 norms ‖w‖ of the parameters.
 
   .. math::
     n_\ell = \|w_\ell\|_2 = \big(\textstyle\sum_i w_{\ell,i}^2\big)^{1/2}
 
   or, with ``per_output_channel``, :math:`n_{\ell,c} = \|w_{\ell,\ldots,c}\|_2` for every output
-  channel ``c`` (last axis). Without decay the norm of a scale-invariant leaf grows every step; decay
-  holds it at a plateau (Zhang et al. 2019, §4.1; Bjorck et al. 2021 for early decay).
+  channel ``c`` (the last axis by default; the first with ``output_channel="first"``). Without
+  decay the norm of a scale-invariant leaf grows every step; decay holds it at a plateau (Zhang et
+  al. 2019, §4.1; Bjorck et al. 2021 for early decay).
 
   Args:
     params: a pytree of arrays (a dict, ``nnx.State`` or its pure form).
     mask: project mask convention (``None``, pytree of bools, or callable params -> bools); leaves
       outside it are ``None`` in the result.
-    per_output_channel: one norm per output channel (last axis) instead of one per leaf.
+    per_output_channel: one norm per output channel instead of one per leaf.
+    output_channel: ``"last"`` (flax, Haiku; the default) or ``"first"`` (Equinox).
 
   Returns:
     A pytree like ``params`` of float32 norms (scalars, or shape ``(out,)`` per channel).
@@ -113,12 +130,15 @@ def weight_norms(params: PyTree, mask: Any = None, *, per_output_channel: bool =
     Zhang, Wang, Xu, Grosse. Three Mechanisms of Weight Decay Regularization. ICLR 2019.
     Zhou, Sun, Zhong. FixNorm: Dissecting Weight Decay for Training Deep Neural Networks. 2021.
   """
-  return masked_map(lambda w: _norm(w, _reduce_axes(w, per_output_channel)), params, mask=mask)
+  channel_axis = _channel_axis_of(output_channel)
+  return masked_map(lambda w: _norm(w, _reduce_axes(w, per_output_channel, channel_axis)), params,
+                    mask=mask)
 
 
 def effective_learning_rate(learning_rate: Any, params: PyTree, *, optimizer: str = "sgd",
                             mask: Any = None, step: Any = None,
-                            per_output_channel: bool = False) -> PyTree:
+                            per_output_channel: bool = False, output_channel: str = "last"
+                            ) -> PyTree:
   r"""Effective learning rate of each scale-invariant leaf: η/‖w‖² (SGD) or η/‖w‖ (Adam).
 
   For a leaf followed by normalisation, L(cw) = L(w), so ∇L(w) ⊥ w and ∇L(cw) = ∇L(w)/c. An SGD step
@@ -143,6 +163,7 @@ def effective_learning_rate(learning_rate: Any, params: PyTree, *, optimizer: st
     mask: project mask convention; leaves outside it are ``None`` in the result.
     step: the step at which to evaluate ``learning_rate`` when it is a schedule.
     per_output_channel: one value per output channel (for per-filter normalisation).
+    output_channel: ``"last"`` (flax, Haiku; the default) or ``"first"`` (Equinox).
 
   Returns:
     A pytree like ``params`` of float32 effective learning rates.
@@ -161,6 +182,7 @@ def effective_learning_rate(learning_rate: Any, params: PyTree, *, optimizer: st
     Hoffer, Banner, Golan, Soudry. Norm matters. NeurIPS 2018.
   """
   _checks.check_choice(optimizer, "optimizer", tuple(_OPTIMIZER_POWERS))
+  channel_axis = _channel_axis_of(output_channel)
   if callable(learning_rate):
     if step is None:
       raise ValueError(
@@ -174,7 +196,7 @@ def effective_learning_rate(learning_rate: Any, params: PyTree, *, optimizer: st
   largest = jnp.finfo(jnp.float32).max
 
   def leaf_rate(w):
-    sq = _sq_norm(w, _reduce_axes(w, per_output_channel))
+    sq = _sq_norm(w, _reduce_axes(w, per_output_channel, channel_axis))
     denominator = sq if power == 2 else jnp.sqrt(sq)
     safe = jnp.where(denominator > 0, denominator, 1.0)
     return jnp.where(denominator > 0, jnp.minimum(eta / safe, largest), 0.0)
@@ -183,7 +205,7 @@ def effective_learning_rate(learning_rate: Any, params: PyTree, *, optimizer: st
 
 
 def angular_update(old_params: PyTree, new_params: PyTree, mask: Any = None, *,
-                   per_output_channel: bool = False) -> PyTree:
+                   per_output_channel: bool = False, output_channel: str = "last") -> PyTree:
   r"""Angle in radians between each leaf before and after a step.
 
   .. math::
@@ -200,7 +222,8 @@ def angular_update(old_params: PyTree, new_params: PyTree, mask: Any = None, *,
     old_params: parameters before the step.
     new_params: parameters after the step (same structure).
     mask: project mask convention, resolved against ``old_params``; leaves outside it are ``None``.
-    per_output_channel: one angle per output channel (last axis).
+    per_output_channel: one angle per output channel.
+    output_channel: ``"last"`` (flax, Haiku; the default) or ``"first"`` (Equinox).
 
   Returns:
     A pytree like ``old_params`` of float32 angles in ``[0, π]``.
@@ -217,6 +240,7 @@ def angular_update(old_params: PyTree, new_params: PyTree, mask: Any = None, *,
     Kosson, Messmer, Jaggi. Rotational Equilibrium: How Weight Decay Balances Learning Across Neural
     Networks. ICML 2024.
   """
+  channel_axis = _channel_axis_of(output_channel)
   old_paths = [p for p, _ in _tree.named_leaves(old_params)]
   new_paths = [p for p, _ in _tree.named_leaves(new_params)]
   if old_paths != new_paths:
@@ -233,7 +257,7 @@ def angular_update(old_params: PyTree, new_params: PyTree, mask: Any = None, *,
   new_leaves = jax.tree.leaves(new_params)
   new_aligned = jax.tree.unflatten(jax.tree.structure(old_params), new_leaves)
   return masked_map(
-      lambda a, b: safe_angle(a, b, _reduce_axes(a, per_output_channel)),
+      lambda a, b: safe_angle(a, b, _reduce_axes(a, per_output_channel, channel_axis)),
       old_params, new_aligned, mask=mask)
 
 

@@ -77,7 +77,8 @@ def _average_increase(loss_fn, params, batch, key, num_samples, perturbation_fn)
 
 def scale_invariant_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], params: PyTree, batch: Any,
                               key: jax.Array, *, radius: float = 0.05, num_samples: int = 8,
-                              mask: Any = None, per_output_channel: bool = False) -> SharpnessEstimate:
+                              mask: Any = None, per_output_channel: bool = False,
+                              output_channel: str = "last") -> SharpnessEstimate:
   r"""Average loss increase under random perturbations scaled to each leaf's own norm.
 
   .. math::
@@ -101,6 +102,7 @@ def scale_invariant_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], param
     num_samples: number of perturbations, >= 2.
     mask: project mask convention: which leaves to perturb.
     per_output_channel: relative to each output channel's norm instead of the leaf's.
+    output_channel: ``"last"`` (flax, Haiku; the default) or ``"first"`` (Equinox).
 
   Returns:
     ``SharpnessEstimate(value, stderr)``: mean loss increase and its standard error (float32).
@@ -122,6 +124,7 @@ def scale_invariant_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], param
     Kwon, Kim, Park, Choi. ASAM: Adaptive Sharpness-Aware Minimization. ICML 2021.
   """
   _check_sampling(radius, num_samples)
+  channel_axis = _norms._channel_axis_of(output_channel)
   resolved = _tree.resolve_mask(mask, params)
   paths = [p for p, _ in _tree.named_leaves(params)]
   leaves = jax.tree.leaves(params)
@@ -132,7 +135,7 @@ def scale_invariant_sharpness(loss_fn: Callable[[PyTree, Any], jax.Array], param
       if not resolved(path):
         out.append(None)
         continue
-      axes = _norms._reduce_axes(w, per_output_channel)
+      axes = _norms._reduce_axes(w, per_output_channel, channel_axis)
       w_norm = _norms._norm(w, axes)
       z_norm = _norms._norm(z, axes)
       scale = radius * w_norm / jnp.where(z_norm > 0, z_norm, 1.0)
@@ -228,15 +231,17 @@ def _top_singular_value(matrix: jax.Array, num_iterations: int) -> jax.Array:
   return jnp.linalg.norm(matrix @ v)
 
 
-def spectral_norm_product(params: PyTree, mask: Any = None, *, num_iterations: int = 50) -> jax.Array:
+def spectral_norm_product(params: PyTree, mask: Any = None, *, num_iterations: int = 50,
+                          output_channel: str = "last") -> jax.Array:
   r"""Π_ℓ σ_max(W_ℓ) over the leaves in ``mask`` with ≥ 2 dimensions (a raw measure).
 
   .. math::
     P(w) = \prod_{\ell \in M,\ \dim w_\ell \ge 2} \sigma_{\max}\big(\mathrm{reshape}(w_\ell, (-1, c_\mathrm{out}))\big)
 
-  Each kernel is reshaped to a matrix with the output channels (last axis) as columns — for a
-  convolution this is the matrix of the patch-to-channel map, not the operator norm of the
-  convolution itself (a common, cheap proxy). σ_max comes from ``num_iterations`` steps of power
+  Each kernel is reshaped to a matrix with the output channels as columns (the last axis; the first
+  with ``output_channel="first"``, Equinox's layout) — for a convolution this is the matrix of the
+  patch-to-channel map, not the operator norm of the convolution itself (a common, cheap proxy); for
+  a 2-D kernel σ_max does not depend on the layout (σ_max(Wᵀ) = σ_max(W)). σ_max comes from ``num_iterations`` steps of power
   iteration on WᵀW from a fixed start, so the value is deterministic. Leaves with fewer than 2 axes
   (biases, norm scales) are skipped. Beware overflow for very deep nets: the product of 100 norms of
   3 is 5e47 > float32 max.
@@ -254,11 +259,13 @@ def spectral_norm_product(params: PyTree, mask: Any = None, *, num_iterations: i
   """
   if not isinstance(num_iterations, int) or num_iterations < 1:
     raise ValueError(f"num_iterations must be an int >= 1, got {num_iterations!r}.")
+  channel_axis = _norms._channel_axis_of(output_channel)
 
   def leaf_sigma(w):
     if jnp.ndim(w) < 2:
       return None
-    matrix = jnp.asarray(w, jnp.float32).reshape(-1, jnp.shape(w)[-1])
+    matrix = jnp.moveaxis(jnp.asarray(w, jnp.float32), channel_axis, -1)
+    matrix = matrix.reshape(-1, jnp.shape(w)[channel_axis])
     return _top_singular_value(matrix, num_iterations)
 
   sigmas = _norms.masked_map(leaf_sigma, params, mask=mask)
