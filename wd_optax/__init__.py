@@ -20,7 +20,6 @@ References:
 """
 
 from wd_optax import diagnostics
-from wd_optax import kfac
 from wd_optax import masks
 from wd_optax import schedules
 from wd_optax import tuning
@@ -31,6 +30,23 @@ from wd_optax.optimizers import adam, sgd
 from wd_optax.projections import FixNormState, fix_norm, fixnorm
 
 __version__ = "0.1.0"
+
+# wd_optax.kfac needs flax (its registered layers are NNX modules), an optional dependency: it is imported
+# on first use (``wd_optax.kfac.scale_by_kfac`` or ``import wd_optax.kfac``), so ``import wd_optax`` works
+# with jax, optax and numpy only.
+_LAZY_SUBMODULES = ("kfac",)
+
+
+def __getattr__(name):
+  if name in _LAZY_SUBMODULES:
+    import importlib
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "AddL2State",
@@ -44,7 +60,6 @@ __all__ = [
     "diagnostics",
     "fix_norm",
     "fixnorm",
-    "kfac",
     "masks",
     "monitor",
     "scale_by_adam_l2",
