@@ -33,7 +33,7 @@ BLOCK_FLAX = textwrap.dedent("""\
       # Behaves as if flax were not installed: any import of flax or a submodule fails.
       def find_spec(self, name, path=None, target=None):
         if name == "flax" or name.startswith("flax."):
-          raise ImportError(f"No module named {name!r} (blocked by tests/test_packaging.py)")
+          raise ModuleNotFoundError(f"No module named {name!r} (blocked by tests/test_packaging.py)", name=name)
         return None
 
     sys.meta_path.insert(0, _BlockFlax())

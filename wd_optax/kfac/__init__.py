@@ -32,7 +32,9 @@ References:
 
 try:
   import flax.nnx  # noqa: F401  (the registered layers are NNX modules)
-except ImportError as e:  # pragma: no cover - exercised in a subprocess by tests/test_packaging.py
+except ModuleNotFoundError as e:  # exercised in subprocesses by tests/test_packaging.py
+  if e.name not in ("flax", "flax.nnx"):
+    raise  # flax is installed but something it needs is not: its own error says what
   raise ImportError(
       "wd_optax.kfac needs flax (its registered layers are Flax NNX modules), an optional dependency of "
       'wd_optax: install it with `pip install "wd-optax[kfac]"`. The rest of wd_optax works without it.'
