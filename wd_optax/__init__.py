@@ -11,7 +11,8 @@ The package is laid out by the three questions every weight-decay choice answers
 Beside decay: :mod:`wd_optax.projections` fixes weight norms instead of decaying them (FixNorm),
 :mod:`wd_optax.kfac` preconditions with K-FAC and damping (it needs flax: ``pip install "wd-optax[kfac]"``;
 the rest needs only jax, optax and numpy), :mod:`wd_optax.diagnostics` and :func:`wd_optax.monitor` measure
-the mechanisms (effective learning rate, angular update, Jacobian norm, effective damping), and :mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
+the mechanisms (effective learning rate, angular update, Jacobian norm, effective damping), and
+:mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
 
 References:
   Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
