@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Checks the release artifact: builds a wheel from this checkout, installs it with the pinned dependencies
-# into a FRESH virtual environment in a temporary directory, and, from outside the checkout (so that the
-# installed wheel, not the source tree, is imported), runs the README's first python example, checks
-# wd_optax.__version__ against pyproject.toml and that the typing marker py.typed is installed.
+# Checks the release artifact: builds a wheel from this checkout, installs it WITHOUT extras (the core:
+# jax, optax, numpy) with the pinned dependencies into a FRESH virtual environment in a temporary
+# directory, and, from outside the checkout (so that the installed wheel, not the source tree, is
+# imported), checks that flax was not installed, runs the README's first python example (pure optax: it
+# needs no flax), checks wd_optax.__version__ against pyproject.toml, that the typing marker py.typed is
+# installed and that wd_optax.kfac, without flax, raises ImportError naming the [kfac] extra.
 # Needs: python >= 3.10 with venv and network access to PyPI (pip's cache makes reruns fast).
 # Usage: bash scripts/check_wheel.sh        (PYTHON=/path/to/python3.x to choose the interpreter)
 set -euo pipefail
@@ -31,7 +33,7 @@ mkdir "$work/src"
 wheel="$(ls "$work"/dist/wd_optax-*.whl)"
 echo "   $(basename "$wheel")"
 
-echo "== installing it into a fresh virtual environment"
+echo "== installing it, without extras, into a fresh virtual environment"
 "$python" -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install --quiet --upgrade pip
 "$work/venv/bin/python" -m pip install --quiet -c "$root/requirements/pins.txt" "$wheel"
@@ -45,7 +47,8 @@ if not blocks:
 print(blocks[0])
 PY
 cat > "$work/check.py" <<PY
-import pathlib, sys
+import importlib.util, pathlib, sys
+assert importlib.util.find_spec("flax") is None, "installing wd_optax without extras installed flax"
 import wd_optax
 location = pathlib.Path(wd_optax.__file__).resolve()
 assert "$work/venv" in str(location), f"imported wd_optax from {location}, not from the installed wheel"
@@ -54,7 +57,15 @@ assert (location.parent / "py.typed").is_file(), "py.typed is missing from the i
 namespace = {}
 exec(compile(open("$work/readme_example.py").read(), "README.md", "exec"), namespace)
 assert "params" in namespace, "the README example did not define params"
-print(f"wd_optax {wd_optax.__version__} from {location.parent}: README example ran; py.typed present")
+assert "flax" not in sys.modules, "the core or the README example imported flax"
+try:
+  import wd_optax.kfac
+except ImportError as e:
+  assert 'pip install "wd-optax[kfac]"' in str(e), e
+else:
+  raise AssertionError("wd_optax.kfac imported without flax")
+print(f"wd_optax {wd_optax.__version__} from {location.parent}: core without flax, README example ran; "
+      "py.typed present; wd_optax.kfac asks for the [kfac] extra")
 PY
 (cd "$work" && env -u PYTHONPATH JAX_PLATFORMS=cpu "$work/venv/bin/python" "$work/check.py")
 

@@ -19,3 +19,19 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402  (must come after XLA_FLAGS is set)
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_configure(config):
+  # The tests call ``nnx.as_pure``, the name flax >= 0.12.7 gives it; flax 0.12.6, the oldest version
+  # the [kfac] extra supports (scripts/test_oldest.sh), has the same function as ``nnx.pure``. flax is
+  # imported here only in that case (its version is read from the metadata): the suite's other runs do
+  # not load flax before a test module does, and the library's tests run without flax installed.
+  import importlib.metadata
+  try:
+    version = importlib.metadata.version("flax")
+  except importlib.metadata.PackageNotFoundError:
+    return
+  if tuple(int(part) for part in version.split(".")[:3] if part.isdigit()) < (0, 12, 7):
+    from flax import nnx
+    if not hasattr(nnx, "as_pure") and hasattr(nnx, "pure"):
+      nnx.as_pure = nnx.pure

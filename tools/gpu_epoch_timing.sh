@@ -26,7 +26,7 @@ DATA=/tmp/cifar_synthetic
 
 echo "== nvidia-smi -L"; nvidia-smi -L 2>&1 || echo "(no nvidia-smi)"
 
-# Optional pinned pure-python packages carried as wheels in .whl/ (flax, optax, chex, orbax-checkpoint at the
+# Optional pinned pure-python packages carried as wheels in .whl/ (flax, optax, orbax-checkpoint at the
 # versions the test suite uses). Used only if they import and build an nnx model with the machine's jax.
 if ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -46,7 +46,7 @@ echo "== python packages"
 $PY - <<'PYEOF' || { echo "FATAL: a package the harness needs is missing (nothing can be installed there)"; exit 3; }
 import importlib, sys
 missing = []
-for name in ("jax", "numpy", "flax", "optax", "chex", "orbax.checkpoint", "tqdm", "matplotlib"):
+for name in ("jax", "numpy", "flax", "optax", "orbax.checkpoint", "tqdm", "matplotlib"):
   try:
     mod = importlib.import_module(name)
     print(f"  {name} {getattr(mod, '__version__', '?')}")

@@ -9,9 +9,10 @@ The package is laid out by the three questions every weight-decay choice answers
 * **which parameters it touches**: :mod:`wd_optax.masks`.
 
 Beside decay: :mod:`wd_optax.projections` fixes weight norms instead of decaying them (FixNorm),
-:mod:`wd_optax.kfac` preconditions with K-FAC and damping, :mod:`wd_optax.diagnostics` and
-:func:`wd_optax.monitor` (from :mod:`wd_optax.monitoring`, with :func:`~wd_optax.monitoring.unpack`)
-measure the mechanisms (effective learning rate, angular update, Jacobian norm, effective damping), and
+:mod:`wd_optax.kfac` preconditions with K-FAC and damping (it needs flax: ``pip install "wd-optax[kfac]"``;
+the rest needs only jax, optax and numpy), :mod:`wd_optax.diagnostics` and :func:`wd_optax.monitor` (from
+:mod:`wd_optax.monitoring`, with :func:`~wd_optax.monitoring.unpack`) measure the mechanisms (effective
+learning rate, angular update, Jacobian norm, effective damping), and
 :mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
 
 References:
@@ -21,7 +22,6 @@ References:
 """
 
 from wd_optax import diagnostics
-from wd_optax import kfac
 from wd_optax import masks
 from wd_optax import monitoring
 from wd_optax import schedules
@@ -33,6 +33,23 @@ from wd_optax.optimizers import adam, sgd
 from wd_optax.projections import FixNormState, fix_norm, fixnorm
 
 __version__ = "0.1.0"
+
+# wd_optax.kfac needs flax (its registered layers are NNX modules), an optional dependency: it is imported
+# on first use (``wd_optax.kfac.scale_by_kfac`` or ``import wd_optax.kfac``), so ``import wd_optax`` works
+# with jax, optax and numpy only.
+_LAZY_SUBMODULES = ("kfac",)
+
+
+def __getattr__(name):
+  if name in _LAZY_SUBMODULES:
+    import importlib
+    return importlib.import_module(f"{__name__}.{name}")
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
 
 __all__ = [
     "AddL2State",
@@ -46,7 +63,6 @@ __all__ = [
     "diagnostics",
     "fix_norm",
     "fixnorm",
-    "kfac",
     "masks",
     "monitor",
     "monitoring",

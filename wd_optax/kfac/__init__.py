@@ -30,6 +30,16 @@ References:
   Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
 """
 
+try:
+  import flax.nnx  # noqa: F401  (the registered layers are NNX modules)
+except ModuleNotFoundError as e:  # exercised in subprocesses by tests/test_packaging.py
+  if e.name not in ("flax", "flax.nnx"):
+    raise  # flax is installed but something it needs is not: its own error says what
+  raise ImportError(
+      "wd_optax.kfac needs flax (its registered layers are Flax NNX modules), an optional dependency of "
+      'wd_optax: install it with `pip install "wd-optax[kfac]"`. The rest of wd_optax works without it.'
+  ) from e
+
 from wd_optax.kfac._curvature import MODES, Curvature, LayerCurvature, value_grad_and_curvature
 from wd_optax.kfac._layers import (Conv, KfacInputStats, KfacOutputPerturbation, Linear,
                                    registered_layers)
