@@ -109,9 +109,18 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
     raise UsageError(f"train.num_devices must be between 0 and {visible} (the visible devices; 0: all), "
                      f"got {t.num_devices}.")
   devices = t.num_devices or visible
-  if t.batch_size % devices:
-    raise UsageError(f"train.batch_size ({t.batch_size}) must be divisible by the number of devices ({devices}); "
-                     "set train.num_devices or the batch size.")
+  if jax.process_count() > 1 and devices != visible:
+    raise UsageError(f"train.num_devices={t.num_devices} uses {devices} of the {visible} devices of a "
+                     f"{jax.process_count()}-process run; every process must hold part of the mesh: set "
+                     "train.num_devices=0 (all devices).")
+  if t.mesh_members and devices % t.mesh_members:
+    raise UsageError(f"train.mesh_members ({t.mesh_members}) must divide the number of devices ({devices}); "
+                     "set train.mesh_members or train.num_devices.")
+  if t.batch_size % (devices // (t.mesh_members or 1)) and (t.mesh_members or jax.default_backend() == "cpu"):
+    data = devices // (t.mesh_members or 1)
+    raise UsageError(f"train.batch_size ({t.batch_size}) must be divisible by the data axis of the mesh ({devices} "
+                     f"devices / train.mesh_members {t.mesh_members or 1} = {data}); set train.batch_size, "
+                     "train.mesh_members or train.num_devices.")
   try:
     hooks = study.hooks(config) if study.hooks else None
   except (ValueError, TypeError, KeyError) as e:
