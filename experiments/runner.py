@@ -11,6 +11,7 @@ import traceback
 from typing import Callable, Sequence
 
 from experiments import config as config_lib
+from experiments import distributed
 from experiments import report as report_lib
 from experiments import studies as studies_lib
 from experiments.train import plots as plots_lib
@@ -218,13 +219,15 @@ def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None
   start = time.time()
   results = run_experiment(config, workdir, hooks=hooks, progress=progress, log=log)
   claims, table = study.analyze(results, config)
-  plots = plots_lib.standard_plots(results, workdir, styles=plots_lib.StyleMap.from_config(config))
-  if study.plots:
+  primary = distributed.is_primary()  # plots and the report: process 0 of a multi-process run only
+  plots = plots_lib.standard_plots(results, workdir, styles=plots_lib.StyleMap.from_config(config)) if primary else []
+  if study.plots and primary:
     plots += study.plots(results, config, workdir)
   section = report_lib.StudySection(
       name=name, title=study.title, setting=study.setting_text(config) + "\n\n" + describe(config, quick),
       claims=claims, plots=[os.path.basename(p) for p in plots], table=table, elapsed_s=time.time() - start)
-  report_lib.write_report(os.path.join(workdir, "REPORT.md"), [section], title=f"Study `{name}`")
+  if primary:
+    report_lib.write_report(os.path.join(workdir, "REPORT.md"), [section], title=f"Study `{name}`")
   section.plots = [os.path.join(plot_prefix, p) for p in section.plots]
   return section
 
@@ -287,5 +290,7 @@ def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, na
                                               else type(e).__name__))
       log(f"[{name}] FAILED:\n{sections[-1].error}")
   preamble = PREAMBLE.format(quick=" --quick" if quick else "") + f"\n\nTotal run time: {time.time() - start:.0f} s."
+  if not distributed.is_primary():
+    return os.path.join(workdir, "REPORT.md")
   return report_lib.write_report(os.path.join(workdir, "REPORT.md"), sections,
                                  title="Reproducing the weight-decay claims", preamble=preamble)
