@@ -189,6 +189,23 @@ def test_cli_initializes_before_the_up_front_checks(monkeypatch, flags, expected
   assert calls == [("initialize", expected), ("check_study", None)]
 
 
+def test_slurm_environment_as_the_docs_describe_it(monkeypatch):
+  """docs/accelerators.md's SLURM recipe relies on what jax's own detection reads from srun's environment."""
+  from jax._src import clusters
+  for key in list(os.environ):
+    if key.startswith(("SLURM_", "OMPI_", "JAX_COORDINATOR", "TPU_")):
+      monkeypatch.delenv(key)
+  monkeypatch.setenv("SLURM_JOB_ID", "4097")
+  monkeypatch.setenv("SLURM_STEP_NODELIST", "gpu[007-010]")
+  monkeypatch.setenv("SLURM_NTASKS", "32")
+  monkeypatch.setenv("SLURM_PROCID", "13")
+  monkeypatch.setenv("SLURM_LOCALID", "5")
+  monkeypatch.setenv("SLURM_STEP_NUM_NODES", "4")
+  address, count, index, local = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+      None, None, None, None, None, 10)
+  assert (address, count, index, local) == (f"gpu007:{4097 % 4096 + 61440}", 32, 13, [5])
+
+
 def test_initialize_refuses_after_devices_were_touched(monkeypatch):
   from jax._src import xla_bridge
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
