@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="override a config field, e.g. train.steps=2000 or arms.always.weight_decay=1e-3; "
                            "STUDY.KEY=VALUE (e.g. three_mechanisms.arms.sgd_l2_bn.learning_rate=0.05) applies "
                            "to one study only (for reproduce); repeatable")
-  parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+  parser.add_argument("--no-progress", action="store_true",
+                      help="no progress bar (terminal) or progress lines (logs, nohup, SLURM)")
   from experiments import distributed
   distributed.add_arguments(parser)
   return parser

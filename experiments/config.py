@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 import types
 import typing
 from typing import Any, Callable, Optional, Union
@@ -85,8 +86,14 @@ class OptimConfig:
       ``l2_outside_momentum`` (Adam); for ``adam_buffers``, ``l2`` (the buffer switches route λ) or
       ``decoupled`` (the same, followed by decoupled decay with rate ``decoupled_decay``).
     coupling: decoupled-decay coupling (``lr`` | ``schedule`` | ``independent`` | ``corrected``).
-    decay_mask: which parameters decay: ``all`` | ``kernels`` | ``conv`` (all but the classifier) |
-      ``classifier`` | ``none``.
+    decay_mask: which parameters decay, as regexes over their "/"-joined paths (``conv/kernel``,
+      ``layers/0/bias``; see ``wd_optax.masks``): a preset name of :data:`DECAY_MASK_PRESETS` (``all`` |
+      ``kernels`` | ``conv``: all but the classifier | ``classifier`` | ``none``), a list of include regexes
+      (``[".*kernel$"]``) or a dict ``{"include": [...], "exclude": [...]}`` (either key optional: no
+      ``include`` means every parameter). A parameter decays when its path matches an include regex
+      (:func:`re.search`) and no exclude regex. From the CLI as JSON:
+      ``--set optim.decay_mask='{"include": ["kernel$"], "exclude": ["classifier"]}'``. A regex that matches no
+      parameter of the model is an error when the run is checked.
     decay_start: first step (as a fraction of ``train.steps``) at which λ acts.
     decay_end: first step (fraction of ``train.steps``) at which λ stops acting; ``decay_start=0,
       decay_end=1`` is decay throughout, ``0, 0.25`` early decay, ``0.5, 1`` late decay.
@@ -115,7 +122,7 @@ class OptimConfig:
   weight_decay: float = 0.0
   decay: str = "l2"
   coupling: str = "lr"
-  decay_mask: str = "all"
+  decay_mask: Any = "all"   # a preset name, a list of include regexes or {"include": [...], "exclude": [...]}
   decay_start: float = 0.0
   decay_end: float = 1.0
   b1: float = 0.9
@@ -160,6 +167,9 @@ class TrainConfig:
     on_nan: ``stop`` (raise, naming the step; the last good checkpoint stays) or ``continue`` (for sweeps whose
       extreme settings may diverge: the diverged member is marked with ``diverged_at`` in its records and
       trained on; its NaN weights cannot affect the other members).
+    tensorboard: also write the metrics as TensorBoard event files, one run per member under
+      ``<workdir>/tensorboard/<label>/seed<seed>`` (``metrics.jsonl`` stays the source of truth; a resume may
+      switch it on or off).
   """
   steps: int = 500
   batch_size: int = 128
@@ -171,6 +181,7 @@ class TrainConfig:
   mesh_members: int = 0
   label_smoothing: float = 0.0
   on_nan: str = "stop"
+  tensorboard: bool = False
 
 
 @dataclasses.dataclass
@@ -319,7 +330,18 @@ DECAYS = {"sgd": ("l2", "decoupled"), "adam": ("l2", "decoupled", "l2_outside_mo
           "adam_buffers": ("l2", "decoupled")}
 COUPLINGS = ("lr", "schedule", "independent", "corrected")
 LR_SCHEDULES = ("constant", "cosine")
-DECAY_MASKS = ("all", "kernels", "conv", "classifier", "none")
+# The decay-mask presets, each an include/exclude pair of regexes over parameter paths (compiled by
+# ``wd_optax.masks.include`` / ``exclude`` in :func:`experiments.train.optim.decay_mask`). ``kernels``: the
+# ``kernel`` leaves (Dense/Conv weights; on every harness model exactly ``wd_optax.masks.kernels()``, the leaves
+# with ndim >= 2); ``conv``: every parameter but the classifier (Zhang et al.'s ablation decays all layers, the
+# final FC only, or all but the final FC).
+DECAY_MASK_PRESETS = {
+    "all": {"include": None, "exclude": []},
+    "kernels": {"include": ["kernel$"], "exclude": []},
+    "conv": {"include": None, "exclude": ["classifier"]},
+    "classifier": {"include": ["classifier"], "exclude": []},
+    "none": {"include": None, "exclude": [".*"]},
+}
 ON_NAN = ("stop", "continue")
 
 
@@ -344,6 +366,8 @@ def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = N
                      f"train.log_every ({t.log_every}).")
   if t.on_nan not in ON_NAN:
     raise ValueError(f"train.on_nan must be one of {ON_NAN}, got {t.on_nan!r}.")
+  if not isinstance(t.tensorboard, bool):
+    raise ValueError(f"train.tensorboard must be true or false, got {t.tensorboard!r}.")
   if _bad_int(t.num_devices) or t.num_devices < 0:
     raise ValueError(f"train.num_devices must be an int >= 0 (0: all visible devices), got {t.num_devices!r}.")
   if _bad_int(t.mesh_members) or t.mesh_members < 0:
@@ -386,7 +410,7 @@ def _validate_optim(optim: OptimConfig, sweep: dict, where: Callable[[str], str]
       _check_value(key, value, f"{sweep_where}.{key}")
   if optimizers is not None and optim.name not in optimizers:
     raise ValueError(f"{where('name')} must be one of {tuple(optimizers)}, got {optim.name!r}.")
-  choices = {"lr_schedule": LR_SCHEDULES, "decay_mask": DECAY_MASKS, "coupling": COUPLINGS}
+  choices = {"lr_schedule": LR_SCHEDULES, "coupling": COUPLINGS}
   if optim.name in DECAYS:  # a study's own optimizer may read decay its own way (or not at all)
     choices["decay"] = DECAYS[optim.name]
   for key, allowed in choices.items():
@@ -394,6 +418,10 @@ def _validate_optim(optim: OptimConfig, sweep: dict, where: Callable[[str], str]
       which = f" for name={optim.name!r}" if key == "decay" else ""
       raise ValueError(f"{where(key)} must be one of {allowed}{which}, got {getattr(optim, key)!r}"
                        f"{context if where(key).startswith('optim.') else ''}.")
+  try:
+    decay_mask_spec(optim.decay_mask, where("decay_mask"))
+  except ValueError as e:
+    raise ValueError(f"{str(e)[:-1]}{context if where('decay_mask').startswith('optim.') else ''}.") from None
   for key in _VALUE_CHECKS:
     if key not in sweep:
       _check_value(key, getattr(optim, key), where(key))
@@ -408,6 +436,45 @@ def _validate_optim(optim: OptimConfig, sweep: dict, where: Callable[[str], str]
     both = where("decay_start") + where("decay_end")
     raise ValueError(f"{where('decay_start')} ({window[0][0]}) must be <= {where('decay_end')} ({window[0][1]})"
                      f"{context if 'optim.' in both else ''}.")
+
+
+def decay_mask_spec(value: Any, where: str = "optim.decay_mask") -> dict:
+  """``optim.decay_mask`` as ``{"include": [regex, ...] | None, "exclude": [regex, ...]}`` (``None``: every path).
+
+  ``value`` is a preset name (:data:`DECAY_MASK_PRESETS`), a list of include regexes or a dict with the keys
+  ``include`` and/or ``exclude``. A bad value raises ``ValueError`` naming ``where`` (the config key that set it).
+  Whether each regex matches a parameter depends on the model: :func:`experiments.runner.check_study` checks it.
+  """
+  expected = (f"a preset name {tuple(DECAY_MASK_PRESETS)}, a list of include regexes or a dict "
+              '{"include": [...], "exclude": [...]}')
+  if isinstance(value, str):
+    if value not in DECAY_MASK_PRESETS:
+      raise ValueError(f"{where} must be {expected}, got {value!r}.")
+    preset = DECAY_MASK_PRESETS[value]
+    return {"include": None if preset["include"] is None else list(preset["include"]),
+            "exclude": list(preset["exclude"])}
+  if isinstance(value, (list, tuple)):
+    value = {"include": value}
+  elif not isinstance(value, dict):
+    raise ValueError(f"{where} must be {expected}, got {value!r}.")
+  unknown = sorted(set(value) - {"include", "exclude"})
+  if unknown:
+    raise ValueError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {unknown}; expected {expected}.")
+  spec = {"include": value.get("include"), "exclude": value.get("exclude", [])}
+  for key, regexes in spec.items():
+    if regexes is None and key == "include":
+      continue
+    if (not isinstance(regexes, (list, tuple)) or (key == "include" and not regexes)
+        or not all(isinstance(r, str) for r in regexes)):
+      raise ValueError(f"{where}.{key} must be a {'non-empty ' if key == 'include' else ''}list of regex strings, "
+                       f"got {regexes!r}.")
+    for regex in regexes:
+      try:
+        re.compile(regex)
+      except re.error as e:
+        raise ValueError(f"{where}.{key}: invalid regex {regex!r} ({e}).") from None
+    spec[key] = list(regexes)
+  return spec
 
 
 def _is_number(value: Any) -> bool:

@@ -2,9 +2,26 @@
 
 Every comparison is over seeds. Arms share seeds (same initial weights and data order for seed ``s`` in
 every arm), so differences are *paired*: the effect of A over B is the mean over seeds of ``a_s − b_s``, with
-the 95% t-interval ``mean ± t_{0.975, n−1} · sd / √n`` (sd with ``n − 1`` in the denominator). Linear
-contrasts (e.g. "recovers half the gain": ``(c − n) − ½(d − n)``) get the same interval on the per-seed
-contrast values.
+the 95% t-interval ``mean ± t_{0.975, n−1} · sd / √n`` (sd with ``n − 1`` in the denominator; the quantile is
+``scipy.stats.t.ppf``). Linear contrasts (e.g. "recovers half the gain": ``(c − n) − ½(d − n)``) get the same
+interval on the per-seed contrast values.
+
+The t-interval is the default and the interval of every claim unless this rule applies (:func:`claim_interval`,
+used by :func:`directional_claim` and :func:`equivalence_claim`):
+
+* **bootstrap fallback** — when some compared arm has members that diverged or sit at chance accuracy but the
+  claim is not *invalid* (see below), its per-seed values mix two populations (healthy runs and collapsed
+  ones, often pinned at exactly ``1/K``), so they are skewed, bimodal or heavily tied, and the t-interval's
+  assumption of a roughly normal mean fails. The interval is then the BCa bootstrap interval of the mean
+  (``scipy.stats.bootstrap``, 9999 resamples, a fixed seed, so a report is reproducible) *widened to contain
+  the t-interval*: the bootstrap follows the skew, but with a handful of seeds its coverage is below 95%, so it
+  may only widen the interval (a verdict can move to *inconclusive*, never away from it). The claim's notes
+  say so, and the effect prints with ``(t ∪ bootstrap)``.
+* A sample whose values are all equal (``n ≥ 2``, zero spread) gets a zero-width interval from either method
+  (the bootstrap of a constant is that constant); the claim's notes say that its spread is not measured.
+
+:func:`bootstrap_ci` gives the bootstrap interval alone, and :func:`spearman_ci` / :func:`kendall_ci` rank
+correlations over seeds with bootstrap intervals (resampling the pairs).
 
 Verdict rules (also printed in every report):
 
@@ -34,7 +51,10 @@ import math
 import os
 from typing import Sequence
 
+import warnings
+
 import numpy as np
+from scipy import stats
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -50,46 +70,170 @@ REASON_GRID_EDGE = "optimum at grid edge"
 # 10% ± 2.5 points for 10 classes.
 CHANCE_MARGIN = 0.25
 
-# Two-sided 95% Student-t critical values t_{0.975, df}, df = 1..30 (standard tables).
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-         2.045, 2.042)
+# Resamples of every bootstrap interval here; the resampling seed is fixed so a report is reproducible.
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 0
+
+# Printed after an effect whose interval came from the bootstrap fallback (module docstring).
+HULL = "t ∪ bootstrap"
 
 
-def t_critical(df: int) -> float:
-  """t_{0.975, df}: exact table up to 30 degrees of freedom, then the Cornish-Fisher expansion."""
+def t_critical(df: int, confidence: float = 0.95) -> float:
+  """The two-sided Student-t quantile ``t_{(1 + confidence)/2, df}`` (``scipy.stats.t.ppf``)."""
   if df < 1:
     raise ValueError(f"a t-interval needs at least 2 samples (df >= 1), got df={df}.")
-  if df <= len(_T975):
-    return _T975[df - 1]
-  z = 1.959964
-  return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df**2)
+  return float(stats.t.ppf(0.5 + confidence / 2, df))
 
 
 @dataclasses.dataclass(frozen=True)
 class Interval:
-  """A mean with its 95% t-interval over ``n`` samples."""
+  """A mean with its 95% interval over ``n`` samples.
+
+  Attributes:
+    method: how the interval was computed: ``"t"`` (:func:`mean_ci`), ``"bootstrap"`` (:func:`bootstrap_ci`)
+      or :data:`HULL` (the bootstrap fallback of :func:`claim_interval`).
+    samples: the finite values it was computed from (``()`` when not known, e.g. a hand-built interval).
+  """
   mean: float
   low: float
   high: float
   n: int
+  method: str = "t"
+  samples: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
   def __str__(self) -> str:
-    return f"{self.mean:+.4g} [{self.low:+.4g}, {self.high:+.4g}]"
+    text = f"{self.mean:+.4g} [{self.low:+.4g}, {self.high:+.4g}]"
+    return text if self.method == "t" else f"{text} ({self.method})"
 
 
 def mean_ci(samples: Sequence[float]) -> Interval:
   """Mean and 95% t-interval of ``samples`` (NaNs are dropped; fewer than 2 left gives an infinite interval)."""
-  x = np.asarray(samples, np.float64)
-  x = x[np.isfinite(x)]
-  n = x.size
+  x = _finite_samples(samples)
+  n, kept = x.size, tuple(float(v) for v in x)
   if n == 0:
     return Interval(math.nan, -math.inf, math.inf, 0)
   mean = float(x.mean())
   if n < 2:
-    return Interval(mean, -math.inf, math.inf, n)
+    return Interval(mean, -math.inf, math.inf, n, samples=kept)
   half = t_critical(n - 1) * float(x.std(ddof=1)) / math.sqrt(n)
-  return Interval(mean, mean - half, mean + half, n)
+  return Interval(mean, mean - half, mean + half, n, samples=kept)
+
+
+def _finite_samples(samples: Sequence[float]) -> np.ndarray:
+  x = np.asarray(samples, np.float64).ravel()
+  return x[np.isfinite(x)]
+
+
+def _bootstrap(data: tuple, statistic, *, paired: bool, vectorized: bool, confidence: float, n_resamples: int,
+               seed: int) -> tuple[float, float]:
+  """``scipy.stats.bootstrap``'s BCa interval; the percentile interval of the finite resamples where BCa is
+  undefined (a degenerate bootstrap distribution, or resamples whose statistic is undefined)."""
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # DegenerateDataWarning, ConstantInputWarning, invalid-value warnings
+    res = stats.bootstrap(data, statistic, paired=paired, vectorized=vectorized, confidence_level=confidence,
+                          n_resamples=n_resamples, method="BCa", rng=np.random.default_rng(seed))
+  low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+  if math.isfinite(low) and math.isfinite(high):
+    return low, high
+  dist = np.asarray(res.bootstrap_distribution, np.float64)
+  dist = dist[np.isfinite(dist)]
+  if dist.size == 0:
+    return math.nan, math.nan
+  alpha = (1 - confidence) / 2
+  return float(np.quantile(dist, alpha)), float(np.quantile(dist, 1 - alpha))
+
+
+def bootstrap_ci(samples: Sequence[float], *, confidence: float = 0.95, n_resamples: int = BOOTSTRAP_RESAMPLES,
+                 seed: int = BOOTSTRAP_SEED) -> Interval:
+  """Mean and BCa bootstrap interval of ``samples`` (``scipy.stats.bootstrap``; NaNs are dropped).
+
+  Fewer than 2 finite samples give an infinite interval, and a constant sample the zero-width interval at its
+  value. Where BCa is undefined the percentile interval is used. With few samples the bootstrap's coverage
+  is below ``confidence``: claims use it only through :func:`claim_interval`, which keeps the t-interval in.
+  """
+  x = _finite_samples(samples)
+  n, kept = x.size, tuple(float(v) for v in x)
+  if n == 0:
+    return Interval(math.nan, -math.inf, math.inf, 0, "bootstrap")
+  mean = float(x.mean())
+  if n < 2:
+    return Interval(mean, -math.inf, math.inf, n, "bootstrap", kept)
+  if np.all(x == x[0]):
+    return Interval(mean, mean, mean, n, "bootstrap", kept)
+  low, high = _bootstrap((x,), np.mean, paired=False, vectorized=True, confidence=confidence,
+                         n_resamples=n_resamples, seed=seed)
+  return Interval(mean, min(low, mean), max(high, mean), n, "bootstrap", kept)
+
+
+def claim_interval(ci: Interval, compared: Sequence["ArmHealth"]) -> Interval:
+  """The interval a claim is judged on: ``ci``, or the bootstrap fallback of the module docstring.
+
+  The fallback applies when ``ci`` is a t-interval with its samples known, some arm in ``compared`` has
+  members that diverged or are at chance, and not every compared arm failed (that claim is *invalid*
+  anyway). It returns the hull of the t-interval and :func:`bootstrap_ci` (same mean and ``n``).
+  """
+  compared = tuple(compared)
+  if (ci.method != "t" or ci.n < 2 or len(ci.samples) != ci.n or not any(h.degenerate for h in compared)
+      or all(h.failed for h in compared)):
+    return ci
+  boot = bootstrap_ci(ci.samples)
+  return Interval(ci.mean, min(ci.low, boot.low), max(ci.high, boot.high), ci.n, HULL, ci.samples)
+
+
+@dataclasses.dataclass(frozen=True)
+class Correlation:
+  """A rank correlation over ``n`` pairs with its bootstrap interval.
+
+  Attributes:
+    method: ``"spearman"`` (Spearman's ρ) or ``"kendall"`` (Kendall's τ-b).
+    statistic: the correlation of all pairs (``scipy.stats.spearmanr`` / ``kendalltau``).
+    low, high: the BCa bootstrap interval over resampled pairs (percentile where BCa is undefined;
+      resamples in which one variable is constant, whose correlation is undefined, are dropped).
+    pvalue: scipy's p-value of "no correlation".
+  """
+  method: str
+  statistic: float
+  low: float
+  high: float
+  n: int
+  pvalue: float
+
+  def __str__(self) -> str:
+    name = {"spearman": "ρ", "kendall": "τ"}[self.method]
+    return f"{name} = {self.statistic:+.3f} [{self.low:+.3f}, {self.high:+.3f}]"
+
+
+def _rank_correlation(method: str, x, y, confidence: float, n_resamples: int, seed: int) -> Correlation:
+  x, y = np.asarray(x, np.float64).ravel(), np.asarray(y, np.float64).ravel()
+  if x.shape != y.shape:
+    raise ValueError(f"{method} correlation needs paired samples of equal length, got {x.size} and {y.size}.")
+  keep = np.isfinite(x) & np.isfinite(y)
+  x, y = x[keep], y[keep]
+  n = x.size
+  fn = {"spearman": stats.spearmanr, "kendall": stats.kendalltau}[method]
+  if n < 3 or np.all(x == x[0]) or np.all(y == y[0]):
+    return Correlation(method, math.nan, -1.0, 1.0, n, math.nan)
+  res = fn(x, y)
+  statistic = lambda a, b: fn(a, b).statistic
+  low, high = _bootstrap((x, y), statistic, paired=True, vectorized=False, confidence=confidence,
+                         n_resamples=n_resamples, seed=seed)
+  return Correlation(method, float(res.statistic), low, high, n, float(res.pvalue))
+
+
+def spearman_ci(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95,
+                n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Correlation:
+  """Spearman's rank correlation of paired samples (pairs with a NaN dropped) and its bootstrap interval.
+
+  Fewer than 3 pairs, or a constant variable, give ``nan`` with the interval ``[−1, 1]``.
+  """
+  return _rank_correlation("spearman", x, y, confidence, n_resamples, seed)
+
+
+def kendall_ci(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95,
+               n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED) -> Correlation:
+  """Kendall's τ-b of paired samples (pairs with a NaN dropped) and its bootstrap interval; see
+  :func:`spearman_ci`."""
+  return _rank_correlation("kendall", x, y, confidence, n_resamples, seed)
 
 
 def paired_ci(a: Sequence[float], b: Sequence[float]) -> Interval:
@@ -253,6 +397,12 @@ def make_claim(id: str, statement: str, prediction: str, measured: str, ci: Inte
   if partial and verdict != INVALID:
     extra.append("Some compared members diverged or are at chance and are scored as what they predict ("
                  + "; ".join(partial) + ")")
+  if ci.method == HULL and verdict != INVALID:
+    extra.append(f"The interval is the {HULL} hull (the BCa bootstrap interval widened to contain the "
+                 "t-interval), since diverged or at-chance members make the per-seed values far from normal")
+  if ci.n >= 2 and ci.low == ci.high:
+    extra.append(f"All {ci.n} per-seed values are equal, so the interval has zero width: their spread is not "
+                 "measured (neither a t- nor a bootstrap interval can widen it)")
   text = notes.strip()
   if extra:  # the checks' sentences go after the study's own notes
     text = (text.rstrip(".") + ". " if text else "") + ". ".join(extra) + "."
@@ -262,6 +412,7 @@ def make_claim(id: str, statement: str, prediction: str, measured: str, ci: Inte
 def directional_claim(id: str, statement: str, measured: str, ci: Interval, *, min_effect: float,
                       compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), unit: str = "",
                       notes: str = "") -> Claim:
+  ci = claim_interval(ci, compared)
   prediction = f"effect > 0 (counts if at least {min_effect:g}{unit})"
   return make_claim(id, statement, prediction, measured, ci, directional_verdict(ci, min_effect),
                     compared=compared, edges=edges, notes=notes)
@@ -270,6 +421,7 @@ def directional_claim(id: str, statement: str, measured: str, ci: Interval, *, m
 def equivalence_claim(id: str, statement: str, measured: str, ci: Interval, *, margin: float,
                       compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), unit: str = "",
                       notes: str = "") -> Claim:
+  ci = claim_interval(ci, compared)
   prediction = f"|effect| <= {margin:g}{unit}"
   return make_claim(id, statement, prediction, measured, ci, equivalence_verdict(ci, margin),
                     compared=compared, edges=edges, notes=notes)
@@ -291,7 +443,9 @@ class StudySection:
 
 VERDICT_RULES = """\
 **Verdict rules.** Effects are paired differences over seeds (every arm uses the same seeds, so seed `s`
-starts from the same weights and sees the same batches in every arm), reported as mean [95% t-interval].
+starts from the same weights and sees the same batches in every arm), reported as mean [95% t-interval];
+where some (not all) compared arms have members diverged or at chance, the interval is widened to contain the
+BCa bootstrap interval, marked ({hull}).
 A *directional* claim with smallest relevant effect δ is *reproduced* when the interval lies above 0 and
 the mean is at least δ, *not reproduced* when the interval lies below δ, and *inconclusive* otherwise. An
 *equivalence* claim with margin m is *reproduced* when the interval lies inside [−m, m], *not reproduced*
@@ -341,7 +495,7 @@ def render(sections: Sequence[StudySection], *, title: str, preamble: str = "") 
 
 
 def verdict_rules() -> str:
-  return VERDICT_RULES.format(chance=f"{CHANCE_MARGIN:g}/K")
+  return VERDICT_RULES.format(chance=f"{CHANCE_MARGIN:g}/K", hull=HULL)
 
 
 def error_line(error: str) -> str:

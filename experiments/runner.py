@@ -126,7 +126,8 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
     hooks = study.hooks(config) if study.hooks else None
   except (ValueError, TypeError, KeyError) as e:
     raise UsageError(f"study {study.name!r} cannot set up its hooks for this config: {_one_line(e)}") from None
-  _check_model(config, hooks)
+  params = _check_model(config, hooks)
+  _check_decay_masks(config, params)
   make_tx = hooks.make_tx if hooks is not None else optim_lib.make_tx
   arms = {a.name: a for a in config.arms}
   for group in make_groups(config, seeds=[0]):
@@ -178,6 +179,37 @@ def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
   if tuple(out.shape) != (2, num_classes):
     raise UsageError(f"{what} gives logits of shape {tuple(out.shape)[1:]} per input; data.name={d.name!r} has "
                      f"{num_classes} classes.")
+  # The parameter tree the optimizer sees (its paths and shapes), for the decay-mask check.
+  _, params, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), nnx.Param, ...)
+  return nnx.to_pure_dict(params)
+
+
+def _check_decay_masks(config: config_lib.ExperimentConfig, params) -> None:
+  """Every arm's ``decay_mask`` against the model's parameter paths (``wd_optax.masks.resolve``).
+
+  A regex that matches no parameter is an error naming the config key and the regex: an include typo would
+  switch the decay off, an exclude typo would decay what it meant to spare (``wd_optax.masks.exclude`` only
+  warns, for generic exclusions in library use; a config names the model's own paths).
+  """
+  import warnings  # pylint: disable=g-import-not-at-top
+  import wd_optax  # pylint: disable=g-import-not-at-top
+  from experiments.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
+
+  for arm in config.arms:
+    spec = config.arm_optim(arm).decay_mask
+    where = f"arms.{arm.name}.decay_mask" if "decay_mask" in arm.optim else "optim.decay_mask"
+    try:
+      with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        wd_optax.masks.resolve(optim_lib.decay_mask(spec), params)
+    except (ValueError, TypeError, UserWarning) as e:
+      raise UsageError(f"{where}={decay_mask_text(spec)}: {_one_line(e)}") from None
+
+
+def decay_mask_text(spec) -> str:
+  """``optim.decay_mask`` as written in a config: a preset's name, else its JSON."""
+  import json  # pylint: disable=g-import-not-at-top
+  return spec if isinstance(spec, str) else json.dumps(spec)
 
 
 def check_reproduce(workdir: str, *, quick: bool, seeds: int | None = None, overrides: Sequence[str] = (),
@@ -246,7 +278,7 @@ def describe(config: config_lib.ExperimentConfig, quick: bool) -> str:
           else (f"η={o.learning_rate:g}" if "learning_rate" not in per_arm else ""),
           f"momentum {o.momentum:g}" if "momentum" not in per_arm else "",
           (f"decay `{o.decay}`" if "decay" not in per_arm else "decay")
-          + (f" on `{o.decay_mask}`" if "decay_mask" not in per_arm else "")]
+          + (f" on `{decay_mask_text(o.decay_mask)}`" if "decay_mask" not in per_arm else "")]
   base = [b.strip() for b in base if b.strip() and b.strip() != "decay"]
   if per_arm:
     base.append(f"set per arm: {', '.join(per_arm)}")

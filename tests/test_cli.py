@@ -255,6 +255,16 @@ BAD_SETTINGS = [
     (["early_decay", "--set", "arms.late50.decay_end=0.25"], "arms.late50.decay_start (0.5) must be <= "
                                                              "arms.late50.decay_end (0.25)"),
     (["early_decay", "--set", "optim.lr_schedule=linear"], "optim.lr_schedule must be one of"),
+    (["early_decay", "--set", "optim.decay_mask=foo"], "optim.decay_mask must be a preset name ('all', 'kernels', "
+                                                       "'conv', 'classifier', 'none'), a list of include regexes or a "
+                                                       "dict"),
+    (["early_decay", "--set", 'optim.decay_mask=["kernl$"]'],
+     "optim.decay_mask=[\"kernl$\"]: include: regex 'kernl$' matches no parameter path. Paths: ['classifier/bias', "),
+    (["early_decay", "--set", 'optim.decay_mask={"include": ["kernel$"], "exclude": ["classifer"]}'],
+     "exclude: regex 'classifer' matches no parameter path"),
+    (["early_decay", "--set", 'optim.decay_mask={"include": ["("]}'], "optim.decay_mask.include: invalid regex '('"),
+    (["decay_placement", "--set", 'arms.conv.decay_mask={"exclude": "classifier"}'],
+     "arms.conv.decay_mask.exclude must be a list of regex strings, got 'classifier'"),
     (["early_decay", "--set", "three_mechanisms.train.steps=3"], "scoped to study 'three_mechanisms'"),
     (["early_decay", "--set", "foo.train.steps=3"], "'foo' is neither a config key"),
     (["early_decay", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),

@@ -141,3 +141,113 @@ def test_a_traceback_without_its_summary_line_is_shown_by_its_last_line():
   text = report.render([report.StudySection(name="s", title="S", setting="", claims=[], plots=[], error=error)],
                        title="T")
   assert "| s | — | failed: KeyError: 'adamw' |" in text
+
+
+# --- statistics: quantiles from scipy, the bootstrap fallback, rank correlations ---------------------------------
+
+@pytest.mark.parametrize("df,expected", [(1, 12.706205), (2, 4.302653), (4, 2.776445), (10, 2.228139),
+                                         (30, 2.042272), (100, 1.983972), (1000, 1.962339)])
+def test_t_critical_matches_six_decimal_tables(df, expected):
+  # The old hand table had 3 decimals and a Cornish-Fisher tail past df=30; these are the 6-decimal tables.
+  assert report.t_critical(df) == pytest.approx(expected, abs=1e-6)
+  with pytest.raises(ValueError, match="at least 2 samples"):
+    report.t_critical(0)
+
+
+def test_bootstrap_ci_follows_the_skew_of_a_collapsed_seed():
+  # Nine seeds tie at 0 and one collapsed at −10: a resampled mean is −10·k/10 for k copies of the collapse,
+  # so the bootstrap interval lies in [−10, 0] and leans left, while the t-interval is symmetric around −1.
+  x = [0.0] * 9 + [-10.0]
+  t, boot = report.mean_ci(x), report.bootstrap_ci(x)
+  assert t.method == "t" and boot.method == "bootstrap" and boot.mean == t.mean == -1.0 and boot.n == 10
+  assert t.high == pytest.approx(-1 + 2.262157 * np.sqrt(10.0) / np.sqrt(10))  # sd = √10 by hand
+  assert -10.0 <= boot.low < t.low and boot.high == 0.0 < t.high
+  assert report.bootstrap_ci(x) == boot  # a fixed resampling seed: reproducible
+  assert str(boot).endswith("(bootstrap)") and str(t) == "-1 [-3.262, +1.262]"
+
+
+def test_bootstrap_ci_of_constant_and_tiny_samples():
+  assert report.bootstrap_ci([2.0, 2.0, 2.0]) == report.Interval(2.0, 2.0, 2.0, 3, "bootstrap")
+  one = report.bootstrap_ci([1.0, np.nan])
+  assert one.n == 1 and one.low == -np.inf and one.high == np.inf
+
+
+def test_claims_fall_back_to_the_bootstrap_hull_only_with_partly_collapsed_arms():
+  x = [0.0] * 9 + [-10.0]  # t: [−3.26, +1.26], inside ±3.5; bootstrap reaches −5
+  ci = report.mean_ci(x)
+  healthy = [report.ArmHealth("A", members=10), report.ArmHealth("B", members=10)]
+  partial = [report.ArmHealth("A", members=10), report.ArmHealth("B", members=10, at_chance=1)]
+  claim = lambda compared: report.equivalence_claim("X2", "A matches B.", "acc(A) − acc(B)", ci, margin=3.5,
+                                                    compared=compared)
+  kept = claim(healthy)
+  assert kept.effect is ci and kept.verdict == report.REPRODUCED and "bootstrap" not in kept.notes
+  fallback = claim(partial)
+  boot = report.bootstrap_ci(x)
+  assert fallback.effect.method == report.HULL
+  assert (fallback.effect.low, fallback.effect.high) == (boot.low, ci.high)  # the hull of the two
+  assert fallback.verdict == report.INCONCLUSIVE and "BCa bootstrap" in fallback.notes
+  assert f"({report.HULL})" in report.claims_table([fallback])
+  # Every compared arm failed: invalid, the interval is not recomputed.
+  dead = [report.ArmHealth("A", members=10, diverged=10), report.ArmHealth("B", members=10, diverged=6)]
+  assert claim(dead).verdict == report.INVALID and claim(dead).effect is ci
+  # A hand-built interval (no samples) cannot be recomputed and stays.
+  assert report.claim_interval(report.Interval(0.0, -1.0, 1.0, 5), partial).method == "t"
+
+
+def test_zero_width_interval_is_flagged_in_the_notes():
+  ci = report.paired_ci([0.5, 0.75, 0.5], [0.5, 0.75, 0.5])
+  claim = report.directional_claim("X3", "A beats B.", "w(A) − w(B)", ci, min_effect=0.25,
+                                   compared=[report.ArmHealth("A", 3)])
+  assert (ci.low, ci.high) == (0.0, 0.0) and claim.verdict == report.NOT_REPRODUCED
+  assert "All 3 per-seed values are equal" in claim.notes
+
+
+def test_rank_correlations_match_hand_computation():
+  # No ties: d = rank(x) − rank(y) = (−1, 1, −1, 1, 0), ρ = 1 − 6·Σd²/(n(n²−1)) = 1 − 24/120 = 0.8;
+  # 8 concordant and 2 discordant pairs of 10, τ = (8 − 2)/10 = 0.6.
+  x, y = [1, 2, 3, 4, 5], [2, 1, 4, 3, 5]
+  rho, tau = report.spearman_ci(x, y, n_resamples=999), report.kendall_ci(x, y, n_resamples=999)
+  assert rho.statistic == pytest.approx(0.8) and tau.statistic == pytest.approx(0.6)
+  assert rho.n == tau.n == 5 and rho.method == "spearman" and tau.method == "kendall"
+  # A tie in x: ranks (1, 2.5, 2.5, 4) vs (1, 3, 2, 4): ρ = Pearson of ranks = 4.5/√(4.5·5);
+  # τ-b = (C − D)/√((n0 − n1)·n0) with 5 concordant, 0 discordant, n0 = 6 pairs, n1 = 1 tied in x.
+  x, y = [1, 2, 2, 3], [1, 3, 2, 4]
+  assert report.spearman_ci(x, y, n_resamples=999).statistic == pytest.approx(4.5 / np.sqrt(22.5))
+  assert report.kendall_ci(x, y, n_resamples=999).statistic == pytest.approx(5 / np.sqrt(30))
+
+
+def test_rank_correlation_intervals():
+  x = np.arange(8.0)
+  # Monotone: every resample with two distinct x values has ρ = 1 (constant resamples are dropped).
+  perfect = report.spearman_ci(x, x ** 3, n_resamples=999)
+  assert (perfect.statistic, perfect.low, perfect.high) == pytest.approx((1.0, 1.0, 1.0), abs=1e-12)
+  anti = report.kendall_ci(x, -x, n_resamples=999)
+  assert (anti.statistic, anti.low, anti.high) == pytest.approx((-1.0, -1.0, -1.0), abs=1e-12)
+  rng = np.random.default_rng(1)
+  a = rng.normal(size=40)
+  strong = report.spearman_ci(a, a + 0.3 * rng.normal(size=40), n_resamples=999)
+  assert 0 < strong.low < strong.statistic < strong.high <= 1
+  none = report.kendall_ci(a, rng.normal(size=40), n_resamples=999)
+  assert none.low < 0 < none.high and none.low < none.statistic < none.high
+  assert report.kendall_ci(a, a[::-1], n_resamples=999) == report.kendall_ci(a, a[::-1], n_resamples=999)
+  # Pairs with a NaN are dropped; too few pairs or a constant variable say nothing.
+  assert report.spearman_ci([1, 2, np.nan, 4], [1, 2, 3, 4], n_resamples=99).n == 3
+  few = report.spearman_ci([1, 2], [2, 1])
+  assert np.isnan(few.statistic) and (few.low, few.high) == (-1.0, 1.0)
+  assert np.isnan(report.kendall_ci([1, 1, 1], [1, 2, 3]).statistic)
+  with pytest.raises(ValueError, match="equal length, got 3 and 2"):
+    report.spearman_ci([1, 2, 3], [1, 2])
+
+
+def test_fixnorm_non_inferiority_claim_takes_the_same_bootstrap_fallback():
+  from experiments.studies import fixnorm
+  x = [0.0] * 9 + [-10.0]  # t low end −3.26 clears a 3.5 margin; the bootstrap's (−5) does not
+  ci = report.mean_ci(x)
+  partial = [report.ArmHealth("A", members=10), report.ArmHealth("B", members=10, at_chance=1)]
+  healthy = [report.ArmHealth("A", members=10), report.ArmHealth("B", members=10)]
+  claim = lambda compared: fixnorm._non_inferiority_claim(  # pylint: disable=protected-access
+      "F1a", "A matches or beats B.", "acc(A) − acc(B)", ci, 3.5, "", compared=compared)
+  assert claim(healthy).verdict == report.REPRODUCED and claim(healthy).effect is ci
+  fallback = claim(partial)
+  assert fallback.effect.method == report.HULL and fallback.effect.low == report.bootstrap_ci(x).low
+  assert fallback.verdict == report.INCONCLUSIVE

@@ -32,6 +32,7 @@ from wd_optax import _tree
 
 __all__ = [
     "kernels", "include", "exclude", "all_of", "any_of", "negate", "scale_invariant", "Mask",
+    "resolve", "map_with_path",
 ]
 
 PyTree = Any
@@ -283,3 +284,69 @@ def scale_invariant(apply_fn: Callable[[PyTree, Any], Any], params: PyTree, batc
     invariant[path] = is_invariant
 
   return _tree.ResolvedMask(invariant).as_mask_fn()
+
+
+def resolve(mask: Any, params: PyTree) -> dict[str, bool]:
+  r"""Evaluates ``mask`` against ``params``: one Python bool per parameter path.
+
+  This is what every wd_optax transform does with its ``mask=`` at ``init``, exposed to check a mask (or
+  list the decayed parameters) before training. For each leaf :math:`w_p` at path :math:`p`,
+
+  .. math::
+    \mathrm{resolve}(m, w)_p = \begin{cases} \text{True} & m = \text{None}, \\
+      m(w)_p & m \text{ callable}, \\ m_q,\ q \text{ the longest entry of } m \text{ that is } p
+      \text{ or a "/"-prefix of it} & m \text{ a pytree of bools.} \end{cases}
+
+  Args:
+    mask: ``None`` (every leaf), a mask callable (this module's, or any params -> pytree of bools), or a
+      pytree of bools naming every parameter exactly or through a prefix (``{"conv": True}`` covers
+      ``"conv/kernel"`` and ``"conv/bias"``); the container type may differ from ``params``'s.
+    params: the parameter pytree (nested dict, ``nnx.State`` or its pure form). The regex masks and
+      :func:`kernels` read only its structure and leaf shapes, so an abstract tree (``jax.ShapeDtypeStruct``
+      leaves, from ``jax.eval_shape`` / ``nnx.eval_shape``) checks a mask without initialising the model.
+
+  Returns:
+    ``{path: bool}`` in the flattening order of ``params``.
+
+  Raises:
+    ValueError: a regex of :func:`include` matches no path, a parameter has no entry in a pytree mask, or
+      an entry names no parameter; the message names the regex or path.
+    TypeError: a mask entry is not a bool.
+
+  Example:
+    >>> import jax.numpy as jnp, wd_optax
+    >>> params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.zeros(4)},
+    ...           "classifier": {"kernel": jnp.ones((4, 2))}}
+    >>> wd_optax.masks.resolve(wd_optax.masks.exclude("classifier"), params)
+    {'classifier/kernel': False, 'conv/bias': True, 'conv/kernel': True}
+    >>> wd_optax.masks.resolve({"conv": True, "classifier": False}, params)["conv/bias"]
+    True
+  """
+  return dict(_tree.resolve_mask(mask, params).by_path)
+
+
+def map_with_path(fn: Callable[..., Any], tree: PyTree, *rest: PyTree) -> PyTree:
+  r"""``jax.tree.map`` whose function also gets each leaf's parameter path (the string masks match) first.
+
+  .. math::
+    \mathrm{map\_with\_path}(f, x, y, \ldots)_p = f(p, x_p, y_p, \ldots)
+
+  for every leaf path :math:`p` of ``tree`` (the "/"-joined key path, without the ``.value`` of an
+  ``nnx.Variable``; see the module docstring).
+
+  Args:
+    fn: ``fn(path, leaf, *rest_leaves) -> new leaf``.
+    tree: a pytree (nested dict, ``nnx.State`` or its pure form).
+    *rest: pytrees with the structure of ``tree``, whose leaves are passed after ``tree``'s.
+
+  Returns:
+    A pytree with the structure of ``tree``.
+
+  Example:
+    >>> import jax.numpy as jnp, wd_optax
+    >>> updates = {"conv": {"kernel": jnp.ones(2)}, "classifier": {"kernel": jnp.ones(2)}}
+    >>> scaled = wd_optax.masks.map_with_path(lambda p, u: u * (3.0 if p == "conv/kernel" else 1.0), updates)
+    >>> scaled["conv"]["kernel"].tolist(), scaled["classifier"]["kernel"].tolist()
+    ([3.0, 3.0], [1.0, 1.0])
+  """
+  return _tree.map_with_path(fn, tree, *rest)

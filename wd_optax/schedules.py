@@ -6,6 +6,12 @@ of wd_optax (``weight_decay=early(5e-4, 1000)``) and compose with optax's own sc
 
 The step is the number of updates applied so far, as in optax: the first update sees step 0.
 
+**Step edges.** The steps where a schedule switches (``until_step``, ``from_step``, ``start_step``,
+``end_step``) are Python ints, or integer / floating jax or numpy arrays. An array edge may be traced, so the
+members of one ``jax.vmap``-ed (or jitted) program can differ in when their decay acts, e.g.
+``jax.vmap(lambda t0, t1: window(lam, t0, t1)(step))(starts, ends)``. Concrete edges are checked when the
+schedule is made (non-negative, ``end_step >= start_step``); traced ones cannot be and pass through.
+
 References:
   Golatkar, Achille, Soatto. *Time Matters in Regularizing Deep Networks.* NeurIPS 2019.
   Bjorck, Weinberger, Gomes. *Understanding Decoupled and Early Weight Decay.* AAAI 2021,
@@ -14,12 +20,19 @@ References:
 
 from __future__ import annotations
 
+from typing import Union
+
+import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from wd_optax import _checks
 
-__all__ = ["early", "late", "window"]
+__all__ = ["early", "late", "window", "StepEdge"]
+
+StepEdge = Union[int, jax.Array, np.ndarray]
+"""A step where a schedule switches: a non-negative int, or an integer / floating array (possibly traced)."""
 
 
 def _check_step(value, argname: str) -> None:
@@ -27,18 +40,45 @@ def _check_step(value, argname: str) -> None:
     raise ValueError(f"{argname} must be a non-negative int (a step count), got {value!r}.")
 
 
+def _is_array(value) -> bool:
+  return isinstance(value, (jax.Array, np.ndarray, np.generic)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_edge(value, argname: str) -> None:
+  """A step edge: an int >= 0, or an integer / floating array whose concrete entries are >= 0."""
+  if not _is_array(value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+      raise ValueError(f"{argname} must be a non-negative int (a step count) or an integer / floating array of "
+                       f"step counts, got {value!r}.")
+    return
+  dtype = value.dtype
+  if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+    raise TypeError(f"{argname}: an array step edge must have an integer or floating dtype, got {dtype}.")
+  if not _checks.is_traced(value):
+    concrete = np.asarray(value)
+    if not np.all(concrete >= 0):   # also catches NaN
+      raise ValueError(f"{argname} must be >= 0 (a step count), got {concrete!r}.")
+
+
+def _check_order(start, end, start_name: str, end_name: str) -> None:
+  if _checks.is_traced(start) or _checks.is_traced(end):
+    return
+  if not np.all(np.asarray(end) >= np.asarray(start)):
+    raise ValueError(f"{end_name} ({np.asarray(end)!r}) must be >= {start_name} ({np.asarray(start)!r}).")
+
+
 def _rate(value: optax.ScalarOrSchedule, step):
   return value(step) if callable(value) else value
 
 
-def _ramp_down(step, start: int, ramp_steps: int):
+def _ramp_down(step, start, ramp_steps: int):
   """1 before ``start``, then linear to 0 over ``ramp_steps`` steps (a hard switch if 0)."""
   if ramp_steps == 0:
     return (step < start).astype(jnp.float32)
   return jnp.clip(1.0 - (step - start) / ramp_steps, 0.0, 1.0)
 
 
-def early(value: optax.ScalarOrSchedule, until_step: int, *, ramp_steps: int = 0) -> optax.Schedule:
+def early(value: optax.ScalarOrSchedule, until_step: StepEdge, *, ramp_steps: int = 0) -> optax.Schedule:
   r"""A rate that acts early in training and is switched off at ``until_step``.
 
   .. math::
@@ -50,7 +90,8 @@ def early(value: optax.ScalarOrSchedule, until_step: int, *, ramp_steps: int = 0
 
   Args:
     value: the rate while it acts; a number or an optax schedule.
-    until_step: first step at which the rate starts to go off.
+    until_step: first step at which the rate starts to go off: an int, or an array (possibly traced, e.g.
+      one entry per vmapped member; see the module's *Step edges*).
     ramp_steps: length of the linear ramp down; 0 switches off abruptly.
 
   Returns:
@@ -66,7 +107,7 @@ def early(value: optax.ScalarOrSchedule, until_step: int, *, ramp_steps: int = 0
     Golatkar et al. 2019; Bjorck et al. 2021 (early decay keeps norms small).
   """
   _checks.check_rate(value, "value")
-  _check_step(until_step, "until_step")
+  _check_edge(until_step, "until_step")
   _check_step(ramp_steps, "ramp_steps")
 
   def schedule(step):
@@ -76,7 +117,7 @@ def early(value: optax.ScalarOrSchedule, until_step: int, *, ramp_steps: int = 0
   return schedule
 
 
-def late(value: optax.ScalarOrSchedule, from_step: int, *, ramp_steps: int = 0) -> optax.Schedule:
+def late(value: optax.ScalarOrSchedule, from_step: StepEdge, *, ramp_steps: int = 0) -> optax.Schedule:
   r"""A rate that is off early in training and acts from ``from_step`` on.
 
   .. math::
@@ -88,7 +129,8 @@ def late(value: optax.ScalarOrSchedule, from_step: int, *, ramp_steps: int = 0) 
 
   Args:
     value: the rate once it acts; a number or an optax schedule.
-    from_step: step at which the rate starts to come on.
+    from_step: step at which the rate starts to come on: an int, or an array (possibly traced; see the module's
+      *Step edges*).
     ramp_steps: length of the linear ramp up; 0 switches on abruptly.
 
   Returns:
@@ -104,7 +146,7 @@ def late(value: optax.ScalarOrSchedule, from_step: int, *, ramp_steps: int = 0) 
     Golatkar et al. 2019 (late regularisation does about as little as none); Bjorck et al. 2021.
   """
   _checks.check_rate(value, "value")
-  _check_step(from_step, "from_step")
+  _check_edge(from_step, "from_step")
   _check_step(ramp_steps, "ramp_steps")
 
   def schedule(step):
@@ -114,19 +156,23 @@ def late(value: optax.ScalarOrSchedule, from_step: int, *, ramp_steps: int = 0) 
   return schedule
 
 
-def window(value: optax.ScalarOrSchedule, start_step: int, end_step: int) -> optax.Schedule:
+def window(value: optax.ScalarOrSchedule, start_step: StepEdge, end_step: StepEdge) -> optax.Schedule:
   r"""A rate that acts only on the steps ``start_step <= t < end_step``.
 
   .. math::
-    s_t = v_t \cdot [T_0 \le t < T_1].
+    s_t = v_t \cdot [T_0 \le t < T_1],
+
+  with :math:`T_0` = ``start_step`` and :math:`T_1` = ``end_step``; :math:`T_0 = T_1` is an empty window (the
+  rate never acts).
 
   Args:
     value: the rate inside the window; a number or an optax schedule.
-    start_step: first step of the window.
-    end_step: first step after the window; must be >= ``start_step``.
+    start_step: first step of the window: an int, or an array (possibly traced; see the module's
+      *Step edges*).
+    end_step: first step after the window; must be >= ``start_step`` (checked where both are concrete).
 
   Returns:
-    An optax schedule.
+    An optax schedule. With array edges its value has their (broadcast) shape.
 
   Example:
     >>> import wd_optax
@@ -134,14 +180,22 @@ def window(value: optax.ScalarOrSchedule, start_step: int, end_step: int) -> opt
     >>> [round(float(decay(t)), 6) for t in (9, 10, 19, 20)]
     [0.0, 0.001, 0.001, 0.0]
 
+    Edges that differ between the members of one vmapped program:
+
+    >>> import jax, jax.numpy as jnp
+    >>> gate = lambda t0, t1, step: wd_optax.schedules.window(1.0, t0, t1)(step)
+    >>> jax.vmap(gate, in_axes=(0, 0, None))(jnp.array([0, 5]), jnp.array([10, 8]), 6).tolist()
+    [1.0, 1.0]
+    >>> jax.vmap(gate, in_axes=(0, 0, None))(jnp.array([0, 5]), jnp.array([10, 8]), 9).tolist()
+    [1.0, 0.0]
+
   References:
     Golatkar et al. 2019 (regularisation windows).
   """
   _checks.check_rate(value, "value")
-  _check_step(start_step, "start_step")
-  _check_step(end_step, "end_step")
-  if end_step < start_step:
-    raise ValueError(f"end_step ({end_step}) must be >= start_step ({start_step}).")
+  _check_edge(start_step, "start_step")
+  _check_edge(end_step, "end_step")
+  _check_order(start_step, end_step, "start_step", "end_step")
 
   def schedule(step):
     step = jnp.asarray(step)

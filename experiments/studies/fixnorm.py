@@ -216,6 +216,7 @@ def _angle_tracking(result) -> tuple[np.ndarray, np.ndarray]:
 
 def _non_inferiority_claim(id_: str, statement: str, measured: str, ci: report.Interval, margin: float,
                            notes: str, *, compared, edges=()) -> report.Claim:
+  ci = report.claim_interval(ci, compared)  # the bootstrap fallback of the other claims, before the shift
   shifted = report.Interval(ci.mean + margin, ci.low + margin, ci.high + margin, ci.n)
   return report.make_claim(id_, statement, f"effect > −{margin:g} pt (not worse by more than {margin:g})",
                            measured, ci, report.directional_verdict(shifted, 0.0), compared=compared, edges=edges,

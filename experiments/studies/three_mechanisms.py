@@ -60,9 +60,8 @@ from experiments.studies import Study
 from experiments.studies import _common
 from experiments.train import GradResult, Hooks
 from experiments.train.step import cross_entropy, default_grad_fn
-from wd_optax import _tree
 from wd_optax import kfac
-from wd_optax.diagnostics import jacobian_norm
+from wd_optax.diagnostics import flatten_by_path, jacobian_norm
 
 OPTIMIZERS = ("sgd", "adam", "kfacf", "kfacg")
 # Quick mode keeps what the claims need most within its ~90 s budget: SGD (Z4's reference) and KFAC-F.
@@ -237,7 +236,7 @@ def damping_report(params: dict, grads: dict, curvature, layers: Sequence[str]) 
   with ``curvature`` (tested against it), with the damped inverses by Newton–Schulz iteration (``INVERSE``).
   """
   out = {}
-  leaves, grad_leaves = dict(_tree.named_leaves(params)), dict(_tree.named_leaves(grads))
+  leaves, grad_leaves = flatten_by_path(params), flatten_by_path(grads)
   for layer in layers:
     c = curvature[layer]
     kernel = leaves[f"{layer}/kernel"]

@@ -20,58 +20,66 @@ import jax.numpy as jnp
 import optax
 
 import wd_optax
+from experiments import config as config_lib
 from experiments.config import OptimConfig
 
 Rates = Mapping[str, jax.Array]
 
-DECAY_MASKS = ("all", "kernels", "conv", "classifier", "none")
 
+def decay_mask(spec: Any) -> Any:
+  """The ``wd_optax.masks`` mask of ``optim.decay_mask`` (a preset name, a list of include regexes or a dict).
 
-def decay_mask(name: str) -> Any:
-  """The ``wd_optax.masks`` mask for ``optim.decay_mask`` = ``name``.
-
-  ``conv`` means "every parameter but the classifier" (Zhang et al.'s ablation decays all layers, the final
-  FC only, or all but the final FC); classifier parameters are those whose path contains ``classifier``.
+  The spec (:func:`experiments.config.decay_mask_spec`) is compiled by ``wd_optax.masks``: its include regexes
+  by ``include``, its exclude regexes by ``exclude``, both by ``all_of``. ``None`` (every parameter) when it
+  has neither, as for ``all``.
   """
-  if name == "all":
+  spec = config_lib.decay_mask_spec(spec)
+  parts = []
+  if spec["include"] is not None:
+    parts.append(wd_optax.masks.include(*spec["include"]))
+  if spec["exclude"]:
+    parts.append(wd_optax.masks.exclude(*spec["exclude"]))
+  if not parts:
     return None
-  if name == "kernels":
-    return wd_optax.masks.kernels()
-  if name == "conv":
-    return wd_optax.masks.exclude("classifier")
-  if name == "classifier":
-    return wd_optax.masks.include("classifier")
-  if name == "none":
-    return lambda params: jax.tree.map(lambda _: False, params)
-  raise ValueError(f"optim.decay_mask must be one of {DECAY_MASKS}, got {name!r}.")
+  return parts[0] if len(parts) == 1 else wd_optax.masks.all_of(*parts)
 
 
-def decay_gate(step: jax.Array, start: jax.Array, end: jax.Array, total_steps: int) -> jax.Array:
-  """1 on the steps ``start·T <= t < end·T`` (fractions of ``T = total_steps``), else 0.
+def lr_schedule(optim: OptimConfig, total_steps: int) -> optax.Schedule:
+  """Shape of the learning-rate schedule (peak 1), an optax schedule of the step count.
 
-  Equal to ``wd_optax.schedules.window(1, round(start·T), round(end·T))``, but with traced window edges so
-  arms that only differ in when decay acts (none / always / early / late) share one vmapped program.
+  ``constant``: 1; ``cosine``: ½(1 + cos(π·(t − W)/(T − W))) from step W = ``warmup_steps`` to T =
+  ``total_steps`` (0 from T on). With W > 0 the first W steps are a linear warm-up (t + 1)/W, reaching 1 at step
+  W − 1 (``optax.linear_schedule``), joined to the rest at step W (``optax.join_schedules``).
+
+  The cosine is ``optax.cosine_decay_schedule`` with ``decay_steps=1`` evaluated at the fraction of the decay
+  done, (t − W)/(T − W): it then computes π·((t − W)/(T − W)), bit for bit what the harness computed before it
+  used optax, where ``decay_steps=T − W`` at t − W would compute π·(t − W)/(T − W), one float32 ulp off at a
+  third of the steps, and change every published run in its last digits. The warm-up is optax's interpolation
+  1/W + (1 − 1/W)·t/(W − 1): (t + 1)/W up to one float32 ulp (no published study warms up).
   """
-  first = jnp.round(start * total_steps)
-  stop = jnp.round(end * total_steps)
-  step = jnp.asarray(step, jnp.float32)
-  return ((step >= first) & (step < stop)).astype(jnp.float32)
-
-
-def lr_multiplier(optim: OptimConfig, step: jax.Array, total_steps: int) -> jax.Array:
-  """Shape of the learning-rate schedule at ``step`` (peak 1)."""
-  step = jnp.asarray(step, jnp.float32)
   if optim.lr_schedule == "constant":
-    shape = jnp.ones([], jnp.float32)
+    main = optax.constant_schedule(1.0)
   elif optim.lr_schedule == "cosine":
     span = max(total_steps - optim.warmup_steps, 1)
-    progress = jnp.clip((step - optim.warmup_steps) / span, 0.0, 1.0)
-    shape = 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
+    unit_cosine = optax.cosine_decay_schedule(1.0, decay_steps=1)
+    main = lambda count: unit_cosine(jnp.asarray(count, jnp.float32) / span)
   else:
     raise ValueError(f"optim.lr_schedule must be 'constant' or 'cosine', got {optim.lr_schedule!r}.")
-  if optim.warmup_steps > 0:
-    shape = shape * jnp.minimum(1.0, (step + 1.0) / optim.warmup_steps)
-  return shape
+  warmup = optim.warmup_steps
+  if warmup == 0:
+    return main
+  return optax.join_schedules([optax.linear_schedule(1.0 / warmup, 1.0, warmup - 1), main], [warmup])
+
+
+def decay_window(hp: Rates, total_steps: int) -> optax.Schedule:
+  """The 0/1 gate ``wd_optax.schedules.window`` of the member's decay window.
+
+  Its edges are the steps round(``decay_start``·T) and round(``decay_end``·T), T = ``total_steps``: traced,
+  so arms that only differ in when decay acts (none / always / early / late) share one vmapped program.
+  """
+  first = jnp.round(hp["decay_start"] * total_steps).astype(jnp.int32)
+  stop = jnp.round(hp["decay_end"] * total_steps).astype(jnp.int32)
+  return wd_optax.schedules.window(1.0, first, stop)
 
 
 def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int) -> dict[str, jax.Array]:
@@ -81,8 +89,8 @@ def rates_at(optim: OptimConfig, hp: Rates, step: jax.Array, total_steps: int) -
   ``decoupled_fraction`` are passed through unchanged (they are not rates). ``lr_norm_sq``'s per-layer
   factor is applied by the step.
   """
-  lr = hp["learning_rate"] * lr_multiplier(optim, step, total_steps)
-  gate = decay_gate(step, hp["decay_start"], hp["decay_end"], total_steps)
+  lr = hp["learning_rate"] * lr_schedule(optim, total_steps)(step)
+  gate = decay_window(hp, total_steps)(step)
   return {
       "learning_rate": lr,
       "weight_decay": hp["weight_decay"] * gate,

@@ -1,4 +1,5 @@
-"""Matplotlib PNGs of a run: metrics over time per arm (mean over seeds, band = min..max over seeds).
+"""Matplotlib figures of a run: metrics over time per arm (mean over seeds, band = min..max over seeds), each
+saved as PNG and, for papers, as SVG beside it (:func:`save_figure`, the one place figures are written).
 
 Every figure of a study draws an arm with the same colour, line style and marker: :class:`StyleMap` assigns
 them once from the config's arm list (:meth:`StyleMap.from_config`), and every plot function here and in
@@ -168,10 +169,23 @@ def keep_figures() -> Iterator[list]:
       plt.close(fig)
 
 
+def vector_path(path: str) -> str:
+  """Where :func:`save_figure` puts the SVG of the PNG at ``path``: beside it, ``.svg`` for ``.png``."""
+  return os.path.splitext(path)[0] + ".svg"
+
+
 def save_figure(fig, path: str) -> str:
-  """Writes ``fig`` to ``path`` (PNG, legends outside the axes included) and closes it."""
+  """Writes ``fig`` to ``path`` (PNG, legends outside the axes included) and beside it as SVG (for papers:
+  :func:`vector_path`), then closes it. Every figure of the harness and the studies is saved here.
+
+  Returns ``path``: reports link the PNG.
+  """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   fig.savefig(path, dpi=110, bbox_inches="tight")
+  # No date in the SVG's metadata and fixed element ids: the same figure gives the same file.
+  import matplotlib
+  with matplotlib.rc_context({"svg.hashsalt": "wd_optax"}):
+    fig.savefig(vector_path(path), format="svg", bbox_inches="tight", metadata={"Date": None})
   if _KEPT is not None:
     _KEPT.append(fig)
   else:

@@ -5,11 +5,13 @@ Work directory layout::
   <workdir>/config.json         the resolved config (a restart must use the same one)
   <workdir>/metrics.jsonl       one line per member per logged step (see experiments.train.metrics)
   <workdir>/checkpoints/<group> orbax checkpoints of each group's population (when train.checkpoint_every > 0)
-  <workdir>/*.png               plots
+  <workdir>/*.png, *.svg        plots (SVG beside each PNG)
+  <workdir>/tensorboard/        TensorBoard runs, one per member (when train.tensorboard is true)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Callable
@@ -37,10 +39,18 @@ def check_workdir(workdir: str, config: ExperimentConfig) -> None:
         saved = json.load(f)
     except ValueError as e:
       raise ValueError(f"{path} is not a readable config ({e}); remove it or choose another --workdir.") from None
-    if saved != json.loads(json.dumps(config_lib.to_dict(config))):
+    if _comparable(saved) != _comparable(json.loads(json.dumps(config_lib.to_dict(config)))):
       raise ValueError(
           f"{workdir} holds a run with a different config (see {path}); resume it with the same settings or "
           "choose another --workdir.")
+
+
+def _comparable(saved: dict) -> dict:
+  """A config without the fields that only choose outputs (``train.tensorboard``), which a resume may change."""
+  saved = dict(saved)
+  if isinstance(saved.get("train"), dict):
+    saved["train"] = {k: v for k, v in saved["train"].items() if k != "tensorboard"}
+  return saved
 
 
 def _write_config(workdir: str, config: ExperimentConfig) -> bool:
@@ -82,21 +92,27 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
   # corrected command is not refused as "a different config".
   wrote_config = _write_config(workdir, config)
   try:
-    writer = MetricsWriter(metrics_path)
-    for group in make_groups(config):
-      # Process 0 writes metrics.jsonl and decides; every process must skip (or train) the same groups.
-      finished = False
-      if distributed.is_primary():
-        records = read_records(metrics_path) if os.path.exists(metrics_path) else []
-        finished = _finished(records, group, config.train.steps)
-      if distributed.agree(finished):
-        log(f"[{config.name}] {group.name}: already finished, skipped")
-        continue
-      log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
-      Program(config, group, dataset, hooks=hooks).train(workdir=workdir, writer=writer, progress=progress,
-                                                         log=log)
+    tensorboard = os.path.join(workdir, "tensorboard") if config.train.tensorboard else None
+    # Process 0 writes metrics.jsonl (and the TensorBoard files) and shows the progress; the others train only.
+    primary = distributed.is_primary()
+    sink = MetricsWriter(metrics_path, tensorboard_dir=tensorboard) if primary else contextlib.nullcontext()
+    with sink as writer:
+      for group in make_groups(config):
+        # Process 0 reads metrics.jsonl and decides; every process must skip (or train) the same groups.
+        finished = False
+        if primary:
+          records = read_records(metrics_path) if os.path.exists(metrics_path) else []
+          finished = _finished(records, group, config.train.steps)
+        if distributed.agree(finished):
+          if writer is not None:
+            writer.sync_tensorboard(group.name)
+          log(f"[{config.name}] {group.name}: already finished, skipped")
+          continue
+        log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
+        Program(config, group, dataset, hooks=hooks).train(
+            workdir=workdir, writer=writer, progress=progress if primary else False, log=log)
   except BaseException:
-    if wrote_config and distributed.is_primary() and not (os.path.exists(metrics_path) and os.path.getsize(metrics_path)):
+    if wrote_config and not (os.path.exists(metrics_path) and os.path.getsize(metrics_path)):
       os.remove(os.path.join(workdir, "config.json"))
     raise
   distributed.barrier("wd_optax:trained")  # metrics.jsonl is complete for every process's analysis

@@ -27,8 +27,8 @@ from jax.sharding import NamedSharding
 
 from experiments.config import OptimConfig
 from experiments.train import optim as optim_lib
-from wd_optax import _tree
 from wd_optax import diagnostics
+from wd_optax import masks
 
 PyTree = Any
 
@@ -173,7 +173,7 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: 
   if factors:
     # Zhang et al. Z2: η_t ∝ ‖w_t‖² per scale-invariant layer, i.e. its step scaled by ‖w_t‖²/‖w_0‖²;
     # the other parameters (classifier) keep the base schedule.
-    updates = _tree.map_with_path(lambda path, u: u * factors[path] if path in factors else u, updates)
+    updates = masks.map_with_path(lambda path, u: u * factors[path] if path in factors else u, updates)
   params = optax.apply_updates(state["params"], updates)
   new_state = dict(state, step=step + 1, params=params, model_state=result.model_state, opt_state=opt_state)
   metrics = {

@@ -26,11 +26,11 @@ from flax import nnx
 from experiments import config as config_lib
 from experiments.config import Arm, ExperimentConfig, OptimConfig
 from experiments.train import optim as optim_lib
+from experiments.train import progress as progress_lib
 from experiments.train import sharding as sharding_lib
 from experiments.train import step as step_lib
 from experiments.train.checkpoint import Checkpointer
 from experiments.train.metrics import MetricsWriter
-from wd_optax import _tree
 import wd_optax
 
 
@@ -175,7 +175,8 @@ class Program:
     if group.optim.lr_norm_sq and not self.scale_invariant:
       raise ValueError(f"optim.lr_norm_sq (group {group.name!r}) scales the steps of scale-invariant layers, but "
                        f"model {config.model.name!r} with norm={config.model.norm!r} has none.")
-    measured = frozenset(p for p, leaf in _tree.named_leaves(first_params) if np.ndim(leaf) >= 2)
+    measured = frozenset(p for p, leaf in wd_optax.diagnostics.flatten_by_path(first_params).items()
+                         if np.ndim(leaf) >= 2)
     augment = None
     if config.data.augment:
       from experiments.data import augment_crop_flip
@@ -274,7 +275,9 @@ class Program:
     Args:
       workdir: where checkpoints go (``<workdir>/checkpoints/<group>``); ``None``: no checkpoints.
       writer: metrics sink; ``None``: metrics are only returned.
-      progress: show a tqdm bar (default: when stderr is a terminal).
+      progress: ``None`` (default): a tqdm bar when stderr is a terminal, else a progress line per chunk (at
+        most one every 30 s) with the group, step/total, steps per second and the time left
+        (:mod:`experiments.train.progress`); ``True``: the bar; ``False``: neither.
       stop_after: stop once this many steps are done (for tests of resumption).
       log: where to report a resumption (default: nowhere) and checkpoints that cannot be read back
         (default: stderr); those are moved to ``<checkpoints>/<group>/corrupt/`` and the previous
@@ -305,10 +308,7 @@ class Program:
       writer.truncate(self.group.name, self.step)
     end = t.steps if stop_after is None else min(t.steps, stop_after)
     losses, records = [], []
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm.auto import tqdm
-    bar = tqdm(total=t.steps, initial=self.step, desc=self.group.name, disable=not show, leave=False,
-               unit="step", dynamic_ncols=True)
+    bar = progress_lib.start(progress, self.group.name, total=t.steps, initial=self.step)
     try:
       while self.step < end:
         start = self.step
@@ -343,9 +343,8 @@ class Program:
           writer.write(chunk_records)
         if ckpt is not None and (step % t.checkpoint_every == 0 or step == t.steps):
           ckpt.save(step, self.state)
-        bar.update(step - start)
-        bar.set_postfix(loss=f"{float(np.mean(metrics['loss'][:, -1])):.3f}",
-                        acc=f"{float(np.mean(metrics['accuracy'][:, -1])):.3f}")
+        bar.update(step, loss=f"{float(np.mean(metrics['loss'][:, -1])):.3f}",
+                   acc=f"{float(np.mean(metrics['accuracy'][:, -1])):.3f}")
     finally:
       bar.close()
       if ckpt is not None:
@@ -376,5 +375,4 @@ _SCALE_INVARIANT_CACHE: dict = {}
 def scale_invariant_paths(apply_fn, params, batch) -> frozenset:
   """Paths of the leaves whose scaling leaves the train-mode outputs unchanged (``wd_optax.masks.scale_invariant``)."""
   mask = wd_optax.masks.scale_invariant(apply_fn, params, batch)
-  resolved = _tree.resolve_mask(mask, params)
-  return frozenset(p for p, keep in resolved.by_path.items() if keep)
+  return frozenset(p for p, keep in wd_optax.masks.resolve(mask, params).items() if keep)
