@@ -8,6 +8,9 @@ Examples::
   python -m experiments reproduce --quick          # every study, REPORT.md in runs/reproduce-quick
   python -m experiments three_mechanisms --help    # the study's arms and config fields (quick / full)
   python -m experiments reproduce --quick --set three_mechanisms.arms.sgd_l2_bn.weight_decay=1e-3
+  python -m experiments early_decay --coordinator host0:1234 --num-processes 2 --process-id 0 \
+      --set train.num_devices=0                    # process 0 of 2 (the other: --process-id 1)
+  srun python -m experiments early_decay --distributed auto --set train.num_devices=0   # SLURM / TPU pod
 
 Every input (overrides, the data directory, model, optimizers, device count, work directory) is checked
 before any data is read or program compiled; a bad one is one ``error: ...`` line on stderr and exit code 2.
@@ -49,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                            "to one study only (for reproduce); repeatable")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bar (terminal) or progress lines (logs, nohup, SLURM)")
+  from experiments import distributed
+  distributed.add_arguments(parser)
   return parser
 
 
@@ -101,7 +106,8 @@ def study_help(name: str) -> str:
 
 
 def _first_positional(argv: list[str]) -> str | None:
-  takes_value = {"--seeds", "--workdir", "--set"}
+  takes_value = {"--seeds", "--workdir", "--set", "--coordinator", "--num-processes", "--process-id",
+                 "--distributed"}
   skip = False
   for arg in argv:
     if skip:
@@ -151,6 +157,18 @@ def main(argv: list[str] | None = None) -> int:
       study = studies.get(name)
       print(f"{name:20s} {study.title}")
     return 0
+  from experiments import distributed
+  try:
+    cluster = distributed.settings(args)
+  except ValueError as e:
+    return _error(e)
+  if cluster is not None:
+    # Before the up-front checks: they count the devices, which starts jax's backends.
+    try:
+      distributed.initialize(cluster)
+    except Exception as e:  # noqa: BLE001 (a coordinator that cannot be reached, a cluster not detected)
+      return _error(f"jax.distributed.initialize({', '.join(f'{k}={v!r}' for k, v in cluster.items())}) "
+                    f"failed: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}")
   progress = False if args.no_progress else None
   suffix = "-quick" if args.quick else ""
   from experiments.train import TrainingDiverged
@@ -169,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "reproduce":
     path = runner.reproduce(workdir, quick=args.quick, seeds=args.seeds, overrides=args.overrides,
                             progress=progress)
-    print(f"wrote {path}")
+    if distributed.is_primary():
+      print(f"wrote {path}")
     return 0
   try:
     section = runner.run_study(args.command, workdir, quick=args.quick, seeds=args.seeds,
@@ -177,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
   except TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
+  if not distributed.is_primary():
+    return 0
   for claim in section.claims:
     print(f"{claim.id:6s} {claim.verdict:15s} {claim.measured}: {claim.effect}")
   print(f"wrote {os.path.join(workdir, 'REPORT.md')}")

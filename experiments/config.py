@@ -157,7 +157,12 @@ class TrainConfig:
       evaluated).
     checkpoint_every: steps between orbax checkpoints (a multiple of ``log_every``; 0 disables).
     eval_batch_size: test examples per evaluation batch.
-    num_devices: data-parallel devices (0: all visible).
+    num_devices: devices of the mesh (0: all visible, of every process in a multi-process run).
+    mesh_members: size of the mesh's ``members`` axis, over which a population's members are split (each
+      device trains ``members / mesh_members`` whole members); the ``data`` axis, over which each member's
+      batch is split, gets ``num_devices / mesh_members``. 0: automatic, 1 on CPU (pure data parallelism),
+      members first on accelerators (see :mod:`experiments.train.sharding`). A population that is not a
+      multiple of it is padded with copies of its first member, dropped from every output.
     label_smoothing: cross-entropy label smoothing.
     on_nan: ``stop`` (raise, naming the step; the last good checkpoint stays) or ``continue`` (for sweeps whose
       extreme settings may diverge: the diverged member is marked with ``diverged_at`` in its records and
@@ -173,6 +178,7 @@ class TrainConfig:
   checkpoint_every: int = 0
   eval_batch_size: int = 1000
   num_devices: int = 1
+  mesh_members: int = 0
   label_smoothing: float = 0.0
   on_nan: str = "stop"
   tensorboard: bool = False
@@ -364,6 +370,10 @@ def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = N
     raise ValueError(f"train.tensorboard must be true or false, got {t.tensorboard!r}.")
   if _bad_int(t.num_devices) or t.num_devices < 0:
     raise ValueError(f"train.num_devices must be an int >= 0 (0: all visible devices), got {t.num_devices!r}.")
+  if _bad_int(t.mesh_members) or t.mesh_members < 0:
+    raise ValueError(f"train.mesh_members must be an int >= 0 (0: automatic), got {t.mesh_members!r}.")
+  if t.mesh_members and t.num_devices and t.num_devices % t.mesh_members:
+    raise ValueError(f"train.mesh_members ({t.mesh_members}) must divide train.num_devices ({t.num_devices}).")
   if not (_is_number(t.label_smoothing) and 0 <= t.label_smoothing < 1):
     raise ValueError(f"train.label_smoothing must be a number in [0, 1), got {t.label_smoothing!r}.")
   if _bad_int(config.seeds) or config.seeds <= 0:

@@ -11,6 +11,7 @@ import traceback
 from typing import Callable, Sequence
 
 from experiments import config as config_lib
+from experiments import distributed
 from experiments import report as report_lib
 from experiments import studies as studies_lib
 from experiments.train import plots as plots_lib
@@ -109,9 +110,18 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
     raise UsageError(f"train.num_devices must be between 0 and {visible} (the visible devices; 0: all), "
                      f"got {t.num_devices}.")
   devices = t.num_devices or visible
-  if t.batch_size % devices:
-    raise UsageError(f"train.batch_size ({t.batch_size}) must be divisible by the number of devices ({devices}); "
-                     "set train.num_devices or the batch size.")
+  if jax.process_count() > 1 and devices != visible:
+    raise UsageError(f"train.num_devices={t.num_devices} uses {devices} of the {visible} devices of a "
+                     f"{jax.process_count()}-process run; every process must hold part of the mesh: set "
+                     "train.num_devices=0 (all devices).")
+  if t.mesh_members and devices % t.mesh_members:
+    raise UsageError(f"train.mesh_members ({t.mesh_members}) must divide the number of devices ({devices}); "
+                     "set train.mesh_members or train.num_devices.")
+  if t.batch_size % (devices // (t.mesh_members or 1)) and (t.mesh_members or jax.default_backend() == "cpu"):
+    data = devices // (t.mesh_members or 1)
+    raise UsageError(f"train.batch_size ({t.batch_size}) must be divisible by the data axis of the mesh ({devices} "
+                     f"devices / train.mesh_members {t.mesh_members or 1} = {data}); set train.batch_size, "
+                     "train.mesh_members or train.num_devices.")
   try:
     hooks = study.hooks(config) if study.hooks else None
   except (ValueError, TypeError, KeyError) as e:
@@ -241,13 +251,15 @@ def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None
   start = time.time()
   results = run_experiment(config, workdir, hooks=hooks, progress=progress, log=log)
   claims, table = study.analyze(results, config)
-  plots = plots_lib.standard_plots(results, workdir, styles=plots_lib.StyleMap.from_config(config))
-  if study.plots:
+  primary = distributed.is_primary()  # plots and the report: process 0 of a multi-process run only
+  plots = plots_lib.standard_plots(results, workdir, styles=plots_lib.StyleMap.from_config(config)) if primary else []
+  if study.plots and primary:
     plots += study.plots(results, config, workdir)
   section = report_lib.StudySection(
       name=name, title=study.title, setting=study.setting_text(config) + "\n\n" + describe(config, quick),
       claims=claims, plots=[os.path.basename(p) for p in plots], table=table, elapsed_s=time.time() - start)
-  report_lib.write_report(os.path.join(workdir, "REPORT.md"), [section], title=f"Study `{name}`")
+  if primary:
+    report_lib.write_report(os.path.join(workdir, "REPORT.md"), [section], title=f"Study `{name}`")
   section.plots = [os.path.join(plot_prefix, p) for p in section.plots]
   return section
 
@@ -310,5 +322,7 @@ def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, na
                                               else type(e).__name__))
       log(f"[{name}] FAILED:\n{sections[-1].error}")
   preamble = PREAMBLE.format(quick=" --quick" if quick else "") + f"\n\nTotal run time: {time.time() - start:.0f} s."
+  if not distributed.is_primary():
+    return os.path.join(workdir, "REPORT.md")
   return report_lib.write_report(os.path.join(workdir, "REPORT.md"), sections,
                                  title="Reproducing the weight-decay claims", preamble=preamble)

@@ -10,6 +10,12 @@ A checkpoint that was finished but cannot be read back (a truncated or overwritt
 moved aside into ``<directory>/corrupt/`` (never deleted; orbax lists only numbered directories as steps,
 so neither ``latest_step`` nor the ``max_to_keep`` garbage collection sees it again) and the previous
 checkpoint is tried; see :meth:`Checkpointer.restore_latest`.
+
+Several processes (``jax.distributed``): the state's arrays span every process's devices, and every process
+calls :meth:`save`, :meth:`restore_latest` and :meth:`close` at the same points (orbax synchronises them);
+each writes the shards its devices hold, process 0 (orbax's ``primary_host``) creates the directories,
+writes the metadata and finalises the step. The directory must be on a file system every process sees.
+Moving a bad checkpoint aside is done by process 0 between two barriers.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+from experiments import distributed
 
 CORRUPT = "corrupt"  # sub-directory of moved-aside checkpoints; not a step name, so orbax ignores it
 _REASON_CHARS = 200
@@ -34,7 +42,9 @@ class Checkpointer:
 
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.max_to_keep, create=True))
+        self.directory, options=ocp.CheckpointManagerOptions(
+            max_to_keep=self.max_to_keep, create=True,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=0)))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -80,13 +90,17 @@ class Checkpointer:
     """Moves checkpoint ``step`` into ``<directory>/corrupt/`` and re-reads the remaining steps."""
     source = self.step_directory(step)
     target_dir = os.path.join(self.directory, CORRUPT)
-    os.makedirs(target_dir, exist_ok=True)
+    if distributed.is_primary():
+      os.makedirs(target_dir, exist_ok=True)
     target, n = os.path.join(target_dir, str(step)), 1
     while os.path.exists(target):  # the same step went bad before
       n += 1
       target = os.path.join(target_dir, f"{step}.{n}")
     self._manager.close()
-    os.rename(source, target)
+    distributed.barrier(f"wd_optax:move-aside-{step}")  # every process has failed on it and closed
+    if distributed.is_primary():
+      os.rename(source, target)
+    distributed.barrier(f"wd_optax:moved-aside-{step}")
     self._manager = self._open()  # the old manager still lists the moved step
     return target
 

@@ -11,11 +11,13 @@ Work directory layout::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Callable
 
 from experiments import config as config_lib
+from experiments import distributed
 from experiments.config import ExperimentConfig
 from experiments.train.metrics import MetricsWriter, load_results, read_records
 from experiments.train.trainer import Hooks, Program, make_groups
@@ -52,15 +54,24 @@ def _comparable(saved: dict) -> dict:
 
 
 def _write_config(workdir: str, config: ExperimentConfig) -> bool:
-  """Writes ``config.json`` unless the work directory already has (the same) one; True if it was written."""
-  check_workdir(workdir, config)
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    return False
-  os.makedirs(workdir, exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(config_lib.to_dict(config), f, indent=2)
-  return True
+  """Writes ``config.json`` unless the work directory already has (the same) one; True if it was written.
+
+  In a multi-process run process 0 writes it and the others wait until it has.
+  """
+  distributed.barrier("wd_optax:workdir-checked")  # every process has read the old config.json, if any
+  wrote = False
+  if distributed.is_primary():
+    check_workdir(workdir, config)
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+      os.makedirs(workdir, exist_ok=True)
+      tmp = path + ".tmp"
+      with open(tmp, "w") as f:
+        json.dump(config_lib.to_dict(config), f, indent=2)
+      os.replace(tmp, path)
+      wrote = True
+  distributed.barrier("wd_optax:config-written")
+  return wrote
 
 
 def _finished(records: list[dict], group, steps: int) -> bool:
@@ -82,18 +93,27 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
   wrote_config = _write_config(workdir, config)
   try:
     tensorboard = os.path.join(workdir, "tensorboard") if config.train.tensorboard else None
-    with MetricsWriter(metrics_path, tensorboard_dir=tensorboard) as writer:
+    # Process 0 writes metrics.jsonl (and the TensorBoard files) and shows the progress; the others train only.
+    primary = distributed.is_primary()
+    sink = MetricsWriter(metrics_path, tensorboard_dir=tensorboard) if primary else contextlib.nullcontext()
+    with sink as writer:
       for group in make_groups(config):
-        records = read_records(metrics_path) if os.path.exists(metrics_path) else []
-        if _finished(records, group, config.train.steps):
-          writer.sync_tensorboard(group.name)
+        # Process 0 reads metrics.jsonl and decides; every process must skip (or train) the same groups.
+        finished = False
+        if primary:
+          records = read_records(metrics_path) if os.path.exists(metrics_path) else []
+          finished = _finished(records, group, config.train.steps)
+        if distributed.agree(finished):
+          if writer is not None:
+            writer.sync_tensorboard(group.name)
           log(f"[{config.name}] {group.name}: already finished, skipped")
           continue
         log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
-        Program(config, group, dataset, hooks=hooks).train(workdir=workdir, writer=writer, progress=progress,
-                                                           log=log)
+        Program(config, group, dataset, hooks=hooks).train(
+            workdir=workdir, writer=writer, progress=progress if primary else False, log=log)
   except BaseException:
     if wrote_config and not (os.path.exists(metrics_path) and os.path.getsize(metrics_path)):
       os.remove(os.path.join(workdir, "config.json"))
     raise
+  distributed.barrier("wd_optax:trained")  # metrics.jsonl is complete for every process's analysis
   return load_results(metrics_path)

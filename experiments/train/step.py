@@ -114,6 +114,8 @@ class StepSpec:
   augment: Callable[..., jax.Array] | None = None
   label_smoothing: float = 0.0
   data_sharding: NamedSharding | None = None
+  # The mesh axis the population axis is split over (``vmap``'s ``spmd_axis_name``), None: not split.
+  member_axis: str | None = None
   # eval_metrics(apply, params, model_state, x, y) -> {name: scalar}, on the first evaluation batch.
   eval_metrics: Callable[..., dict] | None = None
 
@@ -206,12 +208,17 @@ def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates:
 
 
 def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
-                     num_steps: int) -> tuple[dict, dict]:
+                     num_steps: int, first_step: jax.Array | None = None) -> tuple[dict, dict]:
   """``num_steps`` steps of every member (vmapped), scanned on device; diagnostics of the last step.
+
+  ``first_step``: the members' (common) step count as a replicated scalar; read from member 0's state when
+  not given, which on a mesh whose ``members`` axis splits the population costs a broadcast from member 0's
+  device to the others every chunk and step.
 
   Returns the new state and metrics: ``loss``/``accuracy`` of shape ``(members, num_steps)``, diagnostics
   of shape ``(members,)``. Nothing leaves the device until the caller fetches the result.
   """
+  vmap = lambda f: jax.vmap(f, spmd_axis_name=spec.member_axis)
   single = jax.tree.leaves(state)[0].shape[0] == 1
   squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
   expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
@@ -220,8 +227,10 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
     # per-step reshapes cost XLA:CPU time.
     step_all = lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i[0])
   else:
-    step_all = jax.vmap(lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i))
-  keys, first_step = state["key"], state["step"][0]
+    step_all = vmap(lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i))
+  keys = state["key"]
+  if first_step is None:
+    first_step = state["step"][0]
   # Members of a population share the step count, so the chunk's epochs are known: their permutations are
   # drawn once before the scan (a sort of the training set per step would cost more than a small
   # network's step; a conditional redraw inside the loop costs buffer copies on XLA:CPU). They are laid out
@@ -230,23 +239,25 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
   n, batch, per_epoch = spec.num_examples, spec.batch_size, spec.num_examples // spec.batch_size
   first_epoch = first_step // per_epoch
   epochs = first_epoch + jnp.arange((num_steps - 1) // per_epoch + 2)
-  orders = jax.vmap(lambda k: jax.vmap(lambda e: epoch_order(k, e * per_epoch, n, batch))(epochs).reshape(-1))(keys)
+  orders = vmap(lambda k: jax.vmap(lambda e: epoch_order(k, e * per_epoch, n, batch))(epochs).reshape(-1))(keys)
   member_hp = squeeze(hp) if single else hp
 
-  def body(current, _):
-    step = current["step"] if single else current["step"][0]
+  def body(carry, _):
+    current, step = carry
     offset = (step // per_epoch - first_epoch) * n + (step % per_epoch) * batch
-    idx = jax.vmap(lambda o: jax.lax.dynamic_slice(o, (offset,), (batch,)))(orders)
-    return step_all(current, member_hp, idx)
+    idx = vmap(lambda o: jax.lax.dynamic_slice(o, (offset,), (batch,)))(orders)
+    current, metrics = step_all(current, member_hp, idx)
+    return (current, step + 1), metrics
 
   if single:
     state = squeeze(state)
 
   # The last step runs outside the scan so the parameters before it are at hand for its angular update;
   # carrying them through the scan costs a copy of all parameters per step on XLA:CPU.
-  state, history = jax.lax.scan(body, state, None, length=num_steps - 1)
+  (state, step), history = jax.lax.scan(body, (state, jnp.asarray(first_step, jnp.int32)), None,
+                                       length=num_steps - 1)
   before_last = state["params"]
-  state, last = body(state, None)
+  (state, _), last = body((state, step), None)
   history = jax.tree.map(lambda h, l: jnp.concatenate([h, l[None]]), history, last)
   if single:
     state, before_last, history = expand(state), expand(before_last), jax.tree.map(lambda h: h[:, None], history)
@@ -255,7 +266,7 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
     previous = dict(s, step=s["step"] - 1, params=old_params)
     return diagnose_step(spec, old_params, s["params"], spec.rates(previous, h), spec.lr_factors(previous))
 
-  out = jax.vmap(diagnose_member)(state, hp, before_last)
+  out = vmap(diagnose_member)(state, hp, before_last)
   for key in ("loss", "accuracy"):
     out[key] = jnp.swapaxes(history[key], 0, 1)
   return state, out
@@ -283,12 +294,13 @@ def evaluate(spec: StepSpec, state: dict, x_test: jax.Array, y_test: jax.Array, 
     losses, correct = jax.lax.map(one_batch, (xs, ys, ws))
     return {"test_loss": jnp.sum(losses) / n, "test_accuracy": jnp.sum(correct) / n}
 
-  return jax.vmap(one_member)(state["params"], state["model_state"])
+  return jax.vmap(one_member, spmd_axis_name=spec.member_axis)(state["params"], state["model_state"])
 
 
 def evaluate_extra(spec: StepSpec, state: dict, x_test: jax.Array, y_test: jax.Array, batch_size: int) -> dict:
   """The study's ``eval_metrics`` of every member on the first test batch (a separate program from
   :func:`evaluate`, so a study's linear algebra is not nested in the evaluation loop)."""
   first = min(batch_size, x_test.shape[0])
-  return jax.vmap(lambda p, m: spec.eval_metrics(spec.apply, p, m, x_test[:first], y_test[:first]))(
+  return jax.vmap(lambda p, m: spec.eval_metrics(spec.apply, p, m, x_test[:first], y_test[:first]),
+                  spmd_axis_name=spec.member_axis)(
       state["params"], state["model_state"])

@@ -132,8 +132,12 @@ class Program:
     self.group = group
     self.dataset = dataset
     self.hooks = hooks or Hooks()
-    self.mesh = mesh or sharding_lib.make_mesh(config.train.num_devices)
     t = config.train
+    if mesh is None:
+      devices = len(sharding_lib.devices_for(t.num_devices))
+      members, _ = sharding_lib.mesh_shape(devices, t.mesh_members, len(group.members), t.batch_size)
+      mesh = sharding_lib.make_mesh(t.num_devices, members)
+    self.mesh = mesh
     sharding_lib.check_batch_size(t.batch_size, self.mesh)
     if len(dataset.y_train) < t.batch_size:
       raise ValueError(f"train.batch_size ({t.batch_size}) exceeds the training set ({len(dataset.y_train)}).")
@@ -182,9 +186,9 @@ class Program:
         num_examples=len(dataset.y_train), scale_invariant=self.scale_invariant, measured=measured,
         make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, augment=augment,
         label_smoothing=t.label_smoothing, eval_metrics=self.hooks.eval_metrics,
-        data_sharding=sharding_lib.batch_sharding(self.mesh) if self.mesh.size > 1 else None)
+        data_sharding=sharding_lib.batch_sharding(self.mesh) if sharding_lib.data_size(self.mesh) > 1 else None,
+        member_axis=sharding_lib.MEMBERS_AXIS if sharding_lib.MEMBERS_AXIS in self.mesh.axis_names else None)
 
-    @jax.jit
     def init_rest(params, model_state, hp, seeds):
       # (members, 1) of ones without scale-invariant leaves: checkpoints avoid zero-size arrays.
       init_sq = jax.vmap(self.spec.si_sq_norms)(params) if self.scale_invariant else jnp.ones((seeds.shape[0], 1))
@@ -194,11 +198,15 @@ class Program:
           "key": jax.vmap(jax.random.PRNGKey)(seeds), "init_sq_norm": jnp.maximum(init_sq, 1e-12),
       }
 
-    self._init_rest = init_rest
-    self.x_train = sharding_lib.replicate(jnp.asarray(dataset.x_train), self.mesh)
-    self.y_train = sharding_lib.replicate(jnp.asarray(dataset.y_train), self.mesh)
-    self.x_test = sharding_lib.replicate(jnp.asarray(dataset.x_test), self.mesh)
-    self.y_test = sharding_lib.replicate(jnp.asarray(dataset.y_test), self.mesh)
+    # The population's state is created in place: every device initialises only its own members.
+    self._member_sharding = sharding_lib.member_sharding(self.mesh)
+    self._init_state = jax.jit(lambda hp, seeds: init_rest(*self._init_models(seeds), hp, seeds),
+                               out_shardings=self._member_sharding)
+    self.x_train = sharding_lib.replicate(dataset.x_train, self.mesh)
+    self.y_train = sharding_lib.replicate(dataset.y_train, self.mesh)
+    self.x_test = sharding_lib.replicate(dataset.x_test, self.mesh)
+    self.y_test = sharding_lib.replicate(dataset.y_test, self.mesh)
+    self._replicated = sharding_lib.replicated(self.mesh)
     spec = self.spec
     self._chunk = jax.jit(functools.partial(step_lib.population_chunk, spec), static_argnums=4)
     self._eval = jax.jit(functools.partial(step_lib.evaluate, spec), static_argnums=3)
@@ -217,35 +225,48 @@ class Program:
       if set(m.hp) != set(config_lib.TRACED_FIELDS):
         raise ValueError(f"member {m.label!r}: hp must set exactly {config_lib.TRACED_FIELDS}, got {sorted(m.hp)}.")
     self.group = dataclasses.replace(self.group, members=members)
-    hp = {k: jnp.asarray([m.hp[k] for m in members], jnp.float32) for k in config_lib.TRACED_FIELDS}
-    seeds = jnp.asarray([m.seed for m in members], jnp.uint32)
-    params, model_state = self._init_models(seeds)
-    state = self._init_rest(params, model_state, hp, seeds)
-    self.state = sharding_lib.replicate(state, self.mesh)
-    self.hp = sharding_lib.replicate(hp, self.mesh)
+    # Padded to a multiple of the mesh's members axis with copies of the first member (sharding module doc);
+    # the copies are dropped from every output.
+    self.num_members = len(members)
+    padded = members + [members[0]] * (-len(members) % sharding_lib.members_size(self.mesh))
+    hp = {k: sharding_lib.global_array(np.asarray([m.hp[k] for m in padded], np.float32), self._member_sharding)
+          for k in config_lib.TRACED_FIELDS}
+    seeds = sharding_lib.global_array(np.asarray([m.seed for m in padded], np.uint32), self._member_sharding)
+    self.state = self._init_state(hp, seeds)
+    self.hp = hp
+    self._step = 0
     self.diverged: dict[int, int] = {}
 
   @property
   def step(self) -> int:
-    return int(self.state["step"][0])
+    """The members' common step count (kept on the host: reading it from the state would be a transfer)."""
+    return self._step
 
   def run_chunk(self, num_steps: int) -> dict:
-    """Advances every member by ``num_steps`` steps; returns the chunk's metrics (still on device)."""
-    self.state, metrics = self._chunk(self.state, self.hp, self.x_train, self.y_train, num_steps)
+    """Advances every member by ``num_steps`` steps; returns the chunk's metrics (still on device, padded)."""
+    first = sharding_lib.global_array(np.asarray(self._step, np.int32), self._replicated)
+    self.state, metrics = self._chunk(self.state, self.hp, self.x_train, self.y_train, num_steps, first)
+    self._step += num_steps
     return metrics
+
+  def _fetch(self, tree: Any) -> Any:
+    """Host copies of population arrays, without the padding members."""
+    return jax.tree.map(lambda x: np.asarray(x)[: self.num_members], sharding_lib.fetch(tree))
 
   def evaluate(self) -> dict:
     args = (self.state, self.x_test, self.y_test, self.config.train.eval_batch_size)
-    out = jax.device_get(self._eval(*args))
+    out = self._fetch(self._eval(*args))
     if self._eval_extra is not None:
       # Fetched before the study's program is dispatched (and, the first time, compiled): compiling it while
       # the evaluation still ran on the CPU thread pool deadlocked XLA:CPU in a K-FAC study.
-      out.update(jax.device_get(self._eval_extra(*args)))
+      out.update(self._fetch(self._eval_extra(*args)))
     return out
 
   def params(self, index: int) -> Any:
-    """Parameters of member ``index`` as host numpy arrays."""
-    return jax.tree.map(lambda x: np.asarray(x[index]), self.state["params"])
+    """Parameters of member ``index`` as host numpy arrays (every process must call it)."""
+    if not 0 <= index < self.num_members:
+      raise IndexError(f"member index {index} out of range for a population of {self.num_members}.")
+    return jax.tree.map(lambda x: x[index], self._fetch(self.state["params"]))
 
   def train(self, *, workdir: str | None = None, writer: MetricsWriter | None = None, progress: bool | None = None,
             stop_after: int | None = None, log: Callable[[str], None] | None = None) -> dict:
@@ -277,11 +298,13 @@ class Program:
         warn = log if log is not None else functools.partial(print, file=sys.stderr)
         restored, self.state = ckpt.restore_latest(self.state, lambda line: warn(f"[{self.group.name}] {line}"))
         if restored is not None:
+          self._step = int(restored)
           if log is not None:
             log(f"[{self.group.name}] resuming from the checkpoint at step {restored}")
         else:
           warn(f"[{self.group.name}] no readable checkpoint left in {ckpt.directory}; starting from step 0")
-    if writer is not None:
+    primary = jax.process_index() == 0  # metrics.jsonl is written by process 0 only
+    if writer is not None and primary:
       writer.truncate(self.group.name, self.step)
     end = t.steps if stop_after is None else min(t.steps, stop_after)
     losses, records = [], []
@@ -290,7 +313,7 @@ class Program:
       while self.step < end:
         start = self.step
         num = min(t.log_every - start % t.log_every, end - start)
-        metrics = jax.device_get(self.run_chunk(num))
+        metrics = self._fetch(self.run_chunk(num))
         bad = ~np.isfinite(metrics["loss"])
         if bad.any() and t.on_nan == "continue":
           for member, offset in np.argwhere(bad):
@@ -313,10 +336,10 @@ class Program:
         step = self.step
         evaluated = {}
         if step % t.eval_every == 0 or step == t.steps:
-          evaluated = jax.device_get(self.evaluate())
+          evaluated = self.evaluate()
         chunk_records = self._records(step, metrics, evaluated)
         records.extend(chunk_records)
-        if writer is not None:
+        if writer is not None and primary:
           writer.write(chunk_records)
         if ckpt is not None and (step % t.checkpoint_every == 0 or step == t.steps):
           ckpt.save(step, self.state)
