@@ -110,14 +110,19 @@ def jitter(scale=0.001):
   return scale * RNG.standard_normal(8)
 
 
-def test_early_decay_analysis_on_a_world_where_the_paper_is_right():
-  results = {
+def early_decay_world_where_the_paper_is_right():
+  """B1/B2 as predicted: decay ≈ early decay ≫ none ≈ late, and early decay keeps the norms small."""
+  return {
       "none": arm("none", BASE, norms=np.tile([20.0, 30.0], (8, 1))),
       "always": arm("always", BASE + 0.04 + jitter(), norms=np.tile([10.0, 9.0], (8, 1))),
       "early25": arm("early25", BASE + 0.035 + jitter(), norms=np.tile([10.0, 14.0], (8, 1))),
       "early50": arm("early50", BASE + 0.04 + jitter(), norms=np.tile([10.0, 12.0], (8, 1))),
       "late50": arm("late50", BASE + jitter(), norms=np.tile([20.0, 15.0], (8, 1))),
   }
+
+
+def test_early_decay_analysis_on_a_world_where_the_paper_is_right():
+  results = early_decay_world_where_the_paper_is_right()
   claims, table = early_decay.analyze(results, early_decay.make_config(True))
   verdicts = {c.id: c.verdict for c in claims}
   assert verdicts == {"B1a": "reproduced", "B1b": "reproduced", "B1c": "reproduced", "B1d": "reproduced",
@@ -258,13 +263,7 @@ def test_early_decay_claim_whose_compared_arms_sit_at_chance_is_invalid_but_one_
 
 
 def test_a_few_degenerate_members_keep_the_verdict_and_are_named_in_the_notes():
-  results = {
-      "none": arm("none", BASE, norms=np.tile([20.0, 30.0], (8, 1))),
-      "always": arm("always", BASE + 0.04 + jitter(), norms=np.tile([10.0, 9.0], (8, 1))),
-      "early25": arm("early25", BASE + 0.035 + jitter(), norms=np.tile([10.0, 14.0], (8, 1))),
-      "early50": arm("early50", BASE + 0.04 + jitter(), norms=np.tile([10.0, 12.0], (8, 1))),
-      "late50": arm("late50", BASE + jitter(), norms=np.tile([20.0, 15.0], (8, 1))),
-  }
+  results = early_decay_world_where_the_paper_is_right()
   results["early50"].series["test_accuracy"][:3, -1] = 0.1  # 3 of 8 at chance: not a majority
   b1b = next(c for c in early_decay.analyze(results, early_decay.make_config(True))[0] if c.id == "B1b")
   assert b1b.verdict == b1b.interval_verdict != report.INVALID
