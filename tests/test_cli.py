@@ -483,3 +483,20 @@ def test_training_divergence_stays_exit_1(tmp_path, monkeypatch, capsys):
   monkeypatch.setattr(cli, "run_experiment", diverge)
   assert cli.main(["early_decay", "--quick", "--workdir", str(tmp_path / "w")]) == 1
   assert capsys.readouterr().err.splitlines() == ["error: member 'always' seed 0 diverged at step 7"]
+
+
+def test_a_command_validates_its_config_once(tmp_path, monkeypatch, capsys):
+  """The up-front checks validate the config; the run (run_study, run_experiment, make_groups) takes it as
+  checked instead of validating it again."""
+  from experiments.train import TrainingDiverged, make_groups
+  calls = []
+  real_validate = config_lib.validate
+  monkeypatch.setattr(config_lib, "validate", lambda *a, **kw: (calls.append(1), real_validate(*a, **kw))[1])
+
+  def run(config, workdir, **kwargs):
+    make_groups(config)
+    raise TrainingDiverged("stopped before training")
+  monkeypatch.setattr(cli, "run_experiment", run)
+  assert cli.main(["early_decay", "--quick", "--workdir", str(tmp_path / "w")]) == 1
+  assert "stopped before training" in capsys.readouterr().err
+  assert len(calls) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from typing import Any, Callable, Sequence
 
 import jax
@@ -93,6 +94,12 @@ class Model:
     # seeds (members,) -> (params, model_state), every leaf with a leading members axis.
     self.init = jax.jit(jax.vmap(init_pure))
     self._probe_inputs = dataset.x_train[: min(32, len(dataset.x_train))]
+
+  @staticmethod
+  def key(config: ExperimentConfig, group: Group) -> str:
+    """What a :class:`Model` of ``group`` is built from (the hooks aside, which one run shares): its model config."""
+    del group  # every group of a config trains config.model
+    return json.dumps(config_lib.to_dict(config.model), sort_keys=True)
 
   def apply(self, params, model_state, x, train):
     """``(logits, new model_state)`` of the merged model."""

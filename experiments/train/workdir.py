@@ -1,7 +1,7 @@
 """Train every arm of a config in a work directory, resuming whatever was interrupted.
 
-:func:`run_experiment` builds the config's model once (:class:`experiments.train.program.Model`, with its
-scale-invariance probe) and trains each group as one :class:`~experiments.train.program.Program` through
+:func:`run_experiment` builds each model config once (:class:`experiments.train.program.Model`, with its
+scale-invariance probe), shared by the groups that train it, and trains each group as one :class:`~experiments.train.program.Program` through
 the host loop (:mod:`experiments.train.loop`), skipping the groups that ``metrics.jsonl`` shows finished.
 
 Work directory layout::
@@ -105,7 +105,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
     primary = distributed.is_primary()
     sink = MetricsWriter(metrics_path, tensorboard_dir=tensorboard) if primary else contextlib.nullcontext()
     with sink as writer:
-      model: Model | None = None
+      models: dict[str, Model] = {}  # by Model.key: one build and one scale-invariance probe per model config
       for group in make_groups(config):
         # Process 0 reads metrics.jsonl and decides; every process must skip (or train) the same groups.
         finished = False
@@ -118,9 +118,10 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
           log(f"[{config.name}] {group.name}: already finished, skipped")
           continue
         log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
-        program = Program(config, group, dataset, hooks=hooks, model=model)
+        key = Model.key(config, group)
+        program = Program(config, group, dataset, hooks=hooks, model=models.get(key))
         program.train(workdir=workdir, writer=writer, progress=progress if primary else False, log=log)
-        model = program.model  # the next groups share the model and its scale-invariance probe
+        models[key] = program.model
   except BaseException:
     if wrote_config and not (os.path.exists(metrics_path) and os.path.getsize(metrics_path)):
       os.remove(os.path.join(workdir, "config.json"))
