@@ -349,7 +349,7 @@ def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = N
   """Checks every value a run reads, before any data is read or program compiled, naming the offending key.
 
   Covers the training loop, the data set's name and ranges (not its files: see
-  :func:`experiments.runner.check_study`), the model's name and norm, and every arm's full optimizer config
+  :func:`experiments.checks.check_study`), the model's name and norm, and every arm's full optimizer config
   (its overrides on top of ``optim`` and each of its sweep values). ``optimizers``: the ``optim.name`` values
   allowed (e.g. :data:`OPTIMIZERS` or a study's ``Study.optimizers``; ``None``, the default: not checked here,
   the name is the business of whichever ``make_tx`` builds the optimizer).
@@ -443,7 +443,7 @@ def decay_mask_spec(value: Any, where: str = "optim.decay_mask") -> dict:
 
   ``value`` is a preset name (:data:`DECAY_MASK_PRESETS`), a list of include regexes or a dict with the keys
   ``include`` and/or ``exclude``. A bad value raises ``ValueError`` naming ``where`` (the config key that set it).
-  Whether each regex matches a parameter depends on the model: :func:`experiments.runner.check_study` checks it.
+  Whether each regex matches a parameter depends on the model: :func:`experiments.checks.check_study` checks it.
   """
   expected = (f"a preset name {tuple(DECAY_MASK_PRESETS)}, a list of include regexes or a dict "
               '{"include": [...], "exclude": [...]}')

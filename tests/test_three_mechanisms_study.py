@@ -216,7 +216,7 @@ def test_optimizer_wrapper_sets_the_gate_once_and_routes_the_decay(optimizer):
 
 @pytest.mark.slow  # ~30-80 s (two programs to compile); its pieces are covered by the wrapper/analysis tests
 def test_tiny_end_to_end_run(tmp_path):
-  from experiments.runner import run_study
+  from experiments.cli import run_study
   section = run_study("three_mechanisms", str(tmp_path), quick=True, seeds=2,
                       overrides=["train.steps=20", "train.log_every=10", "train.eval_every=20",
                                  'model.kwargs={"hidden": [8, 8]}'], progress=False, log=lambda _: None)

@@ -48,7 +48,7 @@ from experiments import report
 from experiments.studies import Study
 from experiments.studies import _common
 from experiments.train import optim as optim_lib
-from experiments.train.trainer import Hooks, make_groups
+from experiments.train import Hooks, make_groups
 from wd_optax import tuning
 
 GRIDS = {
