@@ -1,7 +1,7 @@
 """Training a population of runs as one program: members, grouping, the host loop.
 
 A *member* is one (arm, seed, swept value) training run. Arms whose optimizers share a structure (differ
-only in :data:`experiments.config.TRACED_FIELDS`) form one *group*: their members are stacked on a leading
+only in the traced fields of their optimizer family, ``OptimizerSpec.TRACED``) form one *group*: their members are stacked on a leading
 population axis and trained by one jitted, vmapped program, not one after another. Each group has its own
 checkpoint directory and writes one JSON line per member per ``log_every`` steps to ``metrics.jsonl``.
 
@@ -24,8 +24,8 @@ import numpy as np
 from flax import nnx
 
 from experiments import config as config_lib
-from experiments.config import Arm, ExperimentConfig, OptimConfig
-from experiments.train import optim as optim_lib
+from experiments import optimizers
+from experiments.config import Arm, ExperimentConfig
 from experiments.train import progress as progress_lib
 from experiments.train import sharding as sharding_lib
 from experiments.train import step as step_lib
@@ -43,24 +43,18 @@ class Member:
   """One training run of a population."""
   arm: str
   seed: int
-  hp: dict  # values of TRACED_FIELDS
+  hp: dict  # values of the group's traced fields (OptimizerSpec.TRACED)
   label: str  # arm name, plus the swept values: "adamw[weight_decay=0.001]"
   swept: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
 class Group:
-  """Arms that share an optimizer structure, trained as one vmapped program."""
+  """Arms that share a model and an optimizer structure, trained as one vmapped program."""
   name: str
-  optim: OptimConfig
+  optim: optimizers.OptimizerSpec
   members: list
-
-
-def _structure_key(optim: OptimConfig) -> tuple:
-  defaults = OptimConfig()
-  fields = dataclasses.asdict(dataclasses.replace(
-      optim, **{k: getattr(defaults, k) for k in config_lib.TRACED_FIELDS}))
-  return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in fields.items()))
+  model: config_lib.ModelConfig = dataclasses.field(default_factory=config_lib.ModelConfig)
 
 
 def _sweep_points(arm: Arm) -> list[dict]:
@@ -71,17 +65,17 @@ def _sweep_points(arm: Arm) -> list[dict]:
 
 
 def make_groups(config: ExperimentConfig, seeds: Sequence[int] | None = None) -> list[Group]:
-  """Members of every arm, grouped by optimizer structure (order of first appearance)."""
+  """Members of every arm, grouped by model and optimizer structure (order of first appearance)."""
   config_lib.validate(config)
   seeds = list(range(config.seeds)) if seeds is None else list(seeds)
   groups: dict[tuple, Group] = {}
   for arm in config.arms:
-    optim = config.arm_optim(arm)
-    key = _structure_key(optim)
+    optim, model = config.arm_optim(arm), config.arm_model(arm)
+    key = (json.dumps(config_lib.to_dict(model), sort_keys=True),) + optim.static_key()
     if key not in groups:
-      groups[key] = Group(name="", optim=optim, members=[])
+      groups[key] = Group(name="", optim=optim, members=[], model=model)
     for point in _sweep_points(arm):
-      hp = {k: float(point.get(k, getattr(optim, k))) for k in config_lib.TRACED_FIELDS}
+      hp = {k: float(point.get(k, getattr(optim, k))) for k in optim.TRACED}
       label = arm.name if not point else arm.name + "[" + ",".join(f"{k}={v:g}" for k, v in point.items()) + "]"
       for seed in seeds:
         groups[key].members.append(Member(arm=arm.name, seed=seed, hp=hp, label=label, swept=point))
@@ -99,35 +93,48 @@ class Hooks:
 
   Attributes:
     make_tx: ``make_tx(optim_config, rates) -> optax.GradientTransformation`` for one step.
-    grad_fn: ``grad_fn(loss_fn, params, batch, key) -> GradResult``; its ``extra`` goes to ``tx.update``.
+    grad_fn: ``grad_fn(loss_fn, params, batch, key, model) -> GradResult`` replacing the optimizer family's
+      ``value_and_grad`` (same signature; ``model`` is the member's ``step.MemberModel``); its ``extra`` goes
+      to ``tx.update``. ``None``: the family's.
     build_model: ``build_model(rngs=...) -> nnx.Module``, replacing ``experiments.models.build`` with the
       config's model (e.g. with K-FAC-registered ``linear_cls`` / ``conv_cls``).
     eval_metrics: ``eval_metrics(apply, params, model_state, x, y) -> {name: scalar}``, traced into the
       evaluation (one member, first test batch) and logged at every evaluation step, e.g. the Jacobian norm
       E‖J_x‖²_F of Zhang et al. Z4 (``apply(params, model_state, x, train) -> (logits, model_state)``).
   """
-  make_tx: Callable[..., Any] = optim_lib.make_tx
-  grad_fn: Callable[..., Any] = step_lib.default_grad_fn
+  make_tx: Callable[..., Any] = optimizers.build
+  grad_fn: Callable[..., Any] | None = None
   build_model: Callable[..., Any] | None = None
   eval_metrics: Callable[..., Any] | None = None
 
 
-def model_inputs(config: ExperimentConfig, dataset) -> dict:
+def model_inputs(model: config_lib.ModelConfig, dataset) -> dict:
   """Model keyword arguments, with the input size / channels filled in from the data when missing."""
-  kwargs = dict(config.model.kwargs)
+  kwargs = dict(model.kwargs)
   sample = dataset.x_train[0]
-  if config.model.name == "mlp":
+  if model.name == "mlp":
     kwargs.setdefault("in_features", int(np.prod(sample.shape)))
-  elif config.model.name in ("resnet1d", "resnet20", "resnet32", "vgg"):
+  elif model.name in ("resnet1d", "resnet20", "resnet32", "vgg"):
     kwargs.setdefault("in_channels", int(sample.shape[-1]))
   return kwargs
+
+
+def model_builder(model: config_lib.ModelConfig, dataset, num_classes: int) -> Callable[..., Any]:
+  """``build(rngs=...) -> nnx.Module`` of a model config (``experiments.models.build``); with
+  ``registered_layers`` its dense and conv layers are ``wd_optax.kfac.Linear`` / ``Conv`` (same numerics)."""
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  layers = {}
+  if model.registered_layers:
+    from wd_optax import kfac  # pylint: disable=g-import-not-at-top
+    layers = {"linear_cls": kfac.Linear, "conv_cls": kfac.Conv}
+  return functools.partial(models.build, model.name, num_classes=num_classes, norm=model.norm, **layers,
+                           **model_inputs(model, dataset))
 
 
 class Program:
   """One group's population: initial state, the jitted chunk/eval functions and the host loop."""
 
   def __init__(self, config: ExperimentConfig, group: Group, dataset, *, mesh=None, hooks: Hooks | None = None):
-    from experiments import models  # colleague-owned; imported lazily so config-only uses stay light
     self.config = config
     self.group = group
     self.dataset = dataset
@@ -141,9 +148,7 @@ class Program:
     sharding_lib.check_batch_size(t.batch_size, self.mesh)
     if len(dataset.y_train) < t.batch_size:
       raise ValueError(f"train.batch_size ({t.batch_size}) exceeds the training set ({len(dataset.y_train)}).")
-    build_model = self.hooks.build_model or functools.partial(
-        models.build, config.model.name, num_classes=dataset.num_classes, norm=config.model.norm,
-        **model_inputs(config, dataset))
+    build_model = self.hooks.build_model or model_builder(group.model, dataset, dataset.num_classes)
 
     # Every member's model is initialised from its seed alone, so arms with the same seed start from the
     # same weights (a paired design). The init is traced once and vmapped over the members' seeds.
@@ -158,6 +163,15 @@ class Program:
     self._init_models = jax.jit(jax.vmap(init_pure))
     params, model_state = self._init_models(jnp.zeros([1], jnp.uint32))
 
+    # What the optimizer family reads from the model (K-FAC: its registered layers).
+    group = self.group = dataclasses.replace(group, optim=group.optim.bind(abstract_model))
+
+    def module(params, model_state):
+      return nnx.merge(graphdef, params, model_state)
+
+    def state_of(model):
+      return nnx.to_pure_dict(nnx.split(model, nnx.Param, ...)[2])
+
     def apply(params, model_state, x, train):
       model = nnx.merge(graphdef, params, model_state)
       logits = model(x, train=train)
@@ -166,7 +180,7 @@ class Program:
 
     first = lambda tree: jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[0]), tree)  # host slice: no per-shape compile
     probe = jnp.asarray(dataset.x_train[: min(32, len(dataset.x_train))])
-    cache_key = (json.dumps(config_lib.to_dict(config.model), sort_keys=True), dataset.name, probe.shape)
+    cache_key = (json.dumps(config_lib.to_dict(group.model), sort_keys=True), dataset.name, probe.shape)
     if cache_key not in _SCALE_INVARIANT_CACHE:
       _SCALE_INVARIANT_CACHE[cache_key] = scale_invariant_paths(
           lambda p, x: apply(p, first(model_state), x, True)[0], first(params), probe)
@@ -174,7 +188,7 @@ class Program:
     first_params = first(params)
     if group.optim.lr_norm_sq and not self.scale_invariant:
       raise ValueError(f"optim.lr_norm_sq (group {group.name!r}) scales the steps of scale-invariant layers, but "
-                       f"model {config.model.name!r} with norm={config.model.norm!r} has none.")
+                       f"model {group.model.name!r} with norm={group.model.norm!r} has none.")
     measured = frozenset(p for p, leaf in wd_optax.diagnostics.flatten_by_path(first_params).items()
                          if np.ndim(leaf) >= 2)
     augment = None
@@ -184,7 +198,7 @@ class Program:
     self.spec = step_lib.StepSpec(
         apply=apply, optim=group.optim, total_steps=t.steps, batch_size=t.batch_size,
         num_examples=len(dataset.y_train), scale_invariant=self.scale_invariant, measured=measured,
-        make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, augment=augment,
+        make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, module=module, state_of=state_of, augment=augment,
         label_smoothing=t.label_smoothing, eval_metrics=self.hooks.eval_metrics,
         data_sharding=sharding_lib.batch_sharding(self.mesh) if sharding_lib.data_size(self.mesh) > 1 else None,
         member_axis=sharding_lib.MEMBERS_AXIS if sharding_lib.MEMBERS_AXIS in self.mesh.axis_names else None)
@@ -222,15 +236,16 @@ class Program:
     """
     members = list(members)
     for m in members:
-      if set(m.hp) != set(config_lib.TRACED_FIELDS):
-        raise ValueError(f"member {m.label!r}: hp must set exactly {config_lib.TRACED_FIELDS}, got {sorted(m.hp)}.")
+      if set(m.hp) != set(self.group.optim.TRACED):
+        raise ValueError(f"member {m.label!r}: hp must set exactly the traced fields {self.group.optim.TRACED} of "
+                         f"optimizer {self.group.optim.name!r}, got {sorted(m.hp)}.")
     self.group = dataclasses.replace(self.group, members=members)
     # Padded to a multiple of the mesh's members axis with copies of the first member (sharding module doc);
     # the copies are dropped from every output.
     self.num_members = len(members)
     padded = members + [members[0]] * (-len(members) % sharding_lib.members_size(self.mesh))
     hp = {k: sharding_lib.global_array(np.asarray([m.hp[k] for m in padded], np.float32), self._member_sharding)
-          for k in config_lib.TRACED_FIELDS}
+          for k in self.group.optim.TRACED}
     seeds = sharding_lib.global_array(np.asarray([m.seed for m in padded], np.uint32), self._member_sharding)
     self.state = self._init_state(hp, seeds)
     self.hp = hp
