@@ -80,7 +80,7 @@ def study_config(study: studies_lib.Study, *, quick: bool, seeds: int | None = N
       raise UsageError(
           f"--set {key}: every arm of study {study.name!r} sets its own {field} ({', '.join(fixing)}), so the "
           f"base value would change nothing; set it per arm with --set {study.name}.arms.ARM.{field}=VALUE.")
-  config_lib.validate(config, optimizers=study.optimizers or (None if study.hooks else config_lib.OPTIMIZERS))
+  config_lib.validate(config, allowed=study.optimizers)
   return config
 
 
@@ -96,7 +96,7 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
   """
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
-  from experiments.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
+  from experiments import optimizers  # pylint: disable=g-import-not-at-top
   from experiments.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   from experiments.train.population import make_groups  # pylint: disable=g-import-not-at-top
 
@@ -128,16 +128,26 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
     hooks = study.hooks(config) if study.hooks else None
   except (ValueError, TypeError, KeyError) as e:
     raise UsageError(f"study {study.name!r} cannot set up its hooks for this config: {_one_line(e)}") from None
-  params = _check_model(config, hooks)
-  _check_decay_masks(config, params)
-  make_tx = hooks.make_tx if hooks is not None else optim_lib.make_tx
-  arms = {a.name: a for a in config.arms}
+  import json  # pylint: disable=g-import-not-at-top
+  built, bound = {}, {}
+  for arm in config.arms:
+    model = config.arm_model(arm)
+    key = json.dumps(config_lib.to_dict(model), sort_keys=True)
+    if key not in built:
+      built[key] = _check_model(config, model, hooks, f"arms.{arm.name}.model" if arm.model else "model")
+    params, module = built[key]
+    try:
+      bound[arm.name] = config.arm_optim(arm).bind(module)
+    except ValueError as e:
+      raise UsageError(f"arms.{arm.name}: {_one_line(e)}") from None
+    _check_decay_masks(config, arm, params)
+  make_tx = hooks.make_tx if hooks is not None and hooks.make_tx is not None else optimizers.build
   for group in make_groups(config, seeds=[0]):
     for member in group.members:
       hp = member.hp
       rates = dict(hp, peak_learning_rate=hp["learning_rate"])
       try:
-        make_tx(config.arm_optim(arms[member.arm]), rates)
+        make_tx(bound[member.arm], rates)
       except (ValueError, TypeError, KeyError) as e:
         raise UsageError(f"arms.{member.label}: the optimizer cannot be built: {_one_line(e)}") from None
   workdir_lib.check_workdir(workdir, config)
@@ -149,26 +159,27 @@ def _one_line(e: BaseException) -> str:
   return " ".join(str(text).split())
 
 
-def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
-  """Builds the model and applies it to a batch of two inputs of the data's shape, abstractly."""
+def _check_model(config: config_lib.ExperimentConfig, m: config_lib.ModelConfig, hooks, where: str = "model"):
+  """Builds the model ``m`` and applies it to a batch of two inputs of the data's shape, abstractly.
+
+  Returns the parameter tree the optimizer sees (pure dict of abstract arrays) and the abstract module.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
-  from experiments import models  # pylint: disable=g-import-not-at-top
-  from experiments.train.program import model_inputs  # pylint: disable=g-import-not-at-top
+  from experiments.train.program import model_builder  # pylint: disable=g-import-not-at-top
 
-  d, m = config.data, config.model
+  d = config.data
   shape = data_lib.input_shape(d.name, d.flatten)
   num_classes = data_lib.NUM_CLASSES[d.name]
-  kwargs = model_inputs(config, types.SimpleNamespace(x_train=np.zeros((1, *shape), np.float32)))
   if hooks is not None and hooks.build_model is not None:
     build = hooks.build_model
     what = f"the model of study {config.name!r} (its build_model hook, model.kwargs={m.kwargs})"
   else:
-    build = functools.partial(models.build, m.name, num_classes=num_classes, norm=m.norm, **kwargs)
-    what = f"model.name={m.name!r} with model.kwargs={m.kwargs}"
+    build = model_builder(m, types.SimpleNamespace(x_train=np.zeros((1, *shape), np.float32)), num_classes)
+    what = f"{where}.name={m.name!r} with {where}.kwargs={m.kwargs}"
 
   def logits():
     return build(rngs=nnx.Rngs(0))(jnp.zeros((2, *shape), jnp.float32), train=False)
@@ -182,12 +193,13 @@ def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
     raise UsageError(f"{what} gives logits of shape {tuple(out.shape)[1:]} per input; data.name={d.name!r} has "
                      f"{num_classes} classes.")
   # The parameter tree the optimizer sees (its paths and shapes), for the decay-mask check.
-  _, params, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), nnx.Param, ...)
-  return nnx.to_pure_dict(params)
+  module = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+  _, params, _ = nnx.split(module, nnx.Param, ...)
+  return nnx.to_pure_dict(params), module
 
 
-def _check_decay_masks(config: config_lib.ExperimentConfig, params) -> None:
-  """Every arm's ``decay_mask`` against the model's parameter paths (``wd_optax.masks.resolve``).
+def _check_decay_masks(config: config_lib.ExperimentConfig, arm, params) -> None:
+  """Every arm's mask fields (``decay_mask``, FixNorm's ``classifier``...) against the model's parameter paths.
 
   A regex that matches no parameter is an error naming the config key and the regex: an include typo would
   switch the decay off, an exclude typo would decay what it meant to spare (``wd_optax.masks.exclude`` only
@@ -195,15 +207,19 @@ def _check_decay_masks(config: config_lib.ExperimentConfig, params) -> None:
   """
   import warnings  # pylint: disable=g-import-not-at-top
   import wd_optax  # pylint: disable=g-import-not-at-top
-  from experiments.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from experiments import optimizers  # pylint: disable=g-import-not-at-top
 
-  for arm in config.arms:
-    spec = config.arm_optim(arm).decay_mask
-    where = f"arms.{arm.name}.decay_mask" if "decay_mask" in arm.optim else "optim.decay_mask"
+  optim = config.arm_optim(arm)
+  for field in dataclasses.fields(optim):
+    if not field.metadata.get("mask"):
+      continue
+    spec = getattr(optim, field.name)
+    where = f"arms.{arm.name}.{field.name}" if field.name in arm.optim else f"optim.{field.name}"
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        wd_optax.masks.resolve(optim_lib.decay_mask(spec), params)
+        wd_optax.masks.resolve(optimizers.decay_mask(spec), params)
     except (ValueError, TypeError, UserWarning) as e:
       raise UsageError(f"{where}={decay_mask_text(spec)}: {_one_line(e)}") from None
 

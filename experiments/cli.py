@@ -101,6 +101,9 @@ def study_help(name: str) -> str:
         continue
       qv, fv = getattr(q, field.name), getattr(f, field.name)
       if dataclasses.is_dataclass(qv):
+        if hasattr(qv, "NAME"):  # an optimizer spec: its family first
+          value = json.dumps(qv.name) if qv.name == fv.name else f"{json.dumps(qv.name)} (quick) / {json.dumps(fv.name)} (full)"
+          yield f"  {prefix}{field.name + '.name':{max(1, 30 - len(prefix))}s} {value}"
         yield from fields(qv, fv, f"{prefix}{field.name}.")
         continue
       value = json.dumps(qv) if qv == fv else f"{json.dumps(qv)} (quick) / {json.dumps(fv)} (full)"
@@ -111,9 +114,9 @@ def study_help(name: str) -> str:
   if overridden:
     lines += ["", f"optim fields that arms set themselves: {', '.join(overridden)} (an optim.FIELD override of "
                   "one that every arm sets is refused; use arms.ARM.FIELD)."]
-  names = study.optimizers or (config_lib.OPTIMIZERS if study.hooks is None else None)
-  if names:
-    lines.append(f"optim.name values: {', '.join(names)}.")
+  from experiments import optimizers
+  names = study.optimizers or optimizers.names()
+  lines.append(f"optim.name values (optimizer families, experiments/optimizers/): {', '.join(names)}.")
   return "\n".join(lines)
 
 

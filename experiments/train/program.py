@@ -23,7 +23,7 @@ from flax import nnx
 from experiments import config as config_lib
 from experiments.config import ExperimentConfig
 from experiments.train import evaluate as evaluate_lib
-from experiments.train import optim as optim_lib
+from experiments import optimizers
 from experiments.train import sharding as sharding_lib
 from experiments.train import step as step_lib
 from experiments.train.population import Group, Member
@@ -35,29 +35,43 @@ class Hooks:
   """What a study may replace (see :mod:`experiments.studies`).
 
   Attributes:
-    make_tx: ``make_tx(optim_config, rates) -> optax.GradientTransformation`` for one step.
-    grad_fn: ``grad_fn(loss_fn, params, batch, key) -> GradResult``; its ``extra`` goes to ``tx.update``.
+    make_tx: ``make_tx(spec, rates) -> optax.GradientTransformation`` for one step (default: ``spec.build``).
+    grad_fn: ``grad_fn(loss_fn, params, batch, key, model) -> GradResult`` replacing the optimizer family's
+      ``value_and_grad`` (same signature; ``model`` is the member's ``step.MemberModel``); its ``extra`` goes
+      to ``tx.update``. ``None``: the family's.
     build_model: ``build_model(rngs=...) -> nnx.Module``, replacing ``experiments.models.build`` with the
       config's model (e.g. with K-FAC-registered ``linear_cls`` / ``conv_cls``).
     eval_metrics: ``eval_metrics(apply, params, model_state, x, y) -> {name: scalar}``, traced into the
       evaluation (one member, first test batch) and logged at every evaluation step, e.g. the Jacobian norm
       E‖J_x‖²_F of Zhang et al. Z4 (``apply(params, model_state, x, train) -> (logits, model_state)``).
   """
-  make_tx: Callable[..., Any] = optim_lib.make_tx
-  grad_fn: Callable[..., Any] = step_lib.default_grad_fn
+  make_tx: Callable[..., Any] = optimizers.build
+  grad_fn: Callable[..., Any] | None = None
   build_model: Callable[..., Any] | None = None
   eval_metrics: Callable[..., Any] | None = None
 
 
-def model_inputs(config: ExperimentConfig, dataset) -> dict:
+def model_inputs(model: config_lib.ModelConfig, dataset) -> dict:
   """Model keyword arguments, with the input size / channels filled in from the data when missing."""
-  kwargs = dict(config.model.kwargs)
+  kwargs = dict(model.kwargs)
   sample = dataset.x_train[0]
-  if config.model.name == "mlp":
+  if model.name == "mlp":
     kwargs.setdefault("in_features", int(np.prod(sample.shape)))
-  elif config.model.name in ("resnet1d", "resnet20", "resnet32", "vgg"):
+  elif model.name in ("resnet1d", "resnet20", "resnet32", "vgg"):
     kwargs.setdefault("in_channels", int(sample.shape[-1]))
   return kwargs
+
+
+def model_builder(model: config_lib.ModelConfig, dataset, num_classes: int) -> Callable[..., Any]:
+  """``build(rngs=...) -> nnx.Module`` of a model config (``experiments.models.build``); with
+  ``registered_layers`` its dense and conv layers are ``wd_optax.kfac.Linear`` / ``Conv`` (same numerics)."""
+  from experiments import models  # pylint: disable=g-import-not-at-top
+  layers = {}
+  if model.registered_layers:
+    from wd_optax import kfac  # pylint: disable=g-import-not-at-top
+    layers = {"linear_cls": kfac.Linear, "conv_cls": kfac.Conv}
+  return functools.partial(models.build, model.name, num_classes=num_classes, norm=model.norm, **layers,
+                           **model_inputs(model, dataset))
 
 
 def scale_invariant_paths(apply_fn, params, batch) -> frozenset:
@@ -75,13 +89,12 @@ class Model:
   the same config (the groups of one run) share one :class:`Model` and so one probe.
   """
 
-  def __init__(self, config: ExperimentConfig, dataset, hooks: Hooks | None = None):
-    from experiments import models  # colleague-owned; imported lazily so config-only uses stay light
+  def __init__(self, config: ExperimentConfig, dataset, hooks: Hooks | None = None,
+               model: config_lib.ModelConfig | None = None):
     hooks = hooks or Hooks()
     self.config = config
-    self.build = hooks.build_model or functools.partial(
-        models.build, config.model.name, num_classes=dataset.num_classes, norm=config.model.norm,
-        **model_inputs(config, dataset))
+    self.model_config = model if model is not None else config.model
+    self.build = hooks.build_model or model_builder(self.model_config, dataset, dataset.num_classes)
     build = self.build
 
     def init_pure(seed):
@@ -89,7 +102,9 @@ class Model:
       _, params, rest = nnx.split(model, nnx.Param, ...)
       return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
-    graphdef, _, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), nnx.Param, ...)
+    # The abstract module: what an optimizer family reads from the model (K-FAC: its registered layers).
+    self.abstract = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+    graphdef, _, _ = nnx.split(self.abstract, nnx.Param, ...)
     self.graphdef = graphdef
     # seeds (members,) -> (params, model_state), every leaf with a leading members axis.
     self.init = jax.jit(jax.vmap(init_pure))
@@ -98,8 +113,17 @@ class Model:
   @staticmethod
   def key(config: ExperimentConfig, group: Group) -> str:
     """What a :class:`Model` of ``group`` is built from (the hooks aside, which one run shares): its model config."""
-    del group  # every group of a config trains config.model
-    return json.dumps(config_lib.to_dict(config.model), sort_keys=True)
+    del config
+    return json.dumps(config_lib.to_dict(group.model), sort_keys=True)
+
+  def module(self, params, model_state):
+    """The ``nnx.Module`` with ``params`` and ``model_state`` (pure dicts)."""
+    return nnx.merge(self.graphdef, params, model_state)
+
+  @staticmethod
+  def state_of(module) -> dict:
+    """A module's non-parameter state (batch statistics) as a pure dict."""
+    return nnx.to_pure_dict(nnx.split(module, nnx.Param, ...)[2])
 
   def apply(self, params, model_state, x, train):
     """``(logits, new model_state)`` of the merged model."""
@@ -152,12 +176,14 @@ class Program:
     sharding_lib.check_batch_size(t.batch_size, self.mesh)
     if len(dataset.y_train) < t.batch_size:
       raise ValueError(f"train.batch_size ({t.batch_size}) exceeds the training set ({len(dataset.y_train)}).")
-    self.model = model if model is not None else Model(config, dataset, self.hooks)
+    self.model = model if model is not None else Model(config, dataset, self.hooks, group.model)
+    # What the optimizer family reads from the model (K-FAC: its registered layers).
+    group = self.group = dataclasses.replace(group, optim=group.optim.bind(self.model.abstract))
     self.graphdef = self.model.graphdef
     self.scale_invariant = self.model.scale_invariant
     if group.optim.lr_norm_sq and not self.scale_invariant:
       raise ValueError(f"optim.lr_norm_sq (group {group.name!r}) scales the steps of scale-invariant layers, but "
-                       f"model {config.model.name!r} with norm={config.model.norm!r} has none.")
+                       f"model {group.model.name!r} with norm={group.model.norm!r} has none.")
     self.spec = self._step_spec()
     # The population's state is created in place: every device initialises only its own members.
     self._member_sharding = sharding_lib.member_sharding(self.mesh)
@@ -183,7 +209,8 @@ class Program:
     return step_lib.StepSpec(
         apply=self.model.apply, optim=self.group.optim, total_steps=t.steps, batch_size=t.batch_size,
         num_examples=len(dataset.y_train), scale_invariant=self.scale_invariant, measured=self.model.measured,
-        make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, augment=augment,
+        make_tx=self.hooks.make_tx, grad_fn=self.hooks.grad_fn, module=self.model.module,
+        state_of=self.model.state_of, augment=augment,
         label_smoothing=t.label_smoothing, eval_metrics=self.hooks.eval_metrics,
         data_sharding=sharding_lib.batch_sharding(self.mesh) if sharding_lib.data_size(self.mesh) > 1 else None,
         member_axis=sharding_lib.MEMBERS_AXIS if sharding_lib.MEMBERS_AXIS in self.mesh.axis_names else None)
@@ -206,15 +233,16 @@ class Program:
     """
     members = list(members)
     for m in members:
-      if set(m.hp) != set(config_lib.TRACED_FIELDS):
-        raise ValueError(f"member {m.label!r}: hp must set exactly {config_lib.TRACED_FIELDS}, got {sorted(m.hp)}.")
+      if set(m.hp) != set(self.group.optim.TRACED):
+        raise ValueError(f"member {m.label!r}: hp must set exactly the traced fields {self.group.optim.TRACED} of "
+                         f"optimizer {self.group.optim.name!r}, got {sorted(m.hp)}.")
     self.group = dataclasses.replace(self.group, members=members)
     # Padded to a multiple of the mesh's members axis with copies of the first member (sharding module doc);
     # the copies are dropped from every output.
     self.num_members = len(members)
     padded = members + [members[0]] * (-len(members) % sharding_lib.members_size(self.mesh))
     hp = {k: sharding_lib.global_array(np.asarray([m.hp[k] for m in padded], np.float32), self._member_sharding)
-          for k in config_lib.TRACED_FIELDS}
+          for k in self.group.optim.TRACED}
     seeds = sharding_lib.global_array(np.asarray([m.seed for m in padded], np.uint32), self._member_sharding)
     self.state = self._init_state(hp, seeds)
     self.hp = hp
