@@ -25,12 +25,14 @@ from wd_optax import diagnostics
 from wd_optax import masks
 from wd_optax import monitoring
 from wd_optax import schedules
+from wd_optax import timescale
 from wd_optax import tuning
 from wd_optax.coupled import AddL2State, add_l2, scale_by_adam_l2
 from wd_optax.decoupled import COUPLINGS, DecoupledDecayState, decoupled_decay
 from wd_optax.monitoring import MonitorState, monitor
 from wd_optax.optimizers import adam, sgd
-from wd_optax.projections import FixNormState, fix_norm, fixnorm
+from wd_optax.projections import FixNormState, RadialProjectionState, adamp, fix_norm, fixnorm, sgdp
+from wd_optax.stable import AdamSState, adams, sgds
 
 __version__ = "0.1.0"
 
@@ -52,12 +54,16 @@ def __dir__():
 
 
 __all__ = [
+    "AdamSState",
     "AddL2State",
     "COUPLINGS",
     "DecoupledDecayState",
     "FixNormState",
     "MonitorState",
+    "RadialProjectionState",
     "adam",
+    "adamp",
+    "adams",
     "add_l2",
     "decoupled_decay",
     "diagnostics",
@@ -69,5 +75,8 @@ __all__ = [
     "scale_by_adam_l2",
     "schedules",
     "sgd",
+    "sgdp",
+    "sgds",
+    "timescale",
     "tuning",
 ]
