@@ -441,16 +441,21 @@ def _radial_project(d: jax.Array, g: jax.Array, w: jax.Array, delta: Any, eps: A
   """The update ``d`` without its radial part where ``w`` looks scale-invariant, and whether it did.
 
   Every sum over the whole leaf is a sum of the per-channel sums, so one pass over ``(w, g, d)``
-  gives both views.
+  gives both views. The barrier keeps it that way: without it XLA rewrites each sum of sums as a
+  second reduction over the whole leaf, and on CPU recomputes the sums inside the elementwise
+  pass that follows (about 3x slower).
   """
   dtype = _compute_dtype(jnp.result_type(d))
-  x, gx, dx = (jnp.asarray(a, dtype) for a in (w, g, d))
-  axes = _channel_axes(x, True, channel_axis) if x.ndim >= 2 else ()
-  if not axes:  # a vector: each entry is its own channel
-    wg_c, ww_c, gg_c, wd_c = x * gx, x * x, gx * gx, x * dx
+  shape = np.shape(d)
+  # A 2-d view (channels on one axis, a free reshape) reduces faster than the leaf's own axes.
+  if len(shape) >= 2 and channel_axis % len(shape) == 0:
+    view, axis = (shape[0], -1), 1
   else:
-    wg_c, ww_c, gg_c, wd_c = (jnp.sum(a * b, axis=axes, keepdims=True)
-                              for a, b in ((x, gx), (x, x), (gx, gx), (x, dx)))
+    view, axis = (-1, shape[-1] if shape else 1), 0
+  x, gx, dx = (jnp.asarray(a, dtype).reshape(view) for a in (w, g, d))
+  wg_c, ww_c, gg_c, wd_c = (jnp.sum(a * b, axis=axis, keepdims=True)
+                            for a, b in ((x, gx), (x, x), (gx, gx), (x, dx)))
+  wg_c, ww_c, gg_c, wd_c = jax.lax.optimization_barrier((wg_c, ww_c, gg_c, wd_c))
   size = x.size
   channels = wg_c.size
 
@@ -462,7 +467,7 @@ def _radial_project(d: jax.Array, g: jax.Array, w: jax.Array, delta: Any, eps: A
   by_layer = cosine(wg, ww, gg) < delta / math.sqrt(size)
   coef = jnp.where(by_channel, wd_c / jnp.square(jnp.sqrt(ww_c) + eps),
                    jnp.where(by_layer, wd / jnp.square(jnp.sqrt(ww) + eps), 0.0))
-  return (dx - coef * x).astype(d.dtype), by_channel | by_layer
+  return (dx - coef * x).reshape(shape).astype(d.dtype), by_channel | by_layer
 
 
 def radial_projection(
