@@ -13,7 +13,10 @@ Beside decay: :mod:`wd_optax.projections` fixes weight norms instead of decaying
 the rest needs only jax, optax and numpy), :mod:`wd_optax.diagnostics` and :func:`wd_optax.monitor` (from
 :mod:`wd_optax.monitoring`, with :func:`~wd_optax.monitoring.unpack`) measure the mechanisms (effective
 learning rate, angular update, Jacobian norm, effective damping), and
-:mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
+:mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure. Recent refinements of decoupled decay:
+cautious decay (``cautious=True`` of :func:`decoupled_decay`), the radial projection of AdamP / SGDP
+(:func:`adamp`, :func:`sgdp`), stable weight decay (:mod:`wd_optax.stable`: :func:`adams`, :func:`sgds`)
+and decay set by its timescale (:mod:`wd_optax.timescale`).
 
 References:
   Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
