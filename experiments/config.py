@@ -170,6 +170,11 @@ class TrainConfig:
     tensorboard: also write the metrics as TensorBoard event files, one run per member under
       ``<workdir>/tensorboard/<label>/seed<seed>`` (``metrics.jsonl`` stays the source of truth; a resume may
       switch it on or off).
+    population: how a group's members are executed (:mod:`experiments.train.execution`): ``vmap`` (one
+      vmapped program for all of them), ``sequential`` (one after another through one compiled single-member
+      program, reused), or ``auto`` (the default: ``sequential`` on a single CPU device, where vmapping gains
+      nothing and costs compile time, ``vmap`` elsewhere). Both give the same metrics up to float32 round-off;
+      a resume may change it.
   """
   steps: int = 500
   batch_size: int = 128
@@ -182,6 +187,7 @@ class TrainConfig:
   label_smoothing: float = 0.0
   on_nan: str = "stop"
   tensorboard: bool = False
+  population: str = "auto"
 
 
 @dataclasses.dataclass
@@ -343,6 +349,7 @@ DECAY_MASK_PRESETS = {
     "none": {"include": None, "exclude": [".*"]},
 }
 ON_NAN = ("stop", "continue")
+POPULATION = ("auto", "vmap", "sequential")
 
 
 def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = None) -> None:
@@ -366,6 +373,8 @@ def validate(config: ExperimentConfig, *, optimizers: tuple[str, ...] | None = N
                      f"train.log_every ({t.log_every}).")
   if t.on_nan not in ON_NAN:
     raise ValueError(f"train.on_nan must be one of {ON_NAN}, got {t.on_nan!r}.")
+  if t.population not in POPULATION:
+    raise ValueError(f"train.population must be one of {POPULATION}, got {t.population!r}.")
   if not isinstance(t.tensorboard, bool):
     raise ValueError(f"train.tensorboard must be true or false, got {t.tensorboard!r}.")
   if _bad_int(t.num_devices) or t.num_devices < 0:
