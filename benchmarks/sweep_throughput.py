@@ -103,9 +103,12 @@ def main() -> None:
   repeats = {"min_repeats": args.min_repeats, "max_repeats": args.max_repeats, "calls_per_sample": 1}
   accelerator = jax.devices()[0].platform != "cpu"
   # Time sequential / time vmapped = throughput vmapped / throughput sequential.
+  print(f"[sweep_throughput] first run of both: {first_s:.1f} s; timing end to end ...", file=sys.stderr, flush=True)
   e2e = _paired.compare(e2e_sequential, e2e_vmapped, **repeats,
                         **({"min_ratio": VMAP_TARGET_ACCELERATOR} if accelerator else {}))
+  print(f"[sweep_throughput] end to end: {e2e['repeats']} pairs; timing steady state ...", file=sys.stderr, flush=True)
   steady = _paired.compare(steady_sequential, steady_vmapped, **repeats)
+  print(f"[sweep_throughput] steady: {steady['repeats']} pairs; timing the harness ...", file=sys.stderr, flush=True)
   harness = _paired.compare(e2e_sequential, e2e_harness, min_ratio=HARNESS_TARGET, **repeats)
 
   member_steps = len(members) * steps

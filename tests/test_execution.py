@@ -95,6 +95,7 @@ def test_auto_runs_members_one_after_another_on_one_cpu_device_and_vmapped_on_a_
 
 
 def test_bad_population_names_the_setting():
+  assert config_lib.apply_override(tiny_config(), "train.population=sequential").train.population == "sequential"
   with pytest.raises(ValueError, match=r"train.population must be one of \('auto', 'vmap', 'sequential'\), "
                                        r"got 'parallel'"):
     config_lib.validate(tiny_config(population="parallel"))
