@@ -29,7 +29,8 @@ HEADER = """\
 
 Speed and memory targets are checked by scripts in `benchmarks/`, never by timed tests. Each script
 times wd_optax against a reference in the same process (optax's own chains, plain SGD, kfac-jax),
-interleaving the two sides repeat by repeat, and prints one JSON object with medians and ratios.
+in paired, interleaved repeats (ABBA order) until the 95% interval of the ratio lies on one side of
+its target, and prints one JSON object with the ratios, their intervals and a met flag per target.
 `{command}` runs all of them, one subprocess each, and writes `benchmarks/results/latest.json`
 together with the machine the numbers were measured on; this page is generated from that file.
 Ratios are what to read: absolute times depend on the machine and, on a shared machine, on its load.
