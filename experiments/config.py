@@ -96,6 +96,12 @@ class TrainConfig:
     tensorboard: also write the metrics as TensorBoard event files, one run per member under
       ``<workdir>/tensorboard/<label>/seed<seed>`` (``metrics.jsonl`` stays the source of truth; a resume may
       switch it on or off).
+    population: how a group's members are executed (:mod:`experiments.train.execution`): ``vmap`` (one
+      vmapped program for all of them), ``sequential`` (one after another through one compiled single-member
+      program, reused), or ``auto`` (``sequential`` on a single CPU device, where vmapping may gain nothing and
+      costs compile time, ``vmap`` elsewhere). Both give the same metrics up to float32 round-off; a resume may
+      change it. The default is ``vmap``, the mode every published result was run in, until
+      ``benchmarks/sweep_throughput.py`` has decided on a quiet machine which is faster for the quick studies.
   """
   steps: int = 500
   batch_size: int = 128
@@ -108,6 +114,7 @@ class TrainConfig:
   label_smoothing: float = 0.0
   on_nan: str = "stop"
   tensorboard: bool = False
+  population: str = "vmap"
 
 
 @dataclasses.dataclass
@@ -286,6 +293,7 @@ def _field_type(cls: type, field: dataclasses.Field) -> Any:
 
 
 ON_NAN = ("stop", "continue")
+POPULATION = ("auto", "vmap", "sequential")
 
 
 def validate(config: ExperimentConfig, *, allowed: tuple[str, ...] | None = None) -> None:
@@ -309,6 +317,8 @@ def validate(config: ExperimentConfig, *, allowed: tuple[str, ...] | None = None
                      f"train.log_every ({t.log_every}).")
   if t.on_nan not in ON_NAN:
     raise ValueError(f"train.on_nan must be one of {ON_NAN}, got {t.on_nan!r}.")
+  if t.population not in POPULATION:
+    raise ValueError(f"train.population must be one of {POPULATION}, got {t.population!r}.")
   if not isinstance(t.tensorboard, bool):
     raise ValueError(f"train.tensorboard must be true or false, got {t.tensorboard!r}.")
   if _bad_int(t.num_devices) or t.num_devices < 0:

@@ -24,7 +24,7 @@ STEPS = 80
 OVERRIDES = [
     "data.name=digits", "data.n_train=256", "data.n_test=64", "model.kwargs={\"hidden\": [16]}",
     f"train.steps={STEPS}", "train.batch_size=32", "train.log_every=10", "train.eval_every=40",
-    "train.checkpoint_every=10", "train.num_devices=1",
+    "train.checkpoint_every=10", "train.num_devices=1", "train.population=vmap",  # checkpoints/<group>/
 ]
 
 

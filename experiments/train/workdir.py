@@ -23,6 +23,7 @@ from typing import Callable
 from experiments import config as config_lib
 from experiments import distributed
 from experiments.config import ExperimentConfig
+from experiments.train import execution
 from experiments.train.metrics import MetricsWriter, load_results, read_records
 from experiments.train.population import make_groups
 from experiments.train.program import Hooks, Model, Program
@@ -51,10 +52,11 @@ def check_workdir(workdir: str, config: ExperimentConfig) -> None:
 
 
 def _comparable(saved: dict) -> dict:
-  """A config without the fields that only choose outputs (``train.tensorboard``), which a resume may change."""
+  """A config without the fields that only choose outputs or execution (``train.tensorboard``,
+  ``train.population``), which a resume may change."""
   saved = dict(saved)
   if isinstance(saved.get("train"), dict):
-    saved["train"] = {k: v for k, v in saved["train"].items() if k != "tensorboard"}
+    saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("tensorboard", "population")}
   return saved
 
 
@@ -79,9 +81,14 @@ def write_config(workdir: str, config: ExperimentConfig) -> bool:
   return wrote
 
 
+def _done(records: list[dict], group, steps: int) -> frozenset:
+  """``(label, seed)`` of the members of ``group`` that finished (evaluated at the last step)."""
+  return frozenset((r["label"], r["seed"]) for r in records
+                   if r["group"] == group.name and r["step"] == steps and r.get("test_accuracy") is not None)
+
+
 def _finished(records: list[dict], group, steps: int) -> bool:
-  done = {(r["label"], r["seed"]) for r in records
-          if r["group"] == group.name and r["step"] == steps and r.get("test_accuracy") is not None}
+  done = _done(records, group, steps)
   return all((m.label, m.seed) in done for m in group.members)
 
 
@@ -108,7 +115,7 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
       models: dict[str, Model] = {}  # by Model.key: one build and one scale-invariance probe per model config
       for group in make_groups(config):
         # Process 0 reads metrics.jsonl and decides; every process must skip (or train) the same groups.
-        finished = False
+        finished, records = False, []
         if primary:
           records = read_records(metrics_path) if os.path.exists(metrics_path) else []
           finished = _finished(records, group, config.train.steps)
@@ -117,8 +124,14 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
             writer.sync_tensorboard(group.name)
           log(f"[{config.name}] {group.name}: already finished, skipped")
           continue
-        log(f"[{config.name}] {group.name}: {len(group.members)} members vmapped, {config.train.steps} steps")
         key = Model.key(config, group)
+        mode, why = execution.choose(config, group)
+        log(f"[{config.name}] {group.name}: {len(group.members)} members "
+            f"{'vmapped' if mode == 'vmap' else 'one after another'} ({why}), {config.train.steps} steps")
+        if mode == "sequential":
+          execution.train_sequential(config, group, dataset, hooks=hooks, workdir=workdir, writer=writer,
+                                     progress=progress, log=log, skip=_done(records, group, config.train.steps))
+          continue
         program = Program(config, group, dataset, hooks=hooks, model=models.get(key))
         program.train(workdir=workdir, writer=writer, progress=progress if primary else False, log=log)
         models[key] = program.model
