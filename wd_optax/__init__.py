@@ -31,6 +31,8 @@ from wd_optax.decoupled import COUPLINGS, DecoupledDecayState, decoupled_decay
 from wd_optax.monitoring import MonitorState, monitor
 from wd_optax.optimizers import adam, sgd
 from wd_optax.projections import FixNormState, fix_norm, fixnorm
+from wd_optax.rotational import (RotationalEquilibriumState, SphereStepState, adamh, rotational_adamw,
+                                 rotational_equilibrium, rotational_sgd, sphere_step)
 
 __version__ = "0.1.0"
 
@@ -57,7 +59,10 @@ __all__ = [
     "DecoupledDecayState",
     "FixNormState",
     "MonitorState",
+    "RotationalEquilibriumState",
+    "SphereStepState",
     "adam",
+    "adamh",
     "add_l2",
     "decoupled_decay",
     "diagnostics",
@@ -66,8 +71,12 @@ __all__ = [
     "masks",
     "monitor",
     "monitoring",
+    "rotational_adamw",
+    "rotational_equilibrium",
+    "rotational_sgd",
     "scale_by_adam_l2",
     "schedules",
     "sgd",
+    "sphere_step",
     "tuning",
 ]
