@@ -37,8 +37,10 @@ LIBRARY_TESTS=(
   tests/test_packaging.py
   tests/test_projections.py
   tests/test_properties.py
+  tests/test_rotational.py
   tests/test_schedules_and_masks.py
   tests/test_tuning.py
+  tests/test_with_muon.py
 )
 
 if [ ! -x "$venv/bin/python" ]; then
