@@ -25,6 +25,7 @@ LIBRARY_TESTS=(
   tests/test_diagnostics_norms.py
   tests/test_diagnostics_sharpness.py
   tests/test_doctests.py
+  tests/test_equilibrium.py
   tests/test_equinox.py
   tests/test_equivalence.py
   tests/test_kfac.py

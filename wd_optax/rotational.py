@@ -30,6 +30,7 @@ import optax
 
 from wd_optax import _checks
 from wd_optax import _tree
+from wd_optax.diagnostics.norms import equilibrium_angular_update
 from wd_optax.optimizers import sgd as _sgd
 from wd_optax.projections import _channel_axes, _channel_axis_of, _compute_dtype
 
@@ -39,7 +40,6 @@ __all__ = [
     "RotationalEquilibriumState",
     "SphereStepState",
     "adamh",
-    "equilibrium_rotation",
     "rotational_adamw",
     "rotational_equilibrium",
     "rotational_sgd",
@@ -47,24 +47,6 @@ __all__ = [
 ]
 
 EQUILIBRIUM_OPTIMIZERS = ("adamw", "sgd")
-
-
-def equilibrium_rotation(learning_rate: Any, weight_decay: Any, momentum: Any, optimizer: str) -> Any:
-  r"""The expected angular update per step at rotational equilibrium (Kosson et al. 2024, Table 1).
-
-  .. math::
-    \eta_r = \sqrt{2\eta\lambda\,\tfrac{1-\beta_1}{1+\beta_1}} \;\; (\texttt{"adamw"}), \qquad
-    \eta_r = \sqrt{2\eta\lambda / (1+\mu)} \;\; (\texttt{"sgd"}, \text{ L2 decay inside the momentum})
-
-  with ``momentum`` the β₁ of AdamW or the μ of SGD. Numbers or (traced) arrays; no checks (the public
-  :func:`wd_optax.diagnostics.equilibrium_angular_update` checks its arguments).
-  """
-  eta = jnp.asarray(learning_rate, jnp.float32)
-  lam = jnp.asarray(weight_decay, jnp.float32)
-  beta = jnp.asarray(momentum, jnp.float32)
-  if optimizer == "adamw":
-    return jnp.sqrt(2.0 * eta * lam * (1.0 - beta) / (1.0 + beta))
-  return jnp.sqrt(2.0 * eta * lam / (1.0 + beta))
 
 
 def _value(rate: Any, count: jax.Array) -> Any:
@@ -114,8 +96,8 @@ def rotational_equilibrium(inner: optax.GradientTransformation, *,
     w' = w + \eta_r \lVert w\rVert \frac{u_\perp}{\sqrt{\hat\nu_t} + \epsilon}, \qquad
     w_{t+1} = \lVert w\rVert \frac{w'}{\lVert w'\rVert},
 
-  with :math:`\beta` = ``update_norm_decay`` and :math:`\eta_r` from :func:`equilibrium_rotation`
-  (AdamW: :math:`\sqrt{2\eta_t\lambda_t(1-\beta_1)/(1+\beta_1)}`, SGD with momentum μ and L2 decay:
+  with :math:`\beta` = ``update_norm_decay`` and :math:`\eta_r` the equilibrium angle
+  :func:`wd_optax.diagnostics.equilibrium_angular_update` predicts (AdamW: :math:`\sqrt{2\eta_t\lambda_t(1-\beta_1)/(1+\beta_1)}`, SGD with momentum μ and L2 decay:
   :math:`\sqrt{2\eta_t\lambda_t/(1+\mu)}`). Each neuron keeps its norm and turns by
   :math:`\arctan(\eta_r\lVert u_\perp\rVert/\sqrt{\hat\nu_t})`, so its RMS angle is :math:`\approx\eta_r`
   whatever the gradient's scale: only the direction of ``inner``'s update matters, and any radial part
@@ -197,8 +179,8 @@ def rotational_equilibrium(inner: optax.GradientTransformation, *,
           f"rotational_equilibrium: the rotating parameters {sorted(leaves)[:10]} differ from those "
           f"seen at init {sorted(state.update_norm_sq)[:10]}; call init with the same parameter tree.")
     count = optax.safe_increment(state.count)
-    eta_r = equilibrium_rotation(_value(learning_rate, state.count), _value(weight_decay, state.count),
-                                 momentum, optimizer)
+    eta_r = equilibrium_angular_update(_value(learning_rate, state.count),
+                                       _value(weight_decay, state.count), momentum, optimizer=optimizer)
     beta = jnp.asarray(update_norm_decay, jnp.float32)
     bias_correction = 1.0 - beta ** count.astype(jnp.float32)
     new_averages = {}
