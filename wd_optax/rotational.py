@@ -191,21 +191,27 @@ def rotational_equilibrium(inner: optax.GradientTransformation, *,
       dtype = _compute_dtype(jnp.result_type(w, u))
       w_c, u_c = jnp.asarray(w, dtype), jnp.asarray(u, dtype)
       axes = _channel_axes(w_c, per_channel, channel_axis)
+      # One pass of sums (XLA fuses them into one reduction), then one elementwise pass: the step is
+      # memory-bound, and u⊥, w' and ‖w'‖ all follow from ‖w‖², ⟨u, w⟩ and ‖u‖² since u⊥ ⊥ w.
       w_sq = jnp.sum(jnp.square(w_c), axis=axes, keepdims=True)
+      wu = jnp.sum(w_c * u_c, axis=axes, keepdims=True)
+      u_sq = jnp.sum(jnp.square(u_c), axis=axes, keepdims=True)
       nonzero = w_sq > 0
-      along = jnp.sum(u_c * w_c, axis=axes, keepdims=True) / jnp.where(nonzero, w_sq, 1)
-      u_perp = u_c - along * w_c
-      perp_sq = jnp.sum(jnp.square(u_perp), axis=axes, keepdims=True)
+      along = wu / jnp.where(nonzero, w_sq, 1)
+      perp_sq = jnp.maximum(u_sq - wu * along, 0)
       average = beta * state.update_norm_sq[path] + (1 - beta) * jnp.reshape(perp_sq, norm_shape(w))
       new_averages[path] = average.astype(jnp.float32)
       rms = jnp.sqrt(jnp.reshape(average, perp_sq.shape) / bias_correction)
       norm = jnp.sqrt(w_sq)
-      moved = w_c + eta_r * norm * u_perp / (rms + eps)
-      moved_norm = jnp.sqrt(jnp.sum(jnp.square(moved), axis=axes, keepdims=True))
+      step = eta_r * norm / (rms + eps)                 # w' = w + step · u⊥
+      moved_norm = jnp.sqrt(w_sq + jnp.square(step) * perp_sq)
       # A zero neuron has no direction to turn: it stays zero (and the divisions stay NaN-free).
-      new_w = jnp.where(nonzero & (moved_norm > 0), moved * norm / jnp.where(moved_norm > 0, moved_norm, 1),
-                        w_c)
-      return (new_w - w_c).astype(jnp.result_type(u))
+      moves = nonzero & (moved_norm > 0)
+      shrink = jnp.where(moves, norm / jnp.where(moves, moved_norm, 1), 1)
+      # w_{t+1} − w = (shrink·(1 − step·along) − 1)·w + shrink·step·u, per neuron.
+      coef_w = jnp.where(moves, shrink * (1 - step * along) - 1, 0)
+      coef_u = jnp.where(moves, shrink * step, 0)
+      return (coef_w * w_c + coef_u * u_c).astype(jnp.result_type(u))
 
     new_updates = _tree.map_with_path(rotate, inner_updates, params)
     return new_updates, RotationalEquilibriumState(count, new_averages, inner_state)
@@ -336,14 +342,18 @@ def sphere_step(learning_rate: optax.ScalarOrSchedule, *, mask: _tree.MaskOrFn =
         return (-eta * d).astype(jnp.result_type(d))
       dtype = _compute_dtype(jnp.result_type(w, d))
       w_c, d_c = jnp.asarray(w, dtype), jnp.asarray(d, dtype)
-      radius = jnp.sqrt(jnp.sum(jnp.square(w_c)))
-      d_norm = jnp.sqrt(jnp.sum(jnp.square(d_c)))
-      moved = w_c - eta * radius * d_c / jnp.where(d_norm > 0, d_norm, 1)
-      moved_norm = jnp.sqrt(jnp.sum(jnp.square(moved)))
+      # One pass of sums, then one elementwise pass (as in rotational_equilibrium): with d̂ = d/‖d‖,
+      # ‖W − η r d̂‖² = r² − 2ηr⟨W, d̂⟩ + η²r².
+      r_sq, d_sq, wd = jnp.sum(jnp.square(w_c)), jnp.sum(jnp.square(d_c)), jnp.sum(w_c * d_c)
+      radius, d_norm = jnp.sqrt(r_sq), jnp.sqrt(d_sq)
       # No direction (or a zero matrix): no step, exactly, rather than a renormalisation's rounding.
-      moves = (d_norm > 0) & (moved_norm > 0)
-      new_w = jnp.where(moves, moved * radius / jnp.where(moved_norm > 0, moved_norm, 1), w_c)
-      return (new_w - w_c).astype(jnp.result_type(d))
+      safe_d = jnp.where(d_norm > 0, d_norm, 1)
+      moved_sq = r_sq - 2 * eta * radius * wd / safe_d + jnp.square(eta) * r_sq
+      moves = (d_norm > 0) & (moved_sq > 0)
+      shrink = jnp.where(moves, radius / jnp.sqrt(jnp.where(moves, moved_sq, 1)), 1)
+      coef_w = jnp.where(moves, shrink - 1, 0)
+      coef_d = jnp.where(moves, -shrink * eta * radius / safe_d, 0)
+      return (coef_w * w_c + coef_d * d_c).astype(jnp.result_type(d))
 
     new_updates = _tree.map_with_path(step, updates, params)
     return new_updates, SphereStepState(count=optax.safe_increment(state.count))
