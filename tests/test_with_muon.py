@@ -58,10 +58,9 @@ def test_decoupled_decay_per_group_equals_muons_own_weight_decay():
   params = _params()
   expected, got = _run(own, params), _run(ours, params)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
-    assert_close_scaled(a, b, c=64)   # -η(d + λw) vs -ηd - ηλw: rounding of 5 steps
-  # The decay did something: without it the params differ by far more than the tolerance.
-  plain = _run(muon(lr), params)
-  assert not np.allclose(plain["hidden"]["kernel"], expected["hidden"]["kernel"], atol=1e-4)
+    # -η(d + λw) vs -ηd - ηλw: rounding of 5 steps. A missing or misplaced decay is off by ~5ηλ|w| = 1%
+    # of the weights, ~1e5 times this tolerance (64 eps of max|w|).
+    assert_close_scaled(a, b, c=64)
 
 
 _SCHEDULE = optax.linear_schedule(0.0, 0.02, 4)
