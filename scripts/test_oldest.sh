@@ -25,6 +25,7 @@ LIBRARY_TESTS=(
   tests/test_diagnostics_norms.py
   tests/test_diagnostics_sharpness.py
   tests/test_doctests.py
+  tests/test_equilibrium.py
   tests/test_equinox.py
   tests/test_equivalence.py
   tests/test_kfac.py
@@ -38,8 +39,10 @@ LIBRARY_TESTS=(
   tests/test_packaging.py
   tests/test_projections.py
   tests/test_properties.py
+  tests/test_rotational.py
   tests/test_schedules_and_masks.py
   tests/test_tuning.py
+  tests/test_with_muon.py
 )
 
 if [ ! -x "$venv/bin/python" ]; then

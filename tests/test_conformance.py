@@ -66,6 +66,17 @@ ENTRIES = [
           ("learning_rate", "weight_decay")),
     Entry("sgds", wd_optax.sgds, dict(learning_rate=0.05, weight_decay=0.1, mask=KERNELS),
           ("learning_rate", "weight_decay")),
+    # Rotational equilibrium and sphere optimizers (wd_optax.rotational).
+    Entry("rotational_equilibrium[adamw]", wd_optax.rotational_equilibrium,
+          dict(inner=optax.adamw(0.05, weight_decay=0.1, mask=KERNELS), learning_rate=0.05,
+               weight_decay=0.1, mask=KERNELS), ("learning_rate", "weight_decay")),
+    Entry("rotational_adamw", wd_optax.rotational_adamw,
+          dict(learning_rate=1e-2, weight_decay=0.1, mask=KERNELS), ("learning_rate", "weight_decay")),
+    Entry("rotational_sgd[per leaf, first]", wd_optax.rotational_sgd,
+          dict(learning_rate=0.05, weight_decay=0.1, per_channel=False, output_channel="first", mask=KERNELS),
+          ("learning_rate", "weight_decay")),
+    Entry("sphere_step", wd_optax.sphere_step, dict(learning_rate=0.05, mask=KERNELS), ("learning_rate",)),
+    Entry("adamh", wd_optax.adamh, dict(learning_rate=1e-2, mask=KERNELS), ("learning_rate",)),
 ]
 IDS = [e.name for e in ENTRIES]
 
@@ -281,6 +292,18 @@ MAP_CASES = [
     MapCase("monitor[mask tree]", wd_optax.monitor, dict(mask=PARAM_MASK), True),
     MapCase("monitor[all]", wd_optax.monitor, dict(), True),
     MapCase("monitor[packed]", wd_optax.monitor, dict(mask=PARAM_MASK, packed=True)),
+    # Rotational equilibrium and sphere optimizers (wd_optax.rotational).
+    MapCase("rotational_equilibrium[sgd inner]", wd_optax.rotational_equilibrium,
+            dict(inner=optax.sgd(0.1, momentum=0.9), learning_rate=0.1, weight_decay=0.1,
+                 optimizer="sgd", mask=PARAM_MASK), True),
+    MapCase("rotational_adamw", wd_optax.rotational_adamw,
+            dict(learning_rate=_SCHEDULE, weight_decay=0.1, mask=KERNELS), True),
+    MapCase("rotational_sgd", wd_optax.rotational_sgd, dict(learning_rate=0.1, mask=PARAM_MASK), True),
+    MapCase("sphere_step", wd_optax.sphere_step, dict(learning_rate=_SCHEDULE, mask=PARAM_MASK)),
+    MapCase("adamh", wd_optax.adamh, dict(learning_rate=1e-2, mask=KERNELS)),
+    MapCase("monitor[equilibrium]", wd_optax.monitor,
+            dict(mask=PARAM_MASK, equilibrium=dict(optimizer="adamw", learning_rate=_SCHEDULE,
+                                                   weight_decay=0.1, momentum=0.9)), True),
     MapCase("kfac[decoupled]", wd_optax.kfac.kfac,
             dict(learning_rate=0.1, damping=1e-3, weight_decay=0.1, layers=["dense"], mask=PARAM_MASK)),
     MapCase("kfac[l2, kl_clip]", wd_optax.kfac.kfac,

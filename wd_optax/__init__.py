@@ -36,6 +36,8 @@ from wd_optax.monitoring import MonitorState, monitor
 from wd_optax.optimizers import adam, sgd
 from wd_optax.projections import FixNormState, RadialProjectionState, adamp, fix_norm, fixnorm, sgdp
 from wd_optax.stable import AdamSState, adams, sgds
+from wd_optax.rotational import (RotationalEquilibriumState, SphereStepState, adamh, rotational_adamw,
+                                 rotational_equilibrium, rotational_sgd, sphere_step)
 
 __version__ = "0.1.0"
 
@@ -64,7 +66,10 @@ __all__ = [
     "FixNormState",
     "MonitorState",
     "RadialProjectionState",
+    "RotationalEquilibriumState",
+    "SphereStepState",
     "adam",
+    "adamh",
     "adamp",
     "adams",
     "add_l2",
@@ -75,11 +80,15 @@ __all__ = [
     "masks",
     "monitor",
     "monitoring",
+    "rotational_adamw",
+    "rotational_equilibrium",
+    "rotational_sgd",
     "scale_by_adam_l2",
     "schedules",
     "sgd",
     "sgdp",
     "sgds",
+    "sphere_step",
     "timescale",
     "tuning",
 ]

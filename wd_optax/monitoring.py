@@ -8,6 +8,7 @@ shadow the function: ``wd_optax.monitor`` is always the transform.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -17,6 +18,7 @@ import optax
 
 from wd_optax import _checks
 from wd_optax import _tree
+from wd_optax.diagnostics import equilibrium as _equilibrium
 from wd_optax.diagnostics import norms as _norms
 
 PyTree = Any
@@ -76,6 +78,13 @@ class MonitorState(NamedTuple):
     param_norm: ‖w_{t+1}‖, the norm of the parameters after the latest step (‖w_0‖ after ``init``).
     update_norm: ‖u_t‖, the norm of the latest (final) update (0 after ``init``).
     angular_update: ∠(w_t, w_{t+1}) in radians (0 after ``init``).
+    predicted_angular_update: with ``monitor(equilibrium=...)``, the equilibrium angle
+      :func:`wd_optax.diagnostics.equilibrium_angular_update` predicts for the latest step (the same
+      value for every measured leaf, laid out like ``angular_update``); ``None`` otherwise.
+    predicted_norm: with ``monitor(equilibrium=dict(optimizer="adamw", ...))``, each leaf's predicted
+      equilibrium norm :func:`wd_optax.diagnostics.equilibrium_norm` (``√(ηC/(2λ))``); ``None`` otherwise
+      (SGD's prediction needs the gradients, which a monitor chained last does not see).
+    count: with ``equilibrium``, the number of updates so far (the schedules' step); ``None`` otherwise.
 
   The fields are measurements, not param-shaped arrays: ``optax.tree.map_params`` leaves each alone (or
   hands it whole to ``transform_non_params``).
@@ -83,6 +92,9 @@ class MonitorState(NamedTuple):
   param_norm: PyTree
   update_norm: PyTree
   angular_update: PyTree
+  predicted_angular_update: PyTree = None
+  predicted_norm: PyTree = None
+  count: Any = None
 
 
 def unpack(values: jax.Array, params: PyTree, mask: Any = None) -> PyTree:
@@ -110,7 +122,27 @@ def unpack(values: jax.Array, params: PyTree, mask: Any = None) -> PyTree:
   return _tree.map_with_path(lambda path, _: values[index[path]] if path in index else None, params)
 
 
-def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransformation:
+_EQUILIBRIUM_KEYS = ("optimizer", "learning_rate", "weight_decay", "momentum")
+
+
+def _check_equilibrium(equilibrium: Any) -> None:
+  if equilibrium is None:
+    return
+  if not isinstance(equilibrium, Mapping):
+    raise TypeError(f"equilibrium must be a dict with keys {_EQUILIBRIUM_KEYS} or None, got {equilibrium!r}.")
+  unknown = sorted(set(equilibrium) - set(_EQUILIBRIUM_KEYS))
+  missing = [k for k in ("optimizer", "learning_rate", "weight_decay") if k not in equilibrium]
+  if unknown or missing:
+    raise ValueError(f"equilibrium: expected keys {_EQUILIBRIUM_KEYS} (momentum optional), "
+                     f"got unknown {unknown} and missing {missing}.")
+  _checks.check_choice(equilibrium["optimizer"], "equilibrium['optimizer']", ("sgd", "adamw"))
+  _checks.check_rate(equilibrium["learning_rate"], "equilibrium['learning_rate']")
+  _checks.check_rate(equilibrium["weight_decay"], "equilibrium['weight_decay']")
+  _checks.check_number(equilibrium.get("momentum", 0.0), "equilibrium['momentum']", unit_interval=True)
+
+
+def monitor(mask: Any = None, *, packed: bool = False, equilibrium: Mapping[str, Any] | None = None
+            ) -> optax.GradientTransformation:
   r"""Passes updates through unchanged and records ‖w‖, ‖u‖ and the angular update per leaf.
 
   Chain it last, after the learning-rate scaling and any decoupled decay, so that ``updates`` is the
@@ -140,6 +172,11 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
       state. A jitted step pays a few microseconds of host dispatch per input and output array, so on an accelerator, where a
       small network's step takes well under a millisecond, per-leaf scalars (3 per leaf, in and out)
       can add tens of percent to the step time; packed adds 3 arrays whatever the model.
+    equilibrium: opt-in: also record the equilibrium predictions beside the measurements, from
+      ``dict(optimizer="sgd" | "adamw", learning_rate=η, weight_decay=λ, momentum=μ or β₁)`` (η and λ
+      numbers or schedules, evaluated at each step): ``predicted_angular_update`` (and, for AdamW,
+      ``predicted_norm``) in the state, laid out like the measurements. Meaningful for the
+      scale-invariant leaves (pass them as ``mask``).
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a :class:`MonitorState`; ``update`` requires
@@ -162,23 +199,52 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
     Zhou, Sun, Zhong. FixNorm: Dissecting Weight Decay for Training Deep Neural Networks. 2021.
   """
 
+  _check_equilibrium(equilibrium)
+  predicts_norm = equilibrium is not None and equilibrium["optimizer"] == "adamw"
+
+  def predictions(params, measured, count):
+    """The predicted angle (and AdamW norm) per measured leaf, at step ``count``, as float32 vectors."""
+    value = lambda rate: rate(count) if callable(rate) else rate
+    eta, lam = value(equilibrium["learning_rate"]), value(equilibrium["weight_decay"])
+    angle = _norms.equilibrium_angular_update(eta, lam, equilibrium.get("momentum", 0.0),
+                                              optimizer=equilibrium["optimizer"])
+    angles = jnp.full((len(measured),), angle, jnp.float32)
+    if not predicts_norm:
+      return angles, None
+    norms = _equilibrium.equilibrium_norm(eta, lam, list(measured), optimizer="adamw")
+    return angles, jnp.stack(norms) if norms else jnp.zeros((0,), jnp.float32)
+
+  def with_predictions(state, params, measured, count):
+    if equilibrium is None:
+      return state
+    angles, norms = predictions(params, measured, count)
+    layout = (lambda v: v) if packed else (lambda v: unpack(v, params, mask))
+    return state._replace(predicted_angular_update=layout(angles),
+                          predicted_norm=None if norms is None else layout(norms), count=count)
+
   def init_fn(params):
     _checks.require_params(params, "monitor")
     if _checks.is_params_placeholder(params):
       # optax.tree.map_params: the fields hold per-leaf scalars (or one vector), not param-shaped
       # arrays, so each field is one non-parameter value.
-      return MonitorState(*(_tree.NOT_PARAM_SHAPED,) * 3)
+      state = MonitorState(*(_tree.NOT_PARAM_SHAPED,) * 3)
+      if equilibrium is None:
+        return state
+      return state._replace(predicted_angular_update=_tree.NOT_PARAM_SHAPED,
+                            predicted_norm=_tree.NOT_PARAM_SHAPED if predicts_norm else None,
+                            count=jnp.zeros([], jnp.int32))
     resolved = _tree.resolve_mask(mask, params)
     measured = [w for path, w in _tree.named_leaves(params) if resolved(path)]
     norms = jnp.stack([_norms._norm(w, None) for w in measured]) if measured else jnp.zeros((0,))
     zeros = jnp.zeros((len(measured),), jnp.float32)
     if packed:
-      return MonitorState(param_norm=norms, update_norm=zeros, angular_update=zeros)
-    return MonitorState(param_norm=unpack(norms, params, mask), update_norm=unpack(zeros, params, mask),
-                        angular_update=unpack(zeros, params, mask))
+      state = MonitorState(param_norm=norms, update_norm=zeros, angular_update=zeros)
+    else:
+      state = MonitorState(param_norm=unpack(norms, params, mask), update_norm=unpack(zeros, params, mask),
+                           angular_update=unpack(zeros, params, mask))
+    return with_predictions(state, params, measured, jnp.zeros([], jnp.int32))
 
   def update_fn(updates, state, params=None):
-    del state
     _checks.require_params(params, "monitor")
     _checks.check_updates_match_params(updates, params, "monitor")
     resolved = _tree.resolve_mask(mask, params)
@@ -191,6 +257,11 @@ def monitor(mask: Any = None, *, packed: bool = False) -> optax.GradientTransfor
       fields = (jnp.zeros((0,), jnp.float32),) * 3
     if not packed:
       fields = [unpack(values, params, mask) for values in fields]
-    return updates, MonitorState(*fields)
+    new_state = MonitorState(*fields)
+    if equilibrium is not None:
+      # The prediction for the step just measured, then the count moves on.
+      new_state = with_predictions(new_state, params, [w for w, _ in measured], state.count)
+      new_state = new_state._replace(count=optax.safe_increment(state.count))
+    return updates, new_state
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -5,6 +5,9 @@ them into ``{path: value}`` dicts for logging with :func:`flatten_by_path`. See 
 """
 
 from wd_optax.diagnostics.boundary import cross_boundary_risk
+from wd_optax.diagnostics.equilibrium import equilibrium_gradient_to_weight_ratio
+from wd_optax.diagnostics.equilibrium import equilibrium_norm
+from wd_optax.diagnostics.equilibrium import gradient_to_weight_ratio
 from wd_optax.diagnostics.jacobian import JacobianNormEstimate
 from wd_optax.diagnostics.jacobian import gauss_newton_norm
 from wd_optax.diagnostics.jacobian import jacobian_norm

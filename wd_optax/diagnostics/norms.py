@@ -262,20 +262,25 @@ def angular_update(old_params: PyTree, new_params: PyTree, mask: Any = None, *,
 
 
 def equilibrium_angular_update(learning_rate: Any, weight_decay: Any,
-                               momentum: Any = 0.0) -> jax.Array:
-  r"""Predicted equilibrium angular step of a scale-invariant leaf under SGD with decay.
+                               momentum: Any = 0.0, *, optimizer: str = "sgd") -> jax.Array:
+  r"""Predicted equilibrium angular step of a scale-invariant leaf (or neuron) under decay.
 
   .. math::
-    \theta^\ast = \sqrt{2\eta\lambda / (1 + \mu)}
+    \theta^\ast = \sqrt{2\eta\lambda / (1 + \mu)} \;\; (\texttt{"sgd"}), \qquad
+    \theta^\ast = \sqrt{2\eta\lambda\,(1 - \beta_1) / (1 + \beta_1)} \;\; (\texttt{"adamw"})
 
   At equilibrium the norm growth from orthogonal gradient steps balances the shrinkage by decay;
-  solving the two for the per-step angle gives θ*. It holds for SGD (with momentum μ, heavy ball) and
-  coupled L2 / lr-coupled decay, in expectation and once transients have died out.
+  solving the two for the per-step angle gives θ* (the RMS angle, in the random-walk model of Kosson et
+  al. 2024, Table 1). ``"sgd"`` holds for SGD with heavy-ball momentum μ and L2 decay in the momentum
+  buffer (:func:`wd_optax.sgd` ``decay="l2"``, PyTorch's SGD); ``"adamw"`` for AdamW with lr-coupled
+  decay (``optax.adamw``), with ``momentum`` its β₁. Both in expectation, once transients have died out
+  (after a few multiples of :math:`1/(\eta\lambda)` steps).
 
   Args:
     learning_rate: η (number or array), >= 0.
     weight_decay: λ (number or array), >= 0.
-    momentum: μ in [0, 1).
+    momentum: μ of SGD, or β₁ of AdamW, in [0, 1).
+    optimizer: ``"sgd"`` (the default) or ``"adamw"``.
 
   Returns:
     θ* in radians, float32 (broadcast over array arguments).
@@ -284,12 +289,15 @@ def equilibrium_angular_update(learning_rate: Any, weight_decay: Any,
     >>> from wd_optax.diagnostics import equilibrium_angular_update
     >>> round(float(equilibrium_angular_update(0.1, 5e-4, momentum=0.9)), 6)
     0.007255
+    >>> round(float(equilibrium_angular_update(1e-3, 0.1, momentum=0.9, optimizer="adamw")), 6)
+    0.003244
 
   References:
     Wan, Zhu, Zhang, Sun. Spherical Motion Dynamics: Learning Dynamics of Normalized Neural Network
     using SGD and Weight Decay. NeurIPS 2021.
     Kosson, Messmer, Jaggi. Rotational Equilibrium. ICML 2024.
   """
+  _checks.check_choice(optimizer, "optimizer", ("sgd", "adamw"))
   for value, name in ((learning_rate, "learning_rate"), (weight_decay, "weight_decay")):
     if not _checks.is_traced(value) and not callable(value) and np.ndim(value) == 0:
       _checks.check_rate(value, name)
@@ -302,6 +310,8 @@ def equilibrium_angular_update(learning_rate: Any, weight_decay: Any,
   eta = jnp.asarray(learning_rate, jnp.float32)
   lam = jnp.asarray(weight_decay, jnp.float32)
   mu = jnp.asarray(momentum, jnp.float32)
+  if optimizer == "adamw":
+    return jnp.sqrt(2.0 * eta * lam * (1.0 - mu) / (1.0 + mu))
   return jnp.sqrt(2.0 * eta * lam / (1.0 + mu))
 
 
