@@ -56,7 +56,7 @@ def analyze(results, config):
           "B1c", f"Decay for the first {_window('early25', config)} of steps recovers most (> half) of the gain "
           "of decay throughout.",
           "[acc(early25) − acc(none)] − ½[acc(always) − acc(none)]",
-          report.mean_ci((early25 - none) - 0.5 * (always - none)), min_effect=0.0, unit=" pt",
+          report.mean_ci((early25 - none) - 0.5 * (always - none)), min_effect=0.0, delta=MIN_GAIN, unit=" pt",
           compared=arms("early25", "none", "always"),
           notes=f"mean gains over none: early25 {np.mean(early25 - none):+.2f}, always {np.mean(always - none):+.2f}"),
       report.equivalence_claim(
