@@ -247,10 +247,24 @@ def _rank_correlation(method: str, x, y, confidence: float, n_resamples: int, se
   if n < 3 or np.all(x == x[0]) or np.all(y == y[0]):
     return Correlation(method, math.nan, -1.0, 1.0, n, math.nan)
   res = fn(x, y)
-  statistic = lambda a, b: fn(a, b).statistic
-  low, high = _bootstrap((x, y), statistic, paired=True, vectorized=False, confidence=confidence,
+  if method == "spearman":
+    # Vectorised over the resamples (Pearson's r of the ranks, which is spearmanr's definition): a bootstrap of
+    # 9999 scipy calls took about 9 s per correlation on the project's CPU.
+    statistic, vectorized = _spearman_along, True
+  else:
+    statistic, vectorized = (lambda a, b: fn(a, b).statistic), False
+  low, high = _bootstrap((x, y), statistic, paired=True, vectorized=vectorized, confidence=confidence,
                          n_resamples=n_resamples, seed=seed)
   return Correlation(method, float(res.statistic), low, high, n, float(res.pvalue))
+
+
+def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+  """Spearman's ρ of ``x`` and ``y`` along ``axis`` (average ranks for ties; ``nan`` where one is constant)."""
+  rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
+  rx = rx - rx.mean(axis=axis, keepdims=True)
+  ry = ry - ry.mean(axis=axis, keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (rx * ry).sum(axis=axis) / np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum(axis=axis))
 
 
 def spearman_ci(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95,
