@@ -9,6 +9,15 @@ mean log (``scipy.stats.t``, which ships with jax), exponentiated. Repeats conti
 until the interval no longer contains the target, so that ``meets_target`` is decided by the data rather
 than by luck; where it still contains the target at ``max_repeats``, ``decided`` is false.
 
+Every benchmark reports its targets in one list under the key ``"targets"`` of the JSON object it prints,
+one :func:`target` entry per target (``benchmarks/run_all.py`` tabulates them)::
+
+  {"name": str, "ratio": float, "ratio_ci95": [low, high] | null, "target": "<= 1.05" | ">= 3.0",
+   "meets_target": bool, "decided": bool}
+
+``ratio_ci95`` is null for a ratio that is not timed (a count, a byte ratio): it is exact, so ``decided`` is
+true.
+
 Not a benchmark itself (no usage line): ``benchmarks/run_all.py`` skips it.
 """
 
@@ -48,9 +57,27 @@ def target_verdict(ratio: float, low: float, high: float, *, max_ratio: float | 
           "decided": low >= min_ratio or high < min_ratio}
 
 
+def target(name: str, result: dict | None = None, *, ratio: float | None = None, max_ratio: float | None = None,
+           min_ratio: float | None = None) -> dict:
+  """One entry of a benchmark's ``"targets"`` list (module docstring), from a :func:`compare` result or an exact ratio.
+
+  Args:
+    name: what the target is about, unique within the benchmark (e.g. ``"adam_decoupled_vs_optax_adamw.time"``).
+    result: a :func:`compare` result with a target; or ``None`` and ``ratio`` with ``max_ratio``/``min_ratio``
+      for an exact (untimed) ratio.
+  """
+  if result is not None:
+    return {"name": name, "ratio": result["ratio"], "ratio_ci95": list(result["ratio_ci95"]),
+            "target": result["target"], "meets_target": bool(result["meets_target"]),
+            "decided": bool(result["decided"])}
+  verdict = target_verdict(ratio, ratio, ratio, max_ratio=max_ratio, min_ratio=min_ratio)
+  return {"name": name, "ratio": ratio, "ratio_ci95": None, **verdict, "decided": True}
+
+
 def compare(candidate: Callable[[], object], reference: Callable[[], object], *, max_ratio: float | None = None,
             min_ratio: float | None = None, min_repeats: int = 7, max_repeats: int = 41,
-            min_seconds: float = 0.2, block: Callable[[object], object] | None = None) -> dict:
+            min_seconds: float = 0.2, block: Callable[[object], object] | None = None,
+            max_seconds: float | None = None, calls_per_sample: int | None = None) -> dict:
   """Times ``candidate`` against ``reference`` in paired, interleaved repeats; returns the ratio and verdict.
 
   Args:
@@ -61,6 +88,10 @@ def compare(candidate: Callable[[], object], reference: Callable[[], object], *,
     min_repeats, max_repeats: pairs measured at least / at most; between them, repeats stop once the
       interval excludes the target.
     block: called on each callable's result before the clock stops (e.g. ``jax.block_until_ready``).
+    max_seconds: a wall-clock budget for the repeats; past it (and past ``min_repeats``) no new pair starts.
+      ``None``: no budget.
+    calls_per_sample: a fixed ``n`` (no probing calls before the repeats): for callables that take seconds,
+      e.g. a whole training run with its compilation.
 
   Returns:
     ``{"ratio", "ratio_ci95": [low, high], "repeats", "calls_per_sample", "candidate_s", "reference_s"`` (the
@@ -75,10 +106,16 @@ def compare(candidate: Callable[[], object], reference: Callable[[], object], *,
     block(out)
     return (time.perf_counter() - start) / n
 
-  single = max(once(candidate, 1), once(reference, 1), 1e-7)
-  n = max(1, math.ceil(min_seconds / single))
+  started = time.perf_counter()
+  if calls_per_sample is not None:
+    n = calls_per_sample
+  else:
+    single = max(once(candidate, 1), once(reference, 1), 1e-7)
+    n = max(1, math.ceil(min_seconds / single))
   cand, ref = [], []
   while len(cand) < max_repeats:
+    if max_seconds is not None and len(cand) >= min_repeats and time.perf_counter() - started > max_seconds:
+      break
     pair = (candidate, reference) if len(cand) % 2 == 0 else (reference, candidate)
     times = {id(fn): once(fn, n) for fn in pair}
     cand.append(times[id(candidate)])

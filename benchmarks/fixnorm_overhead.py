@@ -4,11 +4,11 @@ FixNorm adds one norm reduction and one rescale per fixed leaf to SGD with momen
 decay's multiply-add; target: fixnorm step time / sgd step time <= 1.05. Both optimizers train the
 same model (conv kernels before BatchNorm fixed at their initial norms, classifier kernel fixed at a
 given norm) with a jitted pure training step (forward, backward, update, BatchNorm statistics).
-Timings are interleaved in alternating order, each over a block of steps ended by
-``block_until_ready``. The result is the median over repeats of the ratio of adjacent blocks (paired, so
-load drifting on a shared machine cancels), with the ratio of the medians beside it. Prints one JSON object.
+Timings are paired and interleaved (``benchmarks/_paired.py``: ABBA order, samples of at least 0.2 s ended
+by ``block_until_ready``, repeats until the 95% interval of the ratio excludes the target), so load
+drifting on a shared machine cancels. Prints one JSON object; the target is under ``"targets"``.
 
-Usage: python benchmarks/fixnorm_overhead.py [--full] [--repeats N] [--steps N]
+Usage: python benchmarks/fixnorm_overhead.py [--full] [--max-repeats N]
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +26,11 @@ from flax import nnx
 
 import wd_optax
 from wd_optax.projections import fixnorm
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _paired  # noqa: E402
+
+TARGET = 1.05
 
 
 class ConvNet(nnx.Module):
@@ -65,12 +70,10 @@ def _make_step(graphdef, tx):
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--full", action="store_true", help="bigger model and batch, more repeats")
-  parser.add_argument("--repeats", type=int, default=None, help="timed blocks per optimizer")
-  parser.add_argument("--steps", type=int, default=None, help="steps per timed block")
+  parser.add_argument("--max-repeats", type=int, default=None, help="paired repeats at most (default 41, 61 full)")
   args = parser.parse_args()
   width, batch, image = (64, 128, 32) if args.full else (32, 64, 16)
-  repeats = args.repeats or (40 if args.full else 30)
-  steps = args.steps or (10 if args.full else 5)
+  max_repeats = args.max_repeats or (61 if args.full else 41)
 
   model = ConvNet(width, 10, nnx.Rngs(0))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -88,42 +91,33 @@ def main() -> None:
   runs = {}
   for name, tx in optimizers.items():
     step = _make_step(graphdef, tx)
-    carry = (params, rest, tx.init(params))
+    carry = [params, rest, tx.init(params)]
+
+    def run(step=step, carry=carry):
+      *carry[:], loss = step(*carry, x, y)
+      return carry, loss
+
     for _ in range(2):  # compile, then one more to settle caches
-      *carry, loss = step(*carry, x, y)
-      jax.block_until_ready(loss)
-    runs[name] = (step, carry)
+      jax.block_until_ready(run())
+    runs[name] = run
 
-  times = {name: [] for name in runs}
-  for r in range(repeats):
-    order = list(runs) if r % 2 == 0 else list(runs)[::-1]
-    for name in order:
-      step, carry = runs[name]
-      start = time.perf_counter()
-      for _ in range(steps):
-        *carry, loss = step(*carry, x, y)
-      jax.block_until_ready((carry, loss))
-      times[name].append((time.perf_counter() - start) / steps)
-      runs[name] = (step, carry)
-
-  medians = {name: statistics.median(t) for name, t in times.items()}
-  ratio = statistics.median(f / s for f, s in zip(times["fixnorm"], times["sgd"]))
+  timed = _paired.compare(runs["fixnorm"], runs["sgd"], max_ratio=TARGET, max_repeats=max_repeats,
+                          block=jax.block_until_ready)
   print(json.dumps({
       "benchmark": "fixnorm_overhead",
-      "metric": "median over interleaved repeats of step time fixnorm / wd_optax.sgd(momentum=0.9, "
-                "weight_decay=5e-4)",
-      "ratio": round(ratio, 4),
-      "ratio_of_medians": round(medians["fixnorm"] / medians["sgd"], 4),
-      "target": 1.05,
-      "passed": ratio <= 1.05,
-      "fixnorm_step_ms": round(1e3 * medians["fixnorm"], 3),
-      "sgd_step_ms": round(1e3 * medians["sgd"], 3),
-      "fixnorm_step_ms_iqr": [round(1e3 * q, 3) for q in statistics.quantiles(times["fixnorm"], n=4)[::2]],
-      "sgd_step_ms_iqr": [round(1e3 * q, 3) for q in statistics.quantiles(times["sgd"], n=4)[::2]],
+      "metric": "paired step time fixnorm / wd_optax.sgd(momentum=0.9, weight_decay=5e-4)",
+      "ratio": round(timed["ratio"], 4),
+      "ratio_ci95": [round(v, 4) for v in timed["ratio_ci95"]],
+      "target": TARGET,
+      "meets_target": timed["meets_target"],
+      "decided": timed["decided"],
+      "targets": [_paired.target("fixnorm_over_sgd.step_time", timed)],
+      "fixnorm_step_ms": round(1e3 * timed["candidate_s"], 3),
+      "sgd_step_ms": round(1e3 * timed["reference_s"], 3),
       "model": {"convs": 3, "width": width, "batch": batch, "image": image,
                 "params": int(sum(p.size for p in jax.tree.leaves(params)))},
-      "repeats": repeats,
-      "steps_per_block": steps,
+      "repeats": timed["repeats"],
+      "steps_per_sample": timed["calls_per_sample"],
       "device": jax.devices()[0].device_kind,
       "platform": platform.platform(),
       "full": args.full,

@@ -6,11 +6,13 @@ momentum and L2, driven by a Python loop. The harness runs the same training thr
 :class:`experiments.train.Program` (one member): on-device batch shuffling, its optimizer built from the config
 by ``wd_optax``, ``Program.train``'s host loop with ``log_every=25`` steps per ``lax.scan`` chunk, a fetch,
 NaN check and metric records per chunk, and per-layer norms / effective lr / angular update at each chunk end.
-Timings exclude compilation; repeats alternate between the two; medians are reported.
+Timings exclude compilation. The two are timed in paired, interleaved repeats (``benchmarks/_paired.py``:
+ABBA order, samples of at least ``--min-seconds``, repeats until the 95% interval of the ratio excludes the
+target or ``--max-repeats`` pairs are done).
 
-Prints one JSON object; target: ratio = harness / reference <= 1.05.
+Prints one JSON object; target (under ``"targets"``): ratio = harness / reference <= 1.05, with its interval.
 
-  python benchmarks/harness_overhead.py [--full] [--repeats 5] [--steps 100]
+  python benchmarks/harness_overhead.py [--full] [--max-repeats 41] [--steps 100]
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -34,11 +35,17 @@ from experiments.data import load  # noqa: E402
 from experiments.models import build  # noqa: E402
 from experiments.train import Program, make_groups  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _paired  # noqa: E402
+
+TARGET = 1.05
+
 
 def main() -> None:
   parser = argparse.ArgumentParser()
   parser.add_argument("--full", action="store_true", help="wider model and more steps")
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--max-repeats", type=int, default=41, help="paired repeats at most")
+  parser.add_argument("--min-seconds", type=float, default=0.5, help="seconds per timed sample at least")
   parser.add_argument("--steps", type=int, default=None, help="steps per timed repeat")
   args = parser.parse_args()
   hidden = [512, 512] if args.full else [256, 256]
@@ -92,17 +99,15 @@ def main() -> None:
 
   run_reference()  # compile
   run_harness()
-  times = {"reference": [], "harness": []}
-  for _ in range(args.repeats):
-    for name, fn in (("reference", run_reference), ("harness", run_harness)):
-      start = time.perf_counter()
-      fn()
-      times[name].append((time.perf_counter() - start) / steps)
-  ref, har = float(np.median(times["reference"])), float(np.median(times["harness"]))
+  timed = _paired.compare(run_harness, run_reference, max_ratio=TARGET, max_repeats=args.max_repeats,
+                          min_seconds=args.min_seconds)
   print(json.dumps({
-      "benchmark": "harness_overhead", "model": f"mlp{hidden}+BN", "batch": batch, "steps_per_repeat": steps,
-      "repeats": args.repeats, "device": str(jax.devices()[0]), "reference_step_ms": ref * 1e3,
-      "harness_step_ms": har * 1e3, "ratio": har / ref, "target_ratio_max": 1.05, "meets_target": har / ref <= 1.05,
+      "benchmark": "harness_overhead", "model": f"mlp{hidden}+BN", "batch": batch, "steps_per_call": steps,
+      "repeats": timed["repeats"], "calls_per_sample": timed["calls_per_sample"], "device": str(jax.devices()[0]),
+      "reference_step_ms": timed["reference_s"] / steps * 1e3, "harness_step_ms": timed["candidate_s"] / steps * 1e3,
+      "ratio": timed["ratio"], "ratio_ci95": timed["ratio_ci95"], "target_ratio_max": TARGET,
+      "meets_target": timed["meets_target"], "decided": timed["decided"],
+      "targets": [_paired.target("harness_over_reference.step_time", timed)],
   }))
 
 

@@ -1,14 +1,13 @@
 """Step-time overhead of chaining ``wd_optax.monitor`` last, on a small CNN training step (flax NNX).
 
 Target (issue 3): at most 5% added to the step time. Every variant runs the same jitted pure step
-(``nnx.split`` once, ``jax.jit`` a function of the state), interleaved in repeats (rotating order);
-the reported ratio is the median over repeats of monitored/baseline time per step, for
-``monitor()`` (per-leaf scalars in the state) and ``monitor(packed=True)`` (one vector per field).
-On a shared machine the per-repeat ratios are noisy: read ``ratio_median`` together with its
-spread, the ratio of the fastest steps, the process-CPU-time ratio, and XLA's static cost estimates
-(flops and bytes accessed of the compiled steps), which load cannot disturb. Prints one JSON object.
+(``nnx.split`` once, ``jax.jit`` a function of the state). ``monitor()`` (per-leaf scalars in the state)
+and ``monitor(packed=True)`` (one vector per field) are each timed against the baseline in paired,
+interleaved repeats (``benchmarks/_paired.py``: ABBA order, repeats until the 95% interval of the ratio
+excludes the target); XLA's static cost estimates (flops and bytes accessed of the compiled steps), which
+load cannot disturb, are reported beside. Prints one JSON object; the targets are under ``"targets"``.
 
-Usage: python benchmarks/monitor_overhead.py [--full] [--repeats N] [--steps N]
+Usage: python benchmarks/monitor_overhead.py [--full] [--max-repeats N]
 """
 
 from __future__ import annotations
@@ -16,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +24,11 @@ import optax
 from flax import nnx
 
 from wd_optax.monitoring import monitor
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _paired  # noqa: E402
+
+TARGET = 1.05
 
 
 class SmallCNN(nnx.Module):
@@ -66,18 +70,6 @@ def make_step(tx, width, num_classes, seed=0):
   return step, (params, rest, opt_state)
 
 
-def time_steps(step, carry, x, y, num_steps):
-  """Mean wall and process (CPU) seconds per step, and the carry after the steps."""
-  params, rest, opt_state = carry
-  start, start_cpu = time.perf_counter(), time.process_time()
-  for _ in range(num_steps):
-    params, rest, opt_state, loss = step(params, rest, opt_state, x, y)
-  jax.block_until_ready((params, opt_state, loss))
-  wall = (time.perf_counter() - start) / num_steps
-  cpu = (time.process_time() - start_cpu) / num_steps
-  return (wall, cpu), (params, rest, opt_state)
-
-
 def xla_cost(step, carry, x, y):
   """XLA's static cost estimate of the compiled step: deterministic, unaffected by machine load."""
   analysis = step.lower(*carry, x, y).compile().cost_analysis()
@@ -87,13 +79,11 @@ def xla_cost(step, carry, x, y):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--full", action="store_true", help="wider net, bigger batch, more repeats")
-  parser.add_argument("--repeats", type=int, default=None)
-  parser.add_argument("--steps", type=int, default=None)
+  parser.add_argument("--full", action="store_true", help="wider net, bigger batch, more repeats allowed")
+  parser.add_argument("--max-repeats", type=int, default=None, help="paired repeats at most (default 41, 61 full)")
   args = parser.parse_args()
-  width, batch, image, repeats, steps = (32, 128, 32, 21, 20) if args.full else (16, 64, 16, 15, 15)
-  repeats = args.repeats or repeats
-  steps = args.steps or steps
+  width, batch, image = (32, 128, 32) if args.full else (16, 64, 16)
+  max_repeats = args.max_repeats or (61 if args.full else 41)
 
   key_x, key_y = jax.random.split(jax.random.key(0))
   x = jax.random.normal(key_x, (batch, image, image, 3))
@@ -104,49 +94,44 @@ def main():
       "monitored": make_step(optax.chain(base_tx, monitor()), width, 10),
       "monitored_packed": make_step(optax.chain(base_tx, monitor(packed=True)), width, 10),
   }
-  # Compile and warm up both before timing.
-  for name, (step, carry) in variants.items():
-    _, carry = time_steps(step, carry, x, y, 2)
-    variants[name] = (step, carry)
-
   costs = {name: xla_cost(step, carry, x, y) for name, (step, carry) in variants.items()}
-  times = {name: [] for name in variants}
-  cpu_times = {name: [] for name in variants}
-  for repeat in range(repeats):
-    # Rotate the order so that slow drift in machine load hits every variant alike.
-    names = list(variants)
-    order = names[repeat % len(names):] + names[:repeat % len(names)]
-    for name in order:
-      step, carry = variants[name]
-      (seconds, cpu_seconds), carry = time_steps(step, carry, x, y, steps)
-      variants[name] = (step, carry)
-      times[name].append(seconds)
-      cpu_times[name].append(cpu_seconds)
-  baseline = times["baseline"]
+  runs = {}
+  for name, (step, carry) in variants.items():
+    carry = list(carry)
+
+    def run(step=step, carry=carry):
+      *carry[:], loss = step(*carry, x, y)
+      return carry, loss
+
+    for _ in range(2):  # compile and warm up before timing
+      jax.block_until_ready(run())
+    runs[name] = run
+
+  params = variants["baseline"][1][0]
   report = {
       "benchmark": "monitor_overhead",
       "model": f"SmallCNN(width={width}) on {batch}x{image}x{image}x3, adamw",
-      "num_params": int(sum(w.size for w in jax.tree.leaves(variants["baseline"][1][0]))),
-      "num_param_leaves": len(jax.tree.leaves(variants["baseline"][1][0])),
-      "repeats": repeats,
-      "steps_per_repeat": steps,
-      "baseline_step_ms": 1e3 * statistics.median(baseline),
+      "num_params": int(sum(w.size for w in jax.tree.leaves(params))),
+      "num_param_leaves": len(jax.tree.leaves(params)),
+      "targets": [],
   }
   for name in ("monitored", "monitored_packed"):
-    ratios = [m / b for m, b in zip(times[name], baseline)]
-    cpu_ratios = [m / b for m, b in zip(cpu_times[name], cpu_times["baseline"])]
+    timed = _paired.compare(runs[name], runs["baseline"], max_ratio=TARGET, max_repeats=max_repeats,
+                            block=jax.block_until_ready)
+    report["baseline_step_ms"] = 1e3 * timed["reference_s"]
     report[name] = {
-        "step_ms": 1e3 * statistics.median(times[name]),
-        "ratio_median": statistics.median(ratios),
-        "ratio_min": min(ratios),
-        "ratio_max": max(ratios),
-        "ratio_of_min_step_ms": min(times[name]) / min(baseline),
-        "cpu_time_ratio_median": statistics.median(cpu_ratios),
+        "step_ms": 1e3 * timed["candidate_s"],
+        "ratio": timed["ratio"],
+        "ratio_ci95": timed["ratio_ci95"],
+        "repeats": timed["repeats"],
+        "steps_per_sample": timed["calls_per_sample"],
         "xla_flops_ratio": costs[name]["flops"] / costs["baseline"]["flops"],
         "xla_bytes_accessed_ratio": costs[name]["bytes accessed"] / costs["baseline"]["bytes accessed"],
-        "meets_target": statistics.median(ratios) <= 1.05,
+        "meets_target": timed["meets_target"],
+        "decided": timed["decided"],
     }
-  report.update({"target_ratio": 1.05, "device": str(jax.devices()[0]), "machine": platform.machine()})
+    report["targets"].append(_paired.target(f"{name}_over_baseline.step_time", timed))
+  report.update({"target_ratio": TARGET, "device": str(jax.devices()[0]), "machine": platform.machine()})
   print(json.dumps(report))
 
 

@@ -5,11 +5,13 @@ Times the jitted update step (update + apply_updates, buffers donated) of
 * ``wd_optax.adam(decay="decoupled")`` against ``optax.adamw``, and
 * ``wd_optax.sgd(decay="l2")`` against ``optax.chain(optax.add_decayed_weights, optax.sgd)``,
 
-on a ResNet-50-shaped parameter tree (about 25.6M parameters), interleaving the two sides rep by rep in
-one process, and prints one JSON object with the median time ratio (ours / optax) and the optimizer-state
-byte ratio. Targets: time ratio <= 1.02, state bytes equal.
+on a ResNet-50-shaped parameter tree (about 25.6M parameters), in paired, interleaved
+repeats (``benchmarks/_paired.py``: ABBA order, repeats until the 95% interval of the time ratio ours / optax
+excludes the target), and prints one JSON object with the time ratio and its interval, the optimizer-state
+byte ratio, and the HLO ops that differ between the two compiled steps (counted on the donated programs that
+are timed). Targets (under ``"targets"``): time ratio <= 1.02, state bytes ratio <= 1.
 
-Usage: python benchmarks/overhead.py [--reps 15] [--steps 5]
+Usage: python benchmarks/overhead.py [--full] [--max-repeats 41]
 """
 
 from __future__ import annotations
@@ -18,15 +20,20 @@ import argparse
 import collections
 import json
 import platform
+import os
 import re
-import statistics
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import optax
 
 import wd_optax
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _paired  # noqa: E402
+
+TIME_TARGET = 1.02
 
 
 def resnet50_shaped_params() -> dict:
@@ -59,50 +66,40 @@ def make_step(tx):
   return jax.jit(step, donate_argnums=(0, 1))
 
 
-def compiled_op_counts(tx, params) -> collections.Counter:
-  """Counts of each HLO op in the compiled update step: equal counts mean equal work."""
-  state = tx.init(params)
-  step = jax.jit(lambda p, s, g: optax.apply_updates(p, tx.update(g, s, p)[0]))
-  text = step.lower(params, state, params).compile().as_text()
+def compiled_op_counts(step, params, state, grads) -> collections.Counter:
+  """Counts of each HLO op in the compiled (donated) step that is timed: equal counts mean equal work."""
+  text = step.lower(params, state, grads).compile().as_text()
   return collections.Counter(re.findall(r"= \S+ (\w+)\(", re.sub(r"metadata=\{[^}]*\}", "", text)))
 
 
-def measure(pairs: dict, params, grads, reps: int, steps: int) -> dict:
-  runners = {}
-  for name, tx in pairs.items():
-    own = jax.tree.map(jnp.copy, params)
-    state = tx.init(own)
-    runners[name] = [make_step(tx), own, state, tree_bytes(state)]
-    step, p, s, _ = runners[name]
-    p, s = step(p, s, grads)  # compile outside the timing
-    jax.block_until_ready(p)
-    runners[name][1:3] = [p, s]
-  times = {name: [] for name in pairs}
-  for _ in range(reps):
-    for name in pairs:  # interleaved: both sides see the same machine load
-      step, p, s, _ = runners[name]
-      start = time.perf_counter()
-      for _ in range(steps):
-        p, s = step(p, s, grads)
-      jax.block_until_ready(p)
-      times[name].append((time.perf_counter() - start) / steps)
-      runners[name][1:3] = [p, s]
-  return {name: {"median_step_s": statistics.median(t), "state_bytes": runners[name][3]}
-          for name, t in times.items()}
+def runner(tx, params, grads):
+  """``(step, run, state_bytes, carry)``: ``run()`` does one donated step on its own copy of the parameters."""
+  step = make_step(tx)
+  carry = [jax.tree.map(jnp.copy, params), None]
+  carry[1] = tx.init(carry[0])
+  state_bytes = tree_bytes(carry[1])
+
+  def run():
+    carry[:] = step(*carry, grads)
+    return carry[0]
+
+  jax.block_until_ready(run())  # compile outside the timing
+  return step, run, state_bytes, carry
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--reps", type=int, default=15)
-  parser.add_argument("--steps", type=int, default=5)
+  parser.add_argument("--full", action="store_true", help="more repeats allowed (up to 81 pairs)")
+  parser.add_argument("--max-repeats", type=int, default=None, help="paired repeats at most (default 41)")
   args = parser.parse_args()
+  max_repeats = args.max_repeats or (81 if args.full else 41)
 
   params = resnet50_shaped_params()
   grads = jax.tree.map(lambda p: 1e-3 * jnp.sign(p), params)
   lr, wd = 1e-3, 1e-4
   results = {"benchmark": "overhead", "num_params": sum(x.size for x in jax.tree.leaves(params)),
-             "device": jax.devices()[0].device_kind, "platform": platform.platform(),
-             "reps": args.reps, "steps_per_rep": args.steps, "comparisons": {}}
+             "device": jax.devices()[0].device_kind, "platform": platform.platform(), "comparisons": {},
+             "targets": []}
   comparisons = {
       "adam_decoupled_vs_optax_adamw": {
           "wd_optax": wd_optax.adam(lr, weight_decay=wd, decay="decoupled"),
@@ -112,17 +109,24 @@ def main() -> None:
           "optax": optax.chain(optax.add_decayed_weights(wd), optax.sgd(lr, momentum=0.9))},
   }
   for label, pair in comparisons.items():
-    measured = measure(pair, params, grads, args.reps, args.steps)
-    ours, ref = measured["wd_optax"], measured["optax"]
-    ours_ops, ref_ops = (compiled_op_counts(pair[side], params) for side in ("wd_optax", "optax"))
+    built = {side: runner(tx, params, grads) for side, tx in pair.items()}
+    ops = {side: compiled_op_counts(step, carry[0], carry[1], grads)
+           for side, (step, _, _, carry) in built.items()}
+    timed = _paired.compare(built["wd_optax"][1], built["optax"][1], max_ratio=TIME_TARGET,
+                            max_repeats=max_repeats, block=jax.block_until_ready)
+    bytes_ratio = built["wd_optax"][2] / built["optax"][2]
+    ours_ops, ref_ops = ops["wd_optax"], ops["optax"]
     results["comparisons"][label] = {
         "compiled_ops_differing": {op: ours_ops[op] - ref_ops[op]
                                    for op in sorted(set(ours_ops) | set(ref_ops)) if ours_ops[op] != ref_ops[op]},
-        **{f"{side}_{k}": v for side, m in measured.items() for k, v in m.items()},
-        "time_ratio": ours["median_step_s"] / ref["median_step_s"],
-        "state_bytes_ratio": ours["state_bytes"] / ref["state_bytes"],
-        "target_time_ratio": 1.02,
+        "wd_optax_step_s": timed["candidate_s"], "optax_step_s": timed["reference_s"],
+        "wd_optax_state_bytes": built["wd_optax"][2], "optax_state_bytes": built["optax"][2],
+        "time_ratio": timed["ratio"], "time_ratio_ci95": timed["ratio_ci95"], "repeats": timed["repeats"],
+        "steps_per_sample": timed["calls_per_sample"], "state_bytes_ratio": bytes_ratio,
     }
+    results["targets"] += [_paired.target(f"{label}.time", timed),
+                           _paired.target(f"{label}.state_bytes", ratio=bytes_ratio, max_ratio=1.0)]
+    del built
   print(json.dumps(results, indent=2))
 
 

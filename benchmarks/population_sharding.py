@@ -8,24 +8,23 @@ Same harness (:class:`experiments.train.Program`), model (the quick MLP with Bat
 * ``data``: ``train.mesh_members=1`` (mesh 1 × 8): every device holds all 16 members and 1/8 of each
   member's batch; gradients and BatchNorm statistics are all-reduced every step.
 
-Both are compiled first; then repeats alternate between the two (paired, interleaved, the order flipped
-every repeat) and time ``Program.train`` (steps, evaluation, logging) after a ``reset``. Reported: member-steps
-per second of each, the ratio members / data with a 95% interval (t interval of the mean log-ratio over the
-paired repeats, exponentiated), and ``meets_target`` (ratio >= 2). On a CPU the 8 simulated devices share the
+Both are compiled first; then ``benchmarks/_paired.py`` times ``Program.train`` (steps, evaluation, logging)
+after a ``reset`` of each in paired, interleaved repeats (ABBA order, from ``--min-repeats`` until the 95%
+interval of the ratio excludes the target, at most ``--max-repeats``). Reported: member-steps per second of
+each, the throughput ratio members / data with its 95% interval, and ``meets_target`` (ratio >= 2), also
+under ``"targets"``. On a CPU the 8 simulated devices share the
 machine's cores, so the ratio measures the cost of the collectives and of the small per-device shards,
 not an accelerator's scaling.
 
-  python benchmarks/population_sharding.py [--repeats 7] [--steps 200]
+  python benchmarks/population_sharding.py [--min-repeats 7] [--max-repeats 21] [--steps 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import sys
-import time
 
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -34,24 +33,21 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-import numpy as np  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
 from experiments.data import load  # noqa: E402
 from experiments.train import Program, make_groups  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _paired  # noqa: E402
+
 TARGET = 2.0
-T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23, 15: 2.13,
-        20: 2.09, 30: 2.04}
-
-
-def t975(df: int) -> float:
-  return T975.get(df) or T975[max(k for k in T975 if k <= df)] if df >= 1 else math.inf
 
 
 def main() -> None:
   parser = argparse.ArgumentParser()
-  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--min-repeats", type=int, default=7)
+  parser.add_argument("--max-repeats", type=int, default=21)
   parser.add_argument("--steps", type=int, default=200, help="training steps per member and repeat")
   args = parser.parse_args()
   if jax.device_count() < 8:
@@ -76,31 +72,26 @@ def main() -> None:
   members = len(programs["members"].group.members)
   assert members == 16
 
-  times = {side: [] for side in programs}
-  for r in range(args.repeats):
-    order = ("members", "data") if r % 2 == 0 else ("data", "members")
-    for side in order:
+  def run(side):
+    def fn():
       program = programs[side]
       program.reset(program.group.members)
-      start = time.perf_counter()
       program.train(progress=False)
-      times[side].append(time.perf_counter() - start)
+    return fn
 
+  # Time data / time members = throughput members / throughput data.
+  timed = _paired.compare(run("data"), run("members"), min_ratio=TARGET, min_repeats=args.min_repeats,
+                          max_repeats=args.max_repeats, calls_per_sample=1)
   member_steps = members * args.steps
-  logs = np.log(np.asarray(times["data"]) / np.asarray(times["members"]))  # log(rate_members / rate_data)
-  mean = float(np.mean(logs))
-  half = t975(len(logs) - 1) * float(np.std(logs, ddof=1)) / math.sqrt(len(logs)) if len(logs) > 1 else math.inf
-  ratio = math.exp(mean)
   out = {
       "benchmark": "population_sharding", "members": members, "devices": jax.device_count(),
       "device": str(jax.devices()[0]), "model": "mlp[128,128]+BN", "batch": 128, "steps_per_member": args.steps,
-      "repeats": args.repeats,
-      "members_sharded": {"mesh": [8, 1], "member_steps_per_s": member_steps / float(np.median(times["members"])),
-                          "seconds": times["members"]},
-      "data_parallel": {"mesh": [1, 8], "member_steps_per_s": member_steps / float(np.median(times["data"])),
-                        "seconds": times["data"]},
-      "ratio": ratio, "ratio_ci95": [math.exp(mean - half), math.exp(mean + half)],
-      "target_ratio_min": TARGET, "meets_target": ratio >= TARGET,
+      "repeats": timed["repeats"],
+      "members_sharded": {"mesh": [8, 1], "member_steps_per_s": member_steps / timed["reference_s"]},
+      "data_parallel": {"mesh": [1, 8], "member_steps_per_s": member_steps / timed["candidate_s"]},
+      "ratio": timed["ratio"], "ratio_ci95": timed["ratio_ci95"],
+      "target_ratio_min": TARGET, "meets_target": timed["meets_target"], "decided": timed["decided"],
+      "targets": [_paired.target("members_over_data.throughput", timed)],
       "note": "8 simulated CPU devices sharing this machine's cores (load from other processes included)",
   }
   print(json.dumps(out))

@@ -13,6 +13,21 @@ wall time and the JSON object it printed (or the tail of its output if it printe
 whole run the date, git commit, platform, Python and jax versions, CPU count, load average and jax
 devices. ``docs/_generate_benchmarks.py`` renders it as the documentation's benchmarks page.
 
+Targets. Every benchmark lists its targets in the JSON object it prints, under ``"targets"``, one entry
+per target (``benchmarks/_paired.py`` ``target()`` builds them)::
+
+  "targets": [{"name": "adam_decoupled_vs_optax_adamw.time",   # unique within the benchmark
+               "ratio": 1.004,                 # candidate / reference (time, or e.g. throughput, bytes)
+               "ratio_ci95": [0.991, 1.017],   # 95% interval of the ratio; null for an exact (untimed) ratio
+               "target": "<= 1.02",            # "<= X" (a cost) or ">= X" (a speed-up)
+               "meets_target": true,           # the ratio is on the target's side
+               "decided": true}, ...]          # the whole interval is on one side of the target
+
+After the run, one line per target of every benchmark is printed (met or not, decided or not, with the
+interval), and the same rows are kept in the summary under ``"targets"`` with the benchmark's name added;
+a benchmark that ran but listed no targets, or failed, gets one row saying so, so no target disappears
+silently.
+
 Usage: python benchmarks/run_all.py [--full] [--only NAME ...] [--timeout SECONDS] [--out PATH]
 """
 
@@ -151,6 +166,39 @@ def run_one(script: pathlib.Path, extra_args: list[str], timeout: float, cwd: pa
   return entry
 
 
+def collect_targets(benchmarks: dict) -> list[dict]:
+  """One row per target of every benchmark (see the module docstring), plus a row for each that listed none."""
+  rows = []
+  for name, entry in benchmarks.items():
+    result = entry.get("result") or {}
+    targets = result.get("targets") if isinstance(result, dict) else None
+    if not entry.get("ok") or not isinstance(targets, list) or not targets:
+      why = entry.get("error") if not entry.get("ok") else "listed no targets"
+      rows.append({"benchmark": name, "name": None, "ratio": None, "ratio_ci95": None, "target": None,
+                   "meets_target": None, "decided": None, "note": why})
+      continue
+    rows += [{"benchmark": name, **t} for t in targets if isinstance(t, dict)]
+  return rows
+
+
+def format_targets(rows: list[dict]) -> str:
+  """The target rows as a fixed-width table, one line each."""
+  def number(v):
+    return "—" if v is None else f"{v:.3f}"
+
+  lines = [f"{'benchmark':<20} {'target name':<46} {'ratio':>7} {'95% interval':>17} {'target':>9}  verdict"]
+  for r in rows:
+    if r.get("name") is None:
+      lines.append(f"{r['benchmark']:<20} {'—':<46} {'—':>7} {'—':>17} {'—':>9}  {r.get('note')}")
+      continue
+    ci = r.get("ratio_ci95")
+    interval = "exact" if ci is None else f"[{number(ci[0])}, {number(ci[1])}]"
+    verdict = ("met" if r.get("meets_target") else "NOT MET") + ("" if r.get("decided") else " (undecided)")
+    lines.append(f"{r['benchmark']:<20} {r['name']:<46} {number(r.get('ratio')):>7} {interval:>17} "
+                 f"{r.get('target', '—'):>9}  {verdict}")
+  return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--full", action="store_true", help="pass --full to every benchmark (bigger settings)")
@@ -178,12 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[run_all] {script.name}: {status} in {entry['wall_s']:.0f} s", file=sys.stderr, flush=True)
   summary["total_wall_s"] = round(time.perf_counter() - start, 2)
   summary["all_ok"] = all(e["ok"] for e in summary["benchmarks"].values())
+  summary["targets"] = collect_targets(summary["benchmarks"])
+  print(format_targets(summary["targets"]), flush=True)
 
   out = pathlib.Path(args.out)
   out.parent.mkdir(parents=True, exist_ok=True)
   out.write_text(json.dumps(summary, indent=2) + "\n")
   print(json.dumps({"summary": str(out), "all_ok": summary["all_ok"],
-                    "benchmarks": {k: v["ok"] for k, v in summary["benchmarks"].items()}}))
+                    "benchmarks": {k: v["ok"] for k, v in summary["benchmarks"].items()},
+                    "targets_met": sum(bool(r["meets_target"]) for r in summary["targets"]),
+                    "targets": len(summary["targets"])}))
   return 0 if summary["all_ok"] else 1
 
 

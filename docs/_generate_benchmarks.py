@@ -2,7 +2,9 @@
 
 ``python benchmarks/run_all.py`` writes that file: every benchmark's JSON output plus the machine the
 numbers were measured on. This script renders it as ``<out>/benchmarks.md``: the machine, one summary
-row per benchmark, every scalar it reported (flattened), and the command to reproduce it. Without the
+row per benchmark, one row per target (the ``"targets"`` list each benchmark prints, see
+``benchmarks/run_all.py``: ratio, 95% interval, target, met, decided), every scalar it reported
+(flattened), and the command to reproduce it. Without the
 file the page says that the benchmarks have not been run yet and gives the command. ``docs/conf.py``
 runs this on every build; by hand::
 
@@ -27,7 +29,8 @@ HEADER = """\
 
 Speed and memory targets are checked by scripts in `benchmarks/`, never by timed tests. Each script
 times wd_optax against a reference in the same process (optax's own chains, plain SGD, kfac-jax),
-interleaving the two sides repeat by repeat, and prints one JSON object with medians and ratios.
+in paired, interleaved repeats (ABBA order) until the 95% interval of the ratio lies on one side of
+its target, and prints one JSON object with the ratios, their intervals and a met flag per target.
 `{command}` runs all of them, one subprocess each, and writes `benchmarks/results/latest.json`
 together with the machine the numbers were measured on; this page is generated from that file.
 Ratios are what to read: absolute times depend on the machine and, on a shared machine, on its load.
@@ -75,10 +78,23 @@ def _cell(value: Any) -> str:
   return _format(value).replace("|", "\\|").replace("\n", " ")
 
 
+def _verdict(target: dict) -> str:
+  met = "met" if target.get("meets_target") else "**not met**"
+  return met + ("" if target.get("decided") else " (undecided)")
+
+
+def _interval(ci: Any) -> str:
+  return "exact" if not ci else f"[{_format(ci[0])}, {_format(ci[1])}]"
+
+
 def _headline(result: dict | None) -> str:
   """The ratios and target verdicts of one benchmark, for the summary table."""
   if not result:
     return "—"
+  targets = result.get("targets")
+  if isinstance(targets, list) and targets:
+    return "; ".join(f"{t.get('name')}: {_format(t.get('ratio'))} {_interval(t.get('ratio_ci95'))} "
+                     f"{t.get('target')} {_verdict(t)}" for t in targets if isinstance(t, dict))
   parts = []
   for key, value in flatten(result):
     leaf = key.rsplit(".", 1)[-1]
@@ -141,6 +157,15 @@ def _from_summary(summary: dict, path: pathlib.Path) -> str:
     status = "ok" if entry.get("ok") else f"**failed** ({entry.get('error', 'unknown')})"
     lines.append(f"| {{ref}}`{name} <bench-{name}>` | {status} | {entry.get('wall_s', 0):.0f} s | "
                  f"{_cell(_headline(entry.get('result')))} |")
+  rows = [(name, t) for name, entry in benchmarks.items()
+          for t in ((entry.get("result") or {}).get("targets") or []) if isinstance(t, dict)]
+  if rows:
+    lines += ["", "## Targets", "", "Every target of every benchmark: the ratio, its 95% interval over paired, "
+              "interleaved repeats, the target and whether it is met (*undecided*: the interval still contains "
+              "the target).", "", "| benchmark | target name | ratio | 95% interval | target | verdict |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | `{t.get('name')}` | {_cell(t.get('ratio'))} | {_cell(_interval(t.get('ratio_ci95')))} | "
+              f"{_cell(t.get('target'))} | {_verdict(t)} |" for name, t in rows]
   for name, entry in benchmarks.items():
     lines += ["", f"(bench-{name})=", f"## `{name}`", "", f"Command: `{entry.get('command', '')}`", ""]
     result = entry.get("result")

@@ -33,6 +33,7 @@ LIBRARY_TESTS=(
   tests/test_kfac_sharding.py
   tests/test_library_errors.py
   tests/test_linen_haiku.py
+  tests/test_modern_decay.py
   tests/test_monitor.py
   tests/test_packaging.py
   tests/test_projections.py

@@ -2,7 +2,7 @@
 
   python tests/_multiprocess_worker.py plain|kfac OUT NUM_DEVICES MESH_MEMBERS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-Trains a small population for 20 steps through :func:`experiments.train.run.run_experiment` in ``OUT/work``:
+Trains a small population for 20 steps through :func:`experiments.train.workdir.run_experiment` in ``OUT/work``:
 ``plain``, an SGD sweep (2 weight decays x 2 seeds, one group); ``kfac``, an SGD and a K-FAC-F arm of
 ``three_mechanisms`` with the study's hooks (2 seeds each, two groups). Then it
 writes every member's final parameters (restored from the last checkpoint, collectively) to ``OUT/params.npz``
@@ -30,7 +30,7 @@ def main(argv: list[str]) -> None:
   from experiments import studies
   from experiments.train import Program, make_groups
   from experiments.train.checkpoint import Checkpointer
-  from experiments.train.run import load_dataset, run_experiment
+  from experiments.train.workdir import load_dataset, run_experiment
 
   from experiments import config as config_lib
   if kind == "kfac":

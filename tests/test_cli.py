@@ -13,9 +13,9 @@ import numpy as np
 import optax
 import pytest
 
-from experiments import __main__ as cli
+from experiments import checks, cli
 from experiments import config as config_lib
-from experiments import report, runner, studies
+from experiments import report, studies
 from experiments.train import Hooks
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def test_reproduce_writes_report_with_claims_verdicts_and_plots(tmp_path, monkey
   monkeypatch.setitem(sys.modules, "tiny_custom_study", module)
   monkeypatch.setitem(studies.REGISTRY, "tiny_custom", "tiny_custom_study")
 
-  path = runner.reproduce(str(tmp_path), quick=True, names=["tiny_custom"], progress=False, log=lambda _: None)
+  path = cli.reproduce(str(tmp_path), quick=True, names=["tiny_custom"], progress=False, log=lambda _: None)
   text = open(path).read()
   assert "| tiny_custom | T1 |" in text
   verdict = text.split("| tiny_custom | T1 |")[1].split("|")[0].strip()
@@ -173,7 +173,7 @@ def test_a_failing_study_is_reported_and_does_not_stop_the_others(tmp_path, monk
                                analyze=_tiny_analyze)
   monkeypatch.setitem(sys.modules, "broken_study", module)
   monkeypatch.setitem(studies.REGISTRY, "broken", "broken_study")
-  path = runner.reproduce(str(tmp_path), names=["broken"], log=lambda _: None)
+  path = cli.reproduce(str(tmp_path), names=["broken"], log=lambda _: None)
   text = open(path).read()
   assert "this study is broken on purpose" in text and "| broken | — | failed" in text
 
@@ -182,8 +182,7 @@ def test_a_failing_study_is_reported_and_does_not_stop_the_others(tmp_path, monk
 # Every bad input is one `error:` line on stderr, exit code 2, before any data is read or program compiled.
 
 from experiments.data import _sources  # noqa: E402
-from experiments.train import run as run_lib  # noqa: E402
-from experiments.train import trainer as trainer_lib  # noqa: E402
+from experiments.train import workdir as workdir_lib  # noqa: E402
 
 CIFAR_RECORD = {"cifar10": 3073, "cifar100": 3074}
 OFFICIAL_RECORDS = {  # the CIFAR pages: 5 train batches of 10,000 + a 10,000 test batch; 50,000 + 10,000
@@ -216,7 +215,7 @@ def no_work(monkeypatch):
   def refuse(*args, **kwargs):
     raise _WorkStarted("work started before the input was validated")
   for module, name in [(_sources, "read_cifar"), (_sources, "read_mnist1d"), (_sources, "read_digits"),
-                       (runner, "run_experiment"), (run_lib, "Program"), (trainer_lib, "Program")]:
+                       (cli, "run_experiment"), (workdir_lib, "Program")]:
     monkeypatch.setattr(module, name, refuse)
   return refuse
 
@@ -399,14 +398,14 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_config_json(tmp_path, 
   class Broken:
     def __init__(self, *args, **kwargs):
       raise RuntimeError("the program does not build")
-  monkeypatch.setattr(run_lib, "Program", Broken)
+  monkeypatch.setattr(workdir_lib, "Program", Broken)
   dataset = types.SimpleNamespace()
   with pytest.raises(RuntimeError, match="does not build"):
-    run_lib.run_experiment(config, workdir, dataset=dataset, log=lambda _: None)
+    workdir_lib.run_experiment(config, workdir, dataset=dataset, log=lambda _: None)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
   corrected = _tiny_config(True)
   corrected.train.steps = 12
-  run_lib.check_workdir(workdir, corrected)  # the corrected command is not "a different config"
+  workdir_lib.check_workdir(workdir, corrected)  # the corrected command is not "a different config"
 
   # Once a step has been logged, the directory is that config's run: config.json stays.
   class FailsAfterOneRecord:
@@ -416,18 +415,18 @@ def test_a_run_that_fails_before_its_first_step_leaves_no_config_json(tmp_path, 
     def train(self, *, writer, **kwargs):
       writer.write([{"group": "g", "label": "fast", "seed": 0, "step": 4}])
       raise RuntimeError("interrupted after the first chunk")
-  monkeypatch.setattr(run_lib, "Program", FailsAfterOneRecord)
+  monkeypatch.setattr(workdir_lib, "Program", FailsAfterOneRecord)
   with pytest.raises(RuntimeError, match="interrupted"):
-    run_lib.run_experiment(config, workdir, dataset=dataset, log=lambda _: None)
+    workdir_lib.run_experiment(config, workdir, dataset=dataset, log=lambda _: None)
   assert os.path.exists(os.path.join(workdir, "config.json"))
   with pytest.raises(ValueError, match="holds a run with a different config"):
-    run_lib.check_workdir(workdir, corrected)
+    workdir_lib.check_workdir(workdir, corrected)
 
 
 def test_reproduce_scoped_overrides_reach_only_their_study(tmp_path):
   overrides = ["three_mechanisms.arms.sgd_l2_bn.weight_decay=0.002", "early_decay.train.steps=60",
                "arms.always.weight_decay=0.003"]
-  configs = {name: runner.study_config(studies.get(name), quick=True, overrides=overrides, reproduce=True)
+  configs = {name: checks.study_config(studies.get(name), quick=True, overrides=overrides, reproduce=True)
              for name in studies.names()}
   arm = lambda name, a: configs[name].arm_optim(next(x for x in configs[name].arms if x.name == a))
   assert arm("three_mechanisms", "sgd_l2_bn").weight_decay == 0.002
@@ -438,15 +437,15 @@ def test_reproduce_scoped_overrides_reach_only_their_study(tmp_path):
   assert arm("early_decay", "always").weight_decay == 0.003  # the unscoped arm override: where the arm exists
   # the same overrides outside reproduce: a scope naming another study is an error
   with pytest.raises(ValueError, match="scoped to study 'three_mechanisms'"):
-    runner.study_config(studies.get("early_decay"), quick=True, overrides=overrides)
+    checks.study_config(studies.get("early_decay"), quick=True, overrides=overrides)
 
 
 def test_describe_claims_no_base_value_that_no_arm_uses():
   config = studies.get("three_mechanisms").make_config(True)
-  text = runner.describe(config, True)
+  text = cli.describe(config, True)
   base = text.split("Base optimizer:")[1].split("Training:")[0]
   assert "η=" not in base and "`sgd`" not in base and "set per arm: name, learning_rate" in base
-  early = runner.describe(studies.get("early_decay").make_config(True), True)
+  early = cli.describe(studies.get("early_decay").make_config(True), True)
   assert "Base optimizer: `sgd`, η=0.1 (cosine)" in early  # every arm uses the base η there
 
 
@@ -481,6 +480,23 @@ def test_training_divergence_stays_exit_1(tmp_path, monkeypatch, capsys):
 
   def diverge(*args, **kwargs):
     raise TrainingDiverged("member 'always' seed 0 diverged at step 7")
-  monkeypatch.setattr(runner, "run_experiment", diverge)
+  monkeypatch.setattr(cli, "run_experiment", diverge)
   assert cli.main(["early_decay", "--quick", "--workdir", str(tmp_path / "w")]) == 1
   assert capsys.readouterr().err.splitlines() == ["error: member 'always' seed 0 diverged at step 7"]
+
+
+def test_a_command_validates_its_config_once(tmp_path, monkeypatch, capsys):
+  """The up-front checks validate the config; the run (run_study, run_experiment, make_groups) takes it as
+  checked instead of validating it again."""
+  from experiments.train import TrainingDiverged, make_groups
+  calls = []
+  real_validate = config_lib.validate
+  monkeypatch.setattr(config_lib, "validate", lambda *a, **kw: (calls.append(1), real_validate(*a, **kw))[1])
+
+  def run(config, workdir, **kwargs):
+    make_groups(config)
+    raise TrainingDiverged("stopped before training")
+  monkeypatch.setattr(cli, "run_experiment", run)
+  assert cli.main(["early_decay", "--quick", "--workdir", str(tmp_path / "w")]) == 1
+  assert "stopped before training" in capsys.readouterr().err
+  assert len(calls) == 1

@@ -49,6 +49,23 @@ ENTRIES = [
           ("learning_rate", "weight_decay")),
     *[Entry(f"adam[{d}]", wd_optax.adam, dict(learning_rate=1e-2, weight_decay=0.1, decay=d, mask=KERNELS),
             ("learning_rate", "weight_decay")) for d in wd_optax.optimizers.ADAM_DECAYS],
+    *[Entry(f"decoupled_decay[{c}, cautious]", wd_optax.decoupled_decay,
+            dict(weight_decay=0.1, coupling=c, learning_rate=0.05, mask=KERNELS, cautious=True),
+            ("weight_decay", "learning_rate"), False) for c in wd_optax.COUPLINGS],
+    Entry("sgd[decoupled, cautious]", wd_optax.sgd,
+          dict(learning_rate=0.05, weight_decay=0.1, decay="decoupled", mask=KERNELS, cautious=True),
+          ("learning_rate", "weight_decay")),
+    Entry("adam[decoupled, cautious]", wd_optax.adam,
+          dict(learning_rate=1e-2, weight_decay=0.1, mask=KERNELS, cautious=True), ("learning_rate", "weight_decay")),
+    # delta=1: a threshold that the test's gradients cross, so both branches of the projection run.
+    Entry("adamp", wd_optax.adamp, dict(learning_rate=1e-2, weight_decay=0.1, delta=1.0, mask=KERNELS),
+          ("learning_rate", "weight_decay")),
+    Entry("sgdp", wd_optax.sgdp, dict(learning_rate=0.05, weight_decay=0.1, delta=1.0, mask=KERNELS),
+          ("learning_rate", "weight_decay")),
+    Entry("adams", wd_optax.adams, dict(learning_rate=1e-2, weight_decay=0.1, mask=KERNELS),
+          ("learning_rate", "weight_decay")),
+    Entry("sgds", wd_optax.sgds, dict(learning_rate=0.05, weight_decay=0.1, mask=KERNELS),
+          ("learning_rate", "weight_decay")),
 ]
 IDS = [e.name for e in ENTRIES]
 
@@ -270,6 +287,17 @@ MAP_CASES = [
             dict(learning_rate=0.1, damping=1e-3, weight_decay=0.1, decay="l2", kl_clip=1e-3,
                  layers=["dense"], mask=KERNELS)),
     MapCase("scale_by_kfac[layers]", wd_optax.kfac.scale_by_kfac, dict(damping=1e-3, layers=["dense"])),
+    *[MapCase(f"decoupled_decay[{c}, cautious]", wd_optax.decoupled_decay,
+              dict(weight_decay=0.1, coupling=c, learning_rate=_SCHEDULE, peak_learning_rate=0.1,
+                   mask=PARAM_MASK, cautious=True)) for c in ("lr", "independent")],
+    MapCase("radial_projection", wd_optax.projections.radial_projection,
+            dict(direction=optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(0.1)),
+                 decay=wd_optax.decoupled_decay(0.1, learning_rate=0.1, mask=PARAM_MASK), mask=KERNELS)),
+    MapCase("adamp", wd_optax.adamp, dict(learning_rate=_SCHEDULE, weight_decay=0.1, mask=PARAM_MASK,
+                                          projection_mask=KERNELS)),
+    MapCase("sgdp", wd_optax.sgdp, dict(learning_rate=0.1, weight_decay=_SCHEDULE, mask=PARAM_MASK)),
+    MapCase("adams", wd_optax.adams, dict(learning_rate=_SCHEDULE, weight_decay=0.1, mask=PARAM_MASK)),
+    MapCase("sgds", wd_optax.sgds, dict(learning_rate=0.1, weight_decay=_SCHEDULE, mask=KERNELS)),
     MapCase("inject_hyperparams(adam)", optax.inject_hyperparams(wd_optax.adam, static_args=("mask",)),
             dict(learning_rate=1e-2, b1=0.9, weight_decay=0.1, mask=PARAM_MASK)),
 ]
@@ -351,7 +379,7 @@ def test_map_params_applies_fn_to_the_param_shaped_parts_only(case):
     else:
       assert got is original, jax.tree_util.keystr(path)
   # The momentum and moment buffers are found as param-shaped, so the check above is not vacuous.
-  expected_buffers = {"sgd[l2]": 1, "adam[decoupled]": 2, "scale_by_adam_l2[mask tree]": 2, "fixnorm": 1,
+  expected_buffers = {"sgd[l2]": 1, "adam[decoupled]": 2, "adamp": 2, "sgdp": 1, "adams": 2, "sgds": 1, "scale_by_adam_l2[mask tree]": 2, "fixnorm": 1,
                       "kfac[decoupled]": 1, "inject_hyperparams(adam)": 2}
   if case.name in expected_buffers:
     assert len(mirrors) == expected_buffers[case.name], mirrors

@@ -21,6 +21,7 @@ def _load(path: pathlib.Path, name: str):
 results_gen = _load(ROOT / "docs" / "_generate_results.py", "docs_generate_results")
 bench_gen = _load(ROOT / "docs" / "_generate_benchmarks.py", "docs_generate_benchmarks")
 run_all = _load(ROOT / "benchmarks" / "run_all.py", "benchmarks_run_all")
+paired = _load(ROOT / "benchmarks" / "_paired.py", "benchmarks_paired")
 
 
 def test_results_page_without_a_report_gives_the_command(tmp_path):
@@ -124,3 +125,40 @@ def test_run_all_collects_a_benchmarks_json_and_reports_failures(tmp_path):
   bad.write_text('import sys\nprint("boom", file=sys.stderr)\nsys.exit(3)\n')
   entry = run_all.run_one(bad, [], timeout=60, cwd=tmp_path)
   assert not entry["ok"] and entry["error"] == "exit status 3" and "boom" in entry["output_tail"]
+
+
+def test_every_target_of_every_benchmark_is_tabulated_met_or_not(tmp_path):
+  targets = [{"name": "adam.time", "ratio": 1.025, "ratio_ci95": [1.021, 1.03], "target": "<= 1.02",
+              "meets_target": False, "decided": True},
+             {"name": "adam.state_bytes", "ratio": 1.0, "ratio_ci95": None, "target": "<= 1.0",
+              "meets_target": True, "decided": True}]
+  summary = json.loads(json.dumps(SUMMARY))
+  summary["benchmarks"]["overhead"]["result"]["targets"] = targets
+  summary["benchmarks"]["legacy"] = {"command": "python benchmarks/legacy.py", "returncode": 0, "wall_s": 1.0,
+                                     "ok": True, "result": {"ratio": 0.5}}
+  rows = run_all.collect_targets(summary["benchmarks"])
+  assert [(r["benchmark"], r["name"]) for r in rows] == [
+      ("overhead", "adam.time"), ("overhead", "adam.state_bytes"), ("slow", None), ("legacy", None)]
+  table = run_all.format_targets(rows).splitlines()
+  assert len(table) == 1 + 4
+  assert "NOT MET" in table[1] and "[1.021, 1.030]" in table[1] and "<= 1.02" in table[1]
+  assert "exact" in table[2] and " met" in table[2]
+  assert "timed out" in table[3] and "listed no targets" in table[4]
+  path = tmp_path / "latest.json"
+  path.write_text(json.dumps(summary))
+  text = bench_gen.render(path, tmp_path / "out")
+  assert "| overhead | `adam.time` | 1.025 | [1.021, 1.03] | <= 1.02 | **not met** |" in text
+  assert "| overhead | `adam.state_bytes` | 1 | exact | <= 1.0 | met |" in text
+
+
+def test_target_entries_follow_the_convention_run_all_reads():
+  exact = paired.target("bytes", ratio=1.025, max_ratio=1.02)
+  assert exact == {"name": "bytes", "ratio": 1.025, "ratio_ci95": None, "target": "<= 1.02",
+                   "meets_target": False, "decided": True}
+  timed = {"ratio": 2.5, "ratio_ci95": [1.5, 3.5], "target": ">= 3.0", "meets_target": False, "decided": False,
+           "repeats": 7}
+  assert paired.target("speed", timed) == {"name": "speed", "ratio": 2.5, "ratio_ci95": [1.5, 3.5],
+                                           "target": ">= 3.0", "meets_target": False, "decided": False}
+  # The interval decides: straddling the target is undecided whichever side the ratio is on.
+  assert paired.target_verdict(1.01, 0.99, 1.03, max_ratio=1.02) == {
+      "target": "<= 1.02", "meets_target": True, "decided": False}

@@ -111,18 +111,18 @@ def test_run_names_keep_a_slash_in_a_label_inside_its_run():
 
 
 def test_tensorboard_field_is_validated_and_may_change_on_resume(tmp_path):
-  from experiments.train import run as run_lib
+  from experiments.train import workdir as workdir_lib
   config = config_lib.ExperimentConfig()
   config.train.tensorboard = "yes"
   with pytest.raises(ValueError, match="train.tensorboard must be true or false, got 'yes'"):
     config_lib.validate(config)
   config.train.tensorboard = False
   workdir = str(tmp_path)
-  run_lib._write_config(workdir, config)
-  run_lib.check_workdir(workdir, dataclasses.replace(config, train=dataclasses.replace(config.train,
+  workdir_lib.write_config(workdir, config)
+  workdir_lib.check_workdir(workdir, dataclasses.replace(config, train=dataclasses.replace(config.train,
                                                                                       tensorboard=True)))
   with pytest.raises(ValueError, match="different config"):
-    run_lib.check_workdir(workdir, dataclasses.replace(config, seeds=4))
+    workdir_lib.check_workdir(workdir, dataclasses.replace(config, seeds=4))
 
 
 def tiny_config(**train) -> config_lib.ExperimentConfig:
@@ -139,11 +139,11 @@ def tiny_config(**train) -> config_lib.ExperimentConfig:
 
 def test_a_tiny_run_with_tensorboard_writes_what_metrics_jsonl_holds(tmp_path):
   from experiments.data import load
-  from experiments.train import run as run_lib
+  from experiments.train import workdir as workdir_lib
   config = tiny_config(tensorboard=True)
   dataset = load("digits", n_train=128, n_test=64)
   workdir = str(tmp_path / "run")
-  run_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
+  workdir_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
   logdir, path = os.path.join(workdir, "tensorboard"), os.path.join(workdir, "metrics.jsonl")
   events, expected = tensorboard_scalars(logdir), jsonl_scalars(path)
   members = {run for run, _, _ in events}
@@ -154,7 +154,7 @@ def test_a_tiny_run_with_tensorboard_writes_what_metrics_jsonl_holds(tmp_path):
   # The finished run, opened again after its events were lost: the skipped group's events are rewritten.
   for f in glob.glob(os.path.join(logdir, "*", "*", "events.out.tfevents.*")):
     os.remove(f)
-  run_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
+  workdir_lib.run_experiment(config, workdir, dataset=dataset, progress=False, log=lambda _: None)
   assert tensorboard_scalars(logdir) == expected
 
 

@@ -147,7 +147,7 @@ def test_flags_to_initialize_arguments():
 
 
 def test_cli_bad_flags_are_one_error_line(capsys):
-  from experiments.__main__ import main
+  from experiments.cli import main
   assert main(["early_decay", "--quick", "--coordinator", "localhost:1", "--process-id", "0"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ["error: --coordinator, --process-id needs --num-processes as well: a multi-process run takes "
@@ -165,8 +165,8 @@ def test_cli_initializes_before_the_up_front_checks(monkeypatch, flags, expected
   """The call path: the flags reach jax.distributed.initialize (gloo on CPU) before anything counts devices."""
   import jax
   from jax._src import xla_bridge
-  from experiments import runner
-  from experiments.__main__ import main
+  from experiments import checks
+  from experiments.cli import main
   calls = []
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)  # as in a fresh process
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(("initialize", kw)))
@@ -179,7 +179,7 @@ def test_cli_initializes_before_the_up_front_checks(monkeypatch, flags, expected
   def check_study(*a, **kw):
     calls.append(("check_study", None))
     raise Stop
-  monkeypatch.setattr(runner, "check_study", check_study)
+  monkeypatch.setattr(checks, "check_study", check_study)
   try:
     with pytest.raises(Stop):
       main(["early_decay", "--quick", *flags])

@@ -44,8 +44,7 @@ def test_every_experiments_command_in_the_readme_passes_the_cli_checks(tmp_path,
   # `python -m experiments ...` line as written; none trains.
   import shlex
 
-  from experiments import __main__ as cli
-  from experiments import runner, studies
+  from experiments import checks, cli, studies
   monkeypatch.chdir(tmp_path)  # default work directories land here, not in the checkout
   commands = [shlex.split(line)[3:] for line in _shell_lines() if line.startswith("python -m experiments ")]
   assert len(commands) >= 3
@@ -54,8 +53,8 @@ def test_every_experiments_command_in_the_readme_passes_the_cli_checks(tmp_path,
     if args.command == "list":
       continue
     if args.command == "reproduce":
-      runner.check_reproduce(str(tmp_path / "reproduce"), quick=args.quick, seeds=args.seeds,
+      checks.check_reproduce(str(tmp_path / "reproduce"), quick=args.quick, seeds=args.seeds,
                              overrides=args.overrides)
     else:
-      runner.check_study(studies.get(args.command), args.workdir or str(tmp_path / args.command),
+      checks.check_study(studies.get(args.command), args.workdir or str(tmp_path / args.command),
                          quick=args.quick, seeds=args.seeds, overrides=args.overrides)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
-from experiments import report, runner, studies
+from experiments import cli, report, studies
 from experiments.studies import _common
 from experiments.train.metrics import ArmResult
 
@@ -221,7 +221,7 @@ def test_a_failed_study_shows_the_exception_line_in_the_summary_and_the_tracebac
                                analyze=lambda results, config: ([], ""))
   monkeypatch.setitem(sys.modules, "broken_report_study", module)
   monkeypatch.setitem(studies.REGISTRY, "broken", "broken_report_study")
-  text = open(runner.reproduce(str(tmp_path), names=["broken"], log=lambda _: None)).read()
+  text = open(cli.reproduce(str(tmp_path), names=["broken"], log=lambda _: None)).read()
   summary = text.split("## Summary")[1].split("**Totals:**")[0]
   assert "| broken | — | failed: ValueError: train.steps must be positive, got -3 \\| see config.py |" in summary
   assert "Traceback" not in summary

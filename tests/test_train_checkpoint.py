@@ -24,7 +24,7 @@ STEPS = 80
 OVERRIDES = [
     "data.name=digits", "data.n_train=256", "data.n_test=64", "model.kwargs={\"hidden\": [16]}",
     f"train.steps={STEPS}", "train.batch_size=32", "train.log_every=10", "train.eval_every=40",
-    "train.checkpoint_every=10", "train.num_devices=1",
+    "train.checkpoint_every=10", "train.num_devices=1", "train.population=vmap",  # checkpoints/<group>/
 ]
 
 
@@ -106,9 +106,9 @@ STOP = 50  # the "killed" run stops here; with max_to_keep=2 the checkpoints of 
 @pytest.fixture(scope="module")
 def population(tmp_path_factory):
   """One compiled Program of the CLI test's config and the records and parameters of an uninterrupted run."""
-  from experiments import runner, studies
-  from experiments.train.run import load_dataset
-  config = runner.study_config(studies.get("early_decay"), quick=True, seeds=2, overrides=OVERRIDES)
+  from experiments import checks, studies
+  from experiments.train.workdir import load_dataset
+  config = checks.study_config(studies.get("early_decay"), quick=True, seeds=2, overrides=OVERRIDES)
   (group,) = make_groups(config)
   program = Program(config, group, load_dataset(config))
   workdir = str(tmp_path_factory.mktemp("reference"))

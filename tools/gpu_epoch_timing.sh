@@ -4,7 +4,7 @@
 #
 # Writes SYNTHETIC data in the official CIFAR-10 binary format (time per step does not depend on pixel values),
 # builds the study's training program exactly as `python -m experiments <study>` does (study config + overrides,
-# make_groups, the study's hooks, trainer.Program), and times, in one process (one compilation):
+# make_groups, the study's hooks, experiments.train.Program), and times, in one process (one compilation):
 #   - chunks of CHUNK optimizer steps (the lax.scan the harness runs between host syncs), repeated for MEASURE_S s;
 #   - the full test-set evaluation (warm).
 # Time per epoch = 391 * (median seconds per step) + one evaluation: an extrapolation from per-step time, not the
@@ -79,9 +79,9 @@ study_name, data_dir, chunk, measure_s, tiny, out_path = sys.argv[1:7]
 chunk, measure_s, tiny = int(chunk), float(measure_s), tiny == "1"
 import jax
 print("  jax", jax.__version__, "devices:", jax.devices(), flush=True)
-from experiments import runner, studies
-from experiments.train.run import load_dataset
-from experiments.train.trainer import Program, make_groups
+from experiments import checks, studies
+from experiments.train.workdir import load_dataset
+from experiments.train import Program, make_groups
 
 STEPS_PER_EPOCH = 391  # 50,000 / 128, rounded up
 overrides = [
@@ -92,7 +92,7 @@ overrides = [
 if tiny:  # CPU smoke test: same code path, toy sizes
   overrides += ['model.kwargs={"widths": [4, 4, 4]}', "train.batch_size=8", "train.eval_batch_size=100"]
 study = studies.get(study_name)
-config = runner.study_config(study, quick=False, seeds=1, overrides=overrides)
+config = checks.study_config(study, quick=False, seeds=1, overrides=overrides)
 hooks = study.hooks(config) if study.hooks else None
 try:
   commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()

@@ -13,7 +13,10 @@ Beside decay: :mod:`wd_optax.projections` fixes weight norms instead of decaying
 the rest needs only jax, optax and numpy), :mod:`wd_optax.diagnostics` and :func:`wd_optax.monitor` (from
 :mod:`wd_optax.monitoring`, with :func:`~wd_optax.monitoring.unpack`) measure the mechanisms (effective
 learning rate, angular update, Jacobian norm, effective damping), and
-:mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure.
+:mod:`wd_optax.tuning` holds FixNorm's decoupled tuning procedure. Recent refinements of decoupled decay:
+cautious decay (``cautious=True`` of :func:`decoupled_decay`), the radial projection of AdamP / SGDP
+(:func:`adamp`, :func:`sgdp`), stable weight decay (:mod:`wd_optax.stable`: :func:`adams`, :func:`sgds`)
+and decay set by its timescale (:mod:`wd_optax.timescale`).
 
 References:
   Zhang, Wang, Xu, Grosse. *Three Mechanisms of Weight Decay Regularization.* ICLR 2019.
@@ -25,12 +28,14 @@ from wd_optax import diagnostics
 from wd_optax import masks
 from wd_optax import monitoring
 from wd_optax import schedules
+from wd_optax import timescale
 from wd_optax import tuning
 from wd_optax.coupled import AddL2State, add_l2, scale_by_adam_l2
 from wd_optax.decoupled import COUPLINGS, DecoupledDecayState, decoupled_decay
 from wd_optax.monitoring import MonitorState, monitor
 from wd_optax.optimizers import adam, sgd
-from wd_optax.projections import FixNormState, fix_norm, fixnorm
+from wd_optax.projections import FixNormState, RadialProjectionState, adamp, fix_norm, fixnorm, sgdp
+from wd_optax.stable import AdamSState, adams, sgds
 
 __version__ = "0.1.0"
 
@@ -52,12 +57,16 @@ def __dir__():
 
 
 __all__ = [
+    "AdamSState",
     "AddL2State",
     "COUPLINGS",
     "DecoupledDecayState",
     "FixNormState",
     "MonitorState",
+    "RadialProjectionState",
     "adam",
+    "adamp",
+    "adams",
     "add_l2",
     "decoupled_decay",
     "diagnostics",
@@ -69,5 +78,8 @@ __all__ = [
     "scale_by_adam_l2",
     "schedules",
     "sgd",
+    "sgdp",
+    "sgds",
+    "timescale",
     "tuning",
 ]

@@ -187,3 +187,22 @@ def check_decayed_leaves(params: Any, selected: Any, transform: str, updates: An
     for path, leaf in _tree.named_leaves(updates):
       if selected(path):
         check_inexact(path, leaf, transform, what="the update for parameter", reason=reason)
+
+
+def check_flag(value: Any, argname: str) -> None:
+  """A switch must be a Python (or numpy) bool: a truthy string or array would silently pick a branch."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{argname} must be a bool, got {value!r} of type {type(value).__name__}.")
+
+
+def check_positive_finite(value: Any, argname: str) -> float:
+  """A constant that must be a finite number > 0 (no schedule, no array of more than one entry)."""
+  if isinstance(value, (str, bytes)) or callable(value) or not _is_number_like(value):
+    raise TypeError(f"{argname} must be a finite number > 0, got {value!r} of type {type(value).__name__}.")
+  array = np.asarray(value)
+  if array.shape != ():
+    raise ValueError(f"{argname} must be a scalar, got an array of shape {array.shape}.")
+  number = float(array)
+  if not math.isfinite(number) or number <= 0:
+    raise ValueError(f"{argname} must be a finite number > 0, got {number}.")
+  return number

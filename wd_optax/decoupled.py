@@ -52,6 +52,7 @@ def decoupled_decay(
     learning_rate: optax.ScalarOrSchedule | None = None,
     peak_learning_rate: float | None = None,
     mask: Any = None,
+    cautious: bool = False,
 ) -> optax.GradientTransformation:
   r"""Decoupled weight decay with an explicit coupling to the learning rate.
 
@@ -69,6 +70,15 @@ def decoupled_decay(
   :math:`\eta_{\max}` is ``peak_learning_rate``, or the learning rate itself when it is a constant.
   With ``"independent"``, :math:`\lambda` is the per-step shrink factor of the weights.
 
+  ``cautious=True`` is cautious weight decay (Chen et al.): a coordinate is decayed only where the
+  optimizer's descent direction :math:`d_t` (the step is :math:`-\eta_t d_t`) and the weight agree in sign,
+
+  .. math::
+    u_t \leftarrow u_t - c_t\, \lambda_t\, \mathbb{1}[d_t \odot w_t \ge 0] \odot w_t,
+
+  with any coupling. The sign of :math:`d_t` is read off the incoming update :math:`u_t = -\eta_t d_t`,
+  so a coordinate whose step is exactly 0 (e.g. :math:`\eta_t = 0`) counts as agreeing.
+
   Args:
     weight_decay: :math:`\lambda`, a finite number >= 0 or an optax schedule.
     coupling: one of ``"lr"``, ``"schedule"``, ``"independent"``, ``"corrected"``.
@@ -78,6 +88,7 @@ def decoupled_decay(
       ``learning_rate`` is a schedule. Inside ``optax.inject_hyperparams`` the learning rate arrives
       as a number each step, so pass ``peak_learning_rate`` there too.
     mask: which leaves to decay (see :mod:`wd_optax.masks`).
+    cautious: decay only the coordinates where the step and the weight agree in sign (see above).
 
   Returns:
     An ``optax.GradientTransformation``; its ``update`` requires ``params``.
@@ -99,7 +110,9 @@ def decoupled_decay(
     Loshchilov & Hutter. *Decoupled Weight Decay Regularization.* ICLR 2019.
     Bjorck, Weinberger, Gomes. *Understanding Decoupled and Early Weight Decay.* AAAI 2021.
     AdamC: arXiv:2506.02285.
+    Chen, Li, Liang, Liu, et al. *Cautious Weight Decay.* arXiv:2510.12402, 2025.
   """
+  _checks.check_flag(cautious, "cautious")
   _checks.check_rate(weight_decay, "weight_decay")
   _checks.check_choice(coupling, "coupling", COUPLINGS)
   _checks.check_rate(learning_rate, "learning_rate", allow_none=True)
@@ -137,9 +150,15 @@ def decoupled_decay(
       state = DecoupledDecayState(count=optax.safe_increment(state.count))
     else:
       coef = coefficient(None)
+    def decay(u, w):
+      step = coef * w
+      if cautious:
+        # The step u is -η·d: d and w agree in sign where u·w <= 0.
+        step = jnp.where(u * w <= 0, step, jnp.zeros_like(step))
+      return u - step.astype(u.dtype)
+
     updates = _tree.map_with_path(
-        lambda path, u, w: u - (coef * w).astype(u.dtype) if resolved(path) else u,
-        updates, params)
+        lambda path, u, w: decay(u, w) if resolved(path) else u, updates, params)
     return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)

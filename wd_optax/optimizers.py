@@ -20,7 +20,12 @@ SGD_DECAYS = ("l2", "decoupled")
 ADAM_DECAYS = ("l2", "decoupled", "l2_outside_momentum")
 
 
-def _check_coupling_use(decay: str, coupling: str, peak_learning_rate: Any) -> None:
+def _check_coupling_use(decay: str, coupling: str, peak_learning_rate: Any, cautious: bool = False) -> None:
+  _checks.check_flag(cautious, "cautious")
+  if decay != "decoupled" and cautious:
+    raise ValueError(
+        f"cautious=True only applies to decay='decoupled' (it masks the decay step, which an L2 term "
+        f"inside the gradient does not have), got decay={decay!r}.")
   if decay != "decoupled" and (coupling != "lr" or peak_learning_rate is not None):
     raise ValueError(
         f"coupling and peak_learning_rate only apply to decay='decoupled', got decay={decay!r} with "
@@ -37,6 +42,7 @@ def sgd(
     coupling: str = "lr",
     peak_learning_rate: float | None = None,
     mask: Any = None,
+    cautious: bool = False,
 ) -> optax.GradientTransformation:
   r"""SGD with (Nesterov) momentum and weight decay placed as ``decay`` says.
 
@@ -60,6 +66,8 @@ def sgd(
     coupling: for ``decay="decoupled"``: ``"lr"``, ``"schedule"``, ``"independent"`` or ``"corrected"``.
     peak_learning_rate: :math:`\eta_{\max}` for the ``"schedule"`` and ``"corrected"`` couplings.
     mask: which leaves to decay (see :mod:`wd_optax.masks`).
+    cautious: for ``decay="decoupled"``: cautious weight decay, only where the step and the weight agree
+      in sign (see :func:`wd_optax.decoupled_decay`); with another ``decay`` it is an error.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -78,7 +86,7 @@ def sgd(
   """
   _checks.check_choice(decay, "decay", SGD_DECAYS)
   _checks.check_rate(learning_rate, "learning_rate")
-  _check_coupling_use(decay, coupling, peak_learning_rate)
+  _check_coupling_use(decay, coupling, peak_learning_rate, cautious)
   _checks.check_number(momentum, "momentum", unit_interval=True, allow_none=True,
                        what="a number in [0, 1) or None")
   momentum_step = [] if momentum is None else [optax.trace(decay=momentum, nesterov=nesterov)]
@@ -91,7 +99,7 @@ def sgd(
       *momentum_step,
       optax.scale_by_learning_rate(learning_rate),
       decoupled_decay(weight_decay, coupling=coupling, learning_rate=learning_rate,
-                      peak_learning_rate=peak_learning_rate, mask=mask))
+                      peak_learning_rate=peak_learning_rate, mask=mask, cautious=cautious))
 
 
 def adam(
@@ -105,6 +113,7 @@ def adam(
     coupling: str = "lr",
     peak_learning_rate: float | None = None,
     mask: Any = None,
+    cautious: bool = False,
 ) -> optax.GradientTransformation:
   r"""Adam with weight decay placed as ``decay`` says.
 
@@ -126,6 +135,8 @@ def adam(
     coupling: for ``decay="decoupled"``: ``"lr"``, ``"schedule"``, ``"independent"`` or ``"corrected"``.
     peak_learning_rate: :math:`\eta_{\max}` for the ``"schedule"`` and ``"corrected"`` couplings.
     mask: which leaves to decay (see :mod:`wd_optax.masks`).
+    cautious: for ``decay="decoupled"``: cautious weight decay, only where the step and the weight agree
+      in sign (see :func:`wd_optax.decoupled_decay`); with another ``decay`` it is an error.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -148,13 +159,13 @@ def adam(
   _checks.check_number(b1, "b1", unit_interval=True)
   _checks.check_number(b2, "b2", unit_interval=True)
   _checks.check_number(eps, "eps")
-  _check_coupling_use(decay, coupling, peak_learning_rate)
+  _check_coupling_use(decay, coupling, peak_learning_rate, cautious)
   if decay == "decoupled":
     return optax.chain(
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.scale_by_learning_rate(learning_rate),
         decoupled_decay(weight_decay, coupling=coupling, learning_rate=learning_rate,
-                        peak_learning_rate=peak_learning_rate, mask=mask))
+                        peak_learning_rate=peak_learning_rate, mask=mask, cautious=cautious))
   in_first = decay == "l2"
   return optax.chain(
       scale_by_adam_l2(weight_decay, b1=b1, b2=b2, eps=eps, l2_in_first_moment=in_first,

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from experiments import config as config_lib
+from experiments import optimizers
 from experiments import report
 from experiments.train.metrics import ArmResult
 
@@ -30,8 +31,8 @@ def bn_mlp_config(name: str, quick: bool) -> config_lib.ExperimentConfig:
       data=config_lib.DataConfig(name="mnist1d", n_train=4000, n_test=1000, label_noise=0.2, seed=0),
       model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine",
                                    kwargs={"hidden": [256, 256]} if not quick else {"hidden": [128, 128]}),
-      optim=config_lib.OptimConfig(name="sgd", learning_rate=0.1, lr_schedule="cosine", momentum=0.9,
-                                   weight_decay=5e-3, decay="l2", decay_mask="all"),
+      optim=optimizers.SGD(learning_rate=0.1, lr_schedule="cosine", momentum=0.9, weight_decay=5e-3, decay="l2",
+                           decay_mask="all"),
       train=config_lib.TrainConfig(steps=1200 if quick else 6000, batch_size=128, log_every=50 if quick else 100,
                                    eval_every=100 if quick else 500, checkpoint_every=0),
       seeds=6 if quick else 10,

@@ -21,7 +21,8 @@ rate at the default norm, then the norm: ``n_lr + n_c − 1`` trials), ``wd_opta
 the same grid with the same number of trials (averaged over :data:`RANDOM_SEARCH_REPEATS` draws), and
 ``wd_optax.tuning.grid_search`` over the full SGD grid (``n_lr · n_λ`` trials).
 
-The classifier norm is the traced field ``classifier_norm`` of :class:`experiments.config.OptimConfig`, so
+The classifier norm is the traced field ``classifier_norm`` of the ``fixnorm`` optimizer family
+(:class:`experiments.optimizers.FixNorm`, which holds the masks of the scale-invariant and classifier leaves), so
 the FixNorm arms of every norm share one vmapped program; override it with
 ``--set arms.fixnorm_c1p5.classifier_norm=...`` (the analysis reads it back from the arms).
 
@@ -40,15 +41,12 @@ import dataclasses
 import os
 
 import numpy as np
-import optax
 
-import wd_optax
 from experiments import config as config_lib
 from experiments import report
 from experiments.studies import Study
 from experiments.studies import _common
-from experiments.train import optim as optim_lib
-from experiments.train.trainer import Hooks, make_groups
+from experiments.train import make_groups
 from wd_optax import tuning
 
 GRIDS = {
@@ -68,10 +66,6 @@ EQUIVALENCE = 1.0       # points: decay on top "changes nothing" within this
 SLOPE_MARGIN = 0.2      # F3: log-log slope of the angle on η_t/c² within 1 ± this counts as tracking
 MIN_GAIN = 0.5          # F2: points by which the peak must beat an end of the classifier-norm grid
 
-# Scale-invariant leaves: every kernel but the classifier's (each feeds a BatchNorm without affine parameters).
-SCALE_INVARIANT = wd_optax.masks.all_of(wd_optax.masks.kernels(), wd_optax.masks.exclude("classifier"))
-CLASSIFIER = wd_optax.masks.include(r"^classifier/kernel$")
-
 
 def _fixnorm_arm(c: float) -> str:
   # No "." in arm names: --set arms.<arm>.<field> splits on it.
@@ -81,12 +75,11 @@ def _fixnorm_arm(c: float) -> str:
 def make_config(quick: bool) -> config_lib.ExperimentConfig:
   g = GRIDS[quick]
   config = _common.bn_mlp_config("fixnorm", quick)
-  config.optim.lr_schedule = "cosine"
   config.seeds = 3 if quick else 10
   if quick:
     config.train.steps = 500
     config.train.eval_every = 100
-  fixnorm = {"name": "fixnorm", "weight_decay": 0.0, "decay": "l2", "decay_mask": "kernels"}
+  fixnorm = {"name": "fixnorm", "weight_decay": 0.0, "decay_mask": "kernels"}
   config.arms = [
       config_lib.Arm(_fixnorm_arm(c), dict(fixnorm, classifier_norm=c),
                      {"learning_rate": list(g["fixnorm_lrs"])})
@@ -124,22 +117,6 @@ class Design:
         default_norm=decay_optim.classifier_norm, decay_on_top=decay_optim.weight_decay,
         sgd_lrs=lrs(sgd),
         sgd_decays=sorted(sgd.sweep.get("weight_decay", [optims["sgd"].weight_decay])))
-
-
-def make_tx(optim: config_lib.OptimConfig, rates) -> optax.GradientTransformation:
-  """``wd_optax.fixnorm`` for ``name="fixnorm"`` (with coupled L2 in front when λ > 0), else the harness's."""
-  if optim.name != "fixnorm":
-    return optim_lib.make_tx(optim, rates)
-  fixnorm = wd_optax.fixnorm(
-      rates["learning_rate"], classifier_norm=rates["classifier_norm"], classifier_mask=CLASSIFIER,
-      scale_invariant_mask=SCALE_INVARIANT, momentum=optim.momentum or None, nesterov=optim.nesterov)
-  # λ = 0 for plain FixNorm arms: add_l2 then adds 0 and the chain is FixNorm exactly.
-  return optax.chain(wd_optax.add_l2(rates["weight_decay"], mask=optim_lib.decay_mask(optim.decay_mask)), fixnorm)
-
-
-def hooks(config: config_lib.ExperimentConfig) -> Hooks:
-  del config
-  return Hooks(make_tx=make_tx)
 
 
 def _tuning_seed_count(num_seeds: int) -> int:
@@ -430,7 +407,6 @@ STUDY = Study(
     setting=setting,
     make_config=make_config,
     analyze=analyze,
-    hooks=hooks,
-    optimizers=("fixnorm",) + config_lib.OPTIMIZERS,
+    optimizers=("fixnorm", "sgd"),
     plots=plots,
 )

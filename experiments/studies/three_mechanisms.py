@@ -3,32 +3,22 @@
 Arms: {SGD, Adam, KFAC-F, KFAC-G} × {no decay, coupled L2, decoupled decay} × {no normalisation, BatchNorm},
 named ``<optimizer>_<decay>_<net>``, e.g. ``kfacf_decoupled_bn``. One MLP on MNIST-1D with label noise.
 
-How the harness carries the design (it has one model and one grad/tx hook per study):
+How the design maps onto the harness:
 
-* **BatchNorm as a switch.** The model (:class:`GatedMLP`, registered ``wd_optax.kfac.Linear`` layers) has a
-  frozen scalar parameter ``bn_gate``; each hidden layer computes ``g·BN(h) + (1 − g)·h`` (BN without affine
-  parameters, so with ``g = 1`` every hidden kernel is scale-invariant: the bias cancels inside BN). ``g``
-  starts at 0 for every member (initial weights depend on the seed only, paired across arms) and the
-  optimizer wrapper sets it to the arm's value on the first update and never moves it again. The BatchNorm
-  arms therefore take their first step without BN.
-* **The decay kind and the switch are traced.** ``weight_decay`` is λ, and the traced config fields
-  ``batch_norm`` (the gate's value) and ``decoupled_fraction`` (0 or 1 here) say the rest (see
-  :func:`arm_fields`): every optimizer is the coupled-L2 version with λ·(1 − decoupled_fraction) followed by
-  ``wd_optax.decoupled_decay`` with λ·decoupled_fraction and ``coupling="lr"``. That is exactly
-  ``kfac(decay="l2")`` or ``kfac(decay="decoupled")`` (the library chains them the same way), and
-  ``wd_optax.sgd``/``adam`` with ``decay="l2"``/``"decoupled"``. So the six arms of an optimizer are one
-  vmapped program, four programs in all. Both fields are ordinary ``--set arms.<arm>.<field>`` keys.
-* **Curvature inside the transform.** The harness's ``grad_fn`` knows neither the arm nor the model; it passes
-  the batch and key through ``extra``, and the K-FAC transforms call ``wd_optax.kfac.value_grad_and_curvature``
-  (true Fisher for KFAC-F, ``"ggn"`` for KFAC-G) on the member's parameters. SGD and Adam ignore the batch,
-  so they pay nothing for the curvature.
-* **Effective damping.** The harness logs no optimizer state, so ``eval_metrics`` measures γ‖W‖² and
-  cos(K-FAC direction, gradient) for the factors of one evaluation batch (the Fisher and/or GGN of the
-  trained K-FAC variants, for every arm): what ``wd_optax.kfac.effective_damping`` reports after one fresh
-  ``scale_by_kfac`` update (tested against it), without the factor averaging of training. The damped
-  inverses are by Newton–Schulz iteration: a vmapped LAPACK inverse inside the harness's evaluation
-  program hung on this CPU backend.
-  The input-Jacobian norm E‖J_x‖²_F uses ``wd_optax.diagnostics.jacobian_norm`` in inference mode.
+* **BatchNorm by model config.** Each arm names its network with a ``model`` override (:func:`arm_model`):
+  ``norm="batch_noaffine"`` (BN without scale and shift, as in Zhang et al., so every hidden kernel is
+  scale-invariant) or ``norm=None``; both are ``experiments.models.MLP`` with registered ``wd_optax.kfac.Linear``
+  layers (``model.registered_layers``), so every arm of a seed starts from the same weights.
+* **One optimizer family per optimizer** (:func:`arm_optim`): ``sgd``, ``adam`` and ``kfac`` with
+  ``curvature="fisher"`` (KFAC-F) or ``"ggn"`` (KFAC-G), all with ``decay="l2+decoupled"`` and the two traced
+  rates ``weight_decay`` (coupled L2) and ``decoupled_weight_decay``, so no decay, L2 and decoupled decay are
+  one vmapped program per optimizer and network.
+* **Curvature in the one backward pass.** The ``kfac`` family's ``value_and_grad`` gets the member's model and
+  computes loss, gradients and factors with ``wd_optax.kfac.value_grad_and_curvature``.
+* **Effective damping on the real state.** The ``kfac`` family logs γ‖W‖² and cos(K-FAC direction, gradient)
+  from its own optimizer state (``wd_optax.kfac.effective_damping``) at the last step of every logged chunk.
+  The input-Jacobian norm E‖J_x‖²_F uses ``wd_optax.diagnostics.jacobian_norm`` in inference mode at every
+  evaluation (the study's ``eval_metrics`` hook).
 
 Claims tested (docs/papers.md §7):
 
@@ -45,23 +35,17 @@ References:
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
-import wd_optax
 from experiments import config as config_lib
+from experiments import optimizers
 from experiments import report
 from experiments.studies import Study
 from experiments.studies import _common
-from experiments.train import GradResult, Hooks
-from experiments.train.step import cross_entropy, default_grad_fn
-from wd_optax import kfac
-from wd_optax.diagnostics import flatten_by_path, jacobian_norm
+from experiments.train import Hooks
+from wd_optax.diagnostics import jacobian_norm
 
 OPTIMIZERS = ("sgd", "adam", "kfacf", "kfacg")
 # Quick mode keeps what the claims need most within its ~90 s budget: SGD (Z4's reference) and KFAC-F.
@@ -84,8 +68,6 @@ INVERSE_EVERY = 10  # K-FAC: steps between damped-inverse refreshes
 # Matmul-only inverses: a vmapped LAPACK inverse inside the scanned, vmapped training step deadlocked the
 # CPU backend here (every thread waiting) for a population of 18 members.
 INVERSE = "newton_schulz"
-GATE = "bn_gate"
-EVAL_EXAMPLES = 256
 JACOBIAN_EXAMPLES = 64
 JACOBIAN_PROBES = 2
 MIN_GAIN = 0.5               # points: smallest accuracy difference that counts
@@ -99,185 +81,70 @@ def arm_name(optimizer: str, decay: str, net: str) -> str:
   return f"{optimizer}_{decay}_{net}"
 
 
-def arm_fields(decay: str, net: str) -> dict:
-  """The traced config fields that select the arm's network and decay placement inside one program."""
-  return {"batch_norm": net == "bn", "decoupled_fraction": 1.0 if decay == "decoupled" else 0.0}
+def arm_optim(optimizer: str, decay: str) -> dict:
+  """The arm's optimizer: its family (``sgd``, ``adam``, ``kfac`` with its curvature), η, λ and where λ enters.
 
-
-class GatedMLP(nnx.Module):
-  """``[kfac.Linear → g·BN + (1 − g)·id → ReLU] * len(hidden) → kfac.Linear``, with ``g`` the frozen ``bn_gate``.
-
-  BatchNorm has no scale or shift (as in Zhang et al.), so with ``g = 1`` the hidden kernels are
-  scale-invariant (the hidden biases cancel in train mode); with ``g = 0`` it is a plain ReLU MLP.
+  Every arm has ``decay="l2+decoupled"``: coupled L2 at rate ``weight_decay`` (K-FAC-"l2": preconditioned with
+  the gradient) followed by lr-coupled decoupled decay at rate ``decoupled_weight_decay`` (K-FAC-"wd"), one of
+  them λ and the other 0 (both 0: no decay), so the three decay arms of an optimizer and network share one
+  program. With one rate 0 this is exactly ``decay="l2"`` or ``decay="decoupled"`` (the library chains them
+  the same way).
   """
+  s = SETTINGS[optimizer]
+  lam = s["weight_decay"]
+  fields = {"learning_rate": s["learning_rate"], "decay": "l2+decoupled",
+            "weight_decay": lam if decay == "l2" else 0.0,
+            "decoupled_weight_decay": lam if decay == "decoupled" else 0.0}
+  if optimizer in KFAC_MODES:
+    return {"name": "kfac", "curvature": KFAC_MODES[optimizer], "damping": DAMPING, "kl_clip": KL_CLIP,
+            "ema": FACTOR_EMA, "inverse_every": INVERSE_EVERY, "inverse": INVERSE, **fields}
+  return {"name": optimizer, **fields}
 
-  def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs, hidden: Sequence[int] = (64, 64)):
-    widths = [in_features, *hidden]
-    self.layers = nnx.List([kfac.Linear(a, b, rngs=rngs) for a, b in zip(widths, widths[1:])])
-    self.norms = nnx.List([nnx.BatchNorm(b, momentum=0.9, use_scale=False, use_bias=False, rngs=rngs)
-                           for b in hidden])
-    self.classifier = kfac.Linear(widths[-1], num_classes, rngs=rngs)
-    self.bn_gate = nnx.Param(jnp.zeros((), jnp.float32))
 
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = x.reshape(x.shape[0], -1)
-    g = self.bn_gate[...]
-    for layer, norm in zip(self.layers, self.norms):
-      h = layer(x)
-      x = nnx.relu(g * norm(h, use_running_average=not train) + (1 - g) * h)
-    return self.classifier(x)
+def arm_model(net: str) -> dict:
+  """The arm's network: the base MLP with BatchNorm without affine parameters (``bn``) or without any
+  normalisation (``plain``, where the hidden layers carry biases)."""
+  return {"norm": "batch_noaffine" if net == "bn" else None}
 
 
 def make_config(quick: bool) -> config_lib.ExperimentConfig:
   config = config_lib.ExperimentConfig(
       name="three_mechanisms",
       data=config_lib.DataConfig(name="mnist1d", n_train=4000, n_test=1000, label_noise=0.2, seed=0),
-      model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine",
+      # Registered K-FAC layers in every arm's model, so that all arms start from the same weights per seed.
+      model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", registered_layers=True,
                                    kwargs={"hidden": [64, 64] if quick else [128, 128]}),
-      optim=config_lib.OptimConfig(name="sgd", learning_rate=0.1, lr_schedule="cosine", momentum=0.9,
-                                   decay="l2", decay_mask="all"),
+      optim=optimizers.SGD(learning_rate=0.1, lr_schedule="cosine", momentum=0.9, decay="l2", decay_mask="all"),
       train=config_lib.TrainConfig(steps=200 if quick else 3000, batch_size=128, log_every=50 if quick else 100,
                                    eval_every=50 if quick else 200, checkpoint_every=0, on_nan="continue"),
       seeds=6 if quick else 8,
       arms=[])
   for optimizer in QUICK_OPTIMIZERS if quick else OPTIMIZERS:
-    s = SETTINGS[optimizer]
     for net in NETS:
       for decay in DECAYS:
-        config.arms.append(config_lib.Arm(arm_name(optimizer, decay, net), {
-            "name": optimizer, "learning_rate": s["learning_rate"],
-            "weight_decay": 0.0 if decay == "none" else s["weight_decay"], **arm_fields(decay, net)}))
+        config.arms.append(config_lib.Arm(arm_name(optimizer, decay, net), arm_optim(optimizer, decay),
+                                          model=arm_model(net)))
   return config
 
 
-def _strip(tree: dict) -> dict:
-  return {k: v for k, v in tree.items() if k != GATE}
+def optimizer_of(spec: optimizers.OptimizerSpec) -> str:
+  """The study's name (:data:`OPTIMIZERS`) of an arm's optimizer spec."""
+  if spec.name == "kfac":
+    return {mode: name for name, mode in KFAC_MODES.items()}.get(spec.curvature, "kfac")
+  return spec.name
 
 
-class GatedState(NamedTuple):
-  count: jax.Array
-  inner: Any
-
-
-class _Model:
-  """The abstract model: graph definition, parameter and state shapes, registered layers."""
-
-  def __init__(self, config: config_lib.ExperimentConfig):
-    hidden = tuple(config.model.kwargs.get("hidden", (64, 64)))
-    self.build = lambda rngs: GatedMLP(40 if config.data.name == "mnist1d" else 64, 10, rngs=rngs, hidden=hidden)
-    abstract = nnx.eval_shape(lambda: self.build(nnx.Rngs(0)))
-    self.graphdef, self.abstract_params, self.abstract_rest = nnx.split(abstract, nnx.Param, ...)
-    self.layers = tuple(kfac.registered_layers(abstract))
-
-  def module(self, params: dict) -> nnx.Module:
-    """A train-mode module from pure params; batch statistics are placeholders (train mode ignores them)."""
-    state = jax.tree.map(lambda x: x, self.abstract_params)
-    nnx.replace_by_pure_dict(state, params)
-    rest = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.abstract_rest)
-    return nnx.merge(self.graphdef, state, rest)
-
-  def curvature(self, params: dict, batch, key, mode: str):
-    """Loss, gradients (pure, gate removed) and K-FAC factors of ``params`` on ``batch``."""
-    x, y = batch
-
-    def loss_fn(model, _):
-      logits = model(x, train=True)
-      return cross_entropy(logits, y), logits
-
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-      key = jax.random.wrap_key_data(key)
-    (loss, _), grads, curvature = kfac.value_grad_and_curvature(loss_fn, self.module(params), None, mode=mode,
-                                                                key=key)
-    return loss, _strip(nnx.to_pure_dict(grads)), curvature
-
-
-def make_tx(model: _Model, optim: config_lib.OptimConfig, rates) -> optax.GradientTransformationExtraArgs:
-  """The arm's optimizer on every parameter but ``bn_gate``, which is set to the arm's switch on the first step."""
-  lr, lam = rates["learning_rate"], rates["weight_decay"]
-  bn, decoupled = rates["batch_norm"], rates["decoupled_fraction"]
-  l2, dec = lam * (1.0 - decoupled), lam * decoupled
-  if optim.name == "sgd":
-    base = wd_optax.sgd(lr, momentum=optim.momentum, weight_decay=l2, decay="l2")
-  elif optim.name == "adam":
-    base = wd_optax.adam(lr, weight_decay=l2, decay="l2")
-  elif optim.name in KFAC_MODES:
-    base = kfac.kfac(lr, damping=DAMPING, weight_decay=l2, decay="l2", momentum=optim.momentum, kl_clip=KL_CLIP,
-                     ema=FACTOR_EMA, inverse_every=INVERSE_EVERY, inverse=INVERSE, layers=model.layers)
-  else:
-    raise ValueError(f"three_mechanisms: optim.name must be one of {OPTIMIZERS}, got {optim.name!r}.")
-  inner = optax.chain(base, wd_optax.decoupled_decay(dec, learning_rate=lr))
-  mode = KFAC_MODES.get(optim.name)
-
-  def init_fn(params):
-    return GatedState(jnp.zeros((), jnp.int32), inner.init(_strip(params)))
-
-  def update_fn(updates, state, params=None, *, batch=None, key=None, **_):
-    extra = {}
-    if mode is not None:
-      extra["curvature"] = model.curvature(params, batch, key, mode)[2]
-    new, inner_state = inner.update(_strip(updates), state.inner, _strip(params), **extra)
-    new = dict(new)
-    new[GATE] = jnp.where(state.count == 0, bn - params[GATE], 0.0).astype(params[GATE].dtype)
-    return new, GatedState(state.count + 1, inner_state)
-
-  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def grad_fn(loss_fn, params, batch, key) -> GradResult:
-  """The default gradients, with the batch and key passed on for the K-FAC curvature."""
-  result = default_grad_fn(loss_fn, params, batch, key)
-  return result._replace(extra={"batch": batch, "key": key})
-
-
-def damping_report(params: dict, grads: dict, curvature, layers: Sequence[str]) -> dict:
-  """Per layer: γ‖W‖² and cos(U, G), U the K-FAC direction of one fresh factor estimate (no averaging).
-
-  The same quantities as ``wd_optax.kfac.effective_damping`` after one ``scale_by_kfac(DAMPING)`` update
-  with ``curvature`` (tested against it), with the damped inverses by Newton–Schulz iteration (``INVERSE``).
-  """
-  out = {}
-  leaves, grad_leaves = flatten_by_path(params), flatten_by_path(grads)
-  for layer in layers:
-    c = curvature[layer]
-    kernel = leaves[f"{layer}/kernel"]
-    gm = grad_leaves[f"{layer}/kernel"].reshape(-1, kernel.shape[-1])
-    if f"{layer}/bias" in grad_leaves:
-      gm = jnp.concatenate([gm, grad_leaves[f"{layer}/bias"][None]], axis=0)
-    damping = DAMPING / c.locations
-    inv_a, inv_s = kfac.damped_inverses(c.a, c.s, damping, pi_damping=True, inverse=INVERSE)
-    u = inv_a @ gm @ inv_s
-    out[f"cos/{layer}"] = jnp.vdot(u, gm) / (jnp.linalg.norm(u) * jnp.linalg.norm(gm) + 1e-30)
-    out[f"gamma_eff/{layer}"] = DAMPING * jnp.sum(jnp.square(kernel))
-  return out
-
-
-def eval_metrics(model: _Model, modes: Sequence[str], apply, params, model_state, x, y) -> dict:
-  """E‖J_x‖²_F (inference mode) and, per layer, γ‖W‖² and cos(K-FAC direction, gradient) for F and/or G."""
-  probe_key = jax.random.key(0)
+def eval_metrics(apply, params, model_state, x, y) -> dict:
+  """E‖J_x‖²_F of the logits with respect to the inputs (inference mode, ``wd_optax.diagnostics.jacobian_norm``)."""
+  del y
   logits_fn = lambda p, xs: apply(p, model_state, xs, False)[0]
-  out = {"jacobian_norm": jacobian_norm(logits_fn, params, x[:JACOBIAN_EXAMPLES], probe_key,
+  return {"jacobian_norm": jacobian_norm(logits_fn, params, x[:JACOBIAN_EXAMPLES], jax.random.key(0),
                                         num_probes=JACOBIAN_PROBES).value}
-  batch = (x[:EVAL_EXAMPLES], y[:EVAL_EXAMPLES])
-  plain = _strip(params)
-  for name, mode in (("f", "fisher"), ("g", "ggn")):
-    if mode not in modes:
-      continue
-    _, grads, curvature = model.curvature(params, batch, jax.random.key(1), mode)
-    for key, value in damping_report(plain, grads, curvature, model.layers).items():
-      kind, layer = key.split("/", 1)
-      out[f"cos_{name}/{layer}" if kind == "cos" else key] = value
-  return out
 
 
 def hooks(config: config_lib.ExperimentConfig) -> Hooks:
-  model = _Model(config)
-  names = {config.arm_optim(a).name for a in config.arms}
-  # γ_eff and the cosine are measured with the curvature of the K-FAC variants that are trained (Fisher
-  # for KFAC-F, GGN for KFAC-G), and with the Fisher if there is none.
-  modes = tuple(KFAC_MODES[n] for n in KFAC_MODES if n in names) or ("fisher",)
-  return Hooks(make_tx=lambda optim, rates: make_tx(model, optim, rates), grad_fn=grad_fn,
-               build_model=lambda rngs: model.build(rngs),
-               eval_metrics=lambda *args: eval_metrics(model, modes, *args))
+  del config
+  return Hooks(eval_metrics=eval_metrics)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -358,7 +225,8 @@ def analyze(results, config):
               f"{MIN_JACOBIAN_DROP:g}x reduction; {JACOBIAN_EXAMPLES} test inputs, inference mode, "
               f"{JACOBIAN_PROBES} Gaussian probe{'s' if JACOBIAN_PROBES != 1 else ''})"))
 
-  for optimizer, cos_key, tag in (("kfacf", "cos_f", ("a", "b", "c")), ("kfacg", "cos_g", ("d", "e", "f"))):
+  cos_key = "cos"
+  for optimizer, tag in (("kfacf", ("a", "b", "c")), ("kfacg", ("d", "e", "f"))):
     if not present(optimizer):
       continue
     none_r = results[arm_name(optimizer, "none", "bn")]
@@ -408,7 +276,7 @@ def analyze(results, config):
   labels = [arm_name(o, d, n) for n in NETS for o in OPTIMIZERS for d in DECAYS if arm_name(o, d, n) in results]
   table = _common.arm_table(results, labels, extra={"jacobian_norm": "final E‖J_x‖²_F",
                                                     "gamma_eff/layers/0": "final γ_eff layer 0",
-                                                    "cos_f/layers/0": "final cos_F layer 0"})
+                                                    "cos/layers/0": "final cos(U, G) layer 0"})
   return claims, table
 
 
@@ -423,7 +291,8 @@ def plots(results, config, outdir: str) -> list[str]:
   plt = plots_lib._pyplot()
   fig, axes = plt.subplots(1, 3, figsize=(14, 4.6), layout="constrained")
   index = 0
-  for optimizer, cos_key in (("kfacf", "cos_f"), ("kfacg", "cos_g")):
+  cos_key = "cos"
+  for optimizer in ("kfacf", "kfacg"):
     for decay in DECAYS:
       label = arm_name(optimizer, decay, "bn")
       r = results.get(label)
@@ -466,7 +335,7 @@ def plots(results, config, outdir: str) -> list[str]:
 
 def trained_optimizers(config: config_lib.ExperimentConfig) -> list[str]:
   """The optimizers of :data:`OPTIMIZERS` that ``config`` trains, in that order."""
-  names = {config.arm_optim(a).name for a in config.arms}
+  names = {optimizer_of(config.arm_optim(a)) for a in config.arms}
   return [o for o in OPTIMIZERS if o in names]
 
 
@@ -484,14 +353,14 @@ def setting(config: config_lib.ExperimentConfig) -> str:
   for o in trained:
     arms_of = [optims[arm_name(o, d, n)] for d in decays for n in nets if arm_name(o, d, n) in optims]
     lrs = sorted({a.learning_rate for a in arms_of})
-    lams = sorted({a.weight_decay for a in arms_of if a.weight_decay})
+    lams = sorted({lam for a in arms_of for lam in (a.weight_decay, a.decoupled_weight_decay) if lam})
     per_optimizer.append(f"{PRETTY[o]}: η={'/'.join(f'{v:g}' for v in lrs)}, "
                          f"λ={'/'.join(f'{v:g}' for v in lams) or '—'}")
   decay_words = {"none": "no decay", "l2": "coupled L2", "decoupled": "decoupled decay (lr-coupled)"}
   net_words = {"plain": "no normalisation", "bn": "BatchNorm without affine parameters"}
   untrained = [PRETTY[o] for o in OPTIMIZERS if o not in trained]
   kfac_trained = [o for o in trained if o in KFAC_MODES]
-  momentum = sorted({optims[a].momentum for a in optims if optims[a].name in ("sgd", *KFAC_MODES)})
+  momentum = sorted({optims[a].momentum for a in optims if optims[a].name in ("sgd", "kfac")})
   d, t = config.data, config.train
   text = (
       f"MLP (ReLU, registered `wd_optax.kfac.Linear` layers) on MNIST-1D with {100 * d.label_noise:g}% label "
@@ -506,15 +375,13 @@ def setting(config: config_lib.ExperimentConfig) -> str:
     text += (f" K-FAC: damping γ={DAMPING:g} (π-split), factor EMA {FACTOR_EMA:g}, inverses every "
              f"{INVERSE_EVERY} steps, KL clip {KL_CLIP:g} (as in Zhang et al.'s code).")
   text += (
-      " BN is a frozen gate in one model (the harness trains one model per study): BN arms switch it on at "
-      f"their first update, so that step is taken without BN. E‖J_x‖²_F on {JACOBIAN_EXAMPLES} test inputs in "
-      f"inference mode ({JACOBIAN_PROBES} Gaussian probe{'s' if JACOBIAN_PROBES != 1 else ''}); γ_eff and "
-      "cos(K-FAC direction, gradient) are measured at every evaluation for the factors of "
-      f"{EVAL_EXAMPLES} test inputs, as `kfac.effective_damping` reports them after one fresh K-FAC update "
-      "(the harness does not expose the optimizer state, so this is the cosine without the factor "
-      "averaging; inverses by Newton–Schulz iteration, since a vmapped LAPACK inverse in the evaluation "
-      "program hung on the CPU backend). Z4 compares K-FAC's decoupled gain to SGD's better decay placement "
-      "(larger mean gain). Seeds are paired.")
+      " The BN and plain arms are two models (the arm's `model.norm`), with the same initial weights per seed."
+      f" E‖J_x‖²_F on {JACOBIAN_EXAMPLES} test inputs in inference mode ({JACOBIAN_PROBES} Gaussian "
+      f"probe{'s' if JACOBIAN_PROBES != 1 else ''}) at every evaluation; γ_eff = γ‖W‖² and cos(K-FAC direction, "
+      "gradient) of each K-FAC arm's own optimizer state (`wd_optax.kfac.effective_damping`: the averaged "
+      "factors and the last update of training) at the last step of every logged chunk; the curvature comes "
+      "from the training step's one forward and backward pass (`wd_optax.kfac.value_grad_and_curvature`). "
+      "Z4 compares K-FAC's decoupled gain to SGD's better decay placement (larger mean gain). Seeds are paired.")
   return text
 
 
@@ -525,6 +392,6 @@ STUDY = Study(
     make_config=make_config,
     analyze=analyze,
     hooks=hooks,
-    optimizers=OPTIMIZERS,
+    optimizers=("sgd", "adam", "kfac"),
     plots=plots,
 )

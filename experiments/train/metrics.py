@@ -45,23 +45,25 @@ class MetricsWriter:
     if self.tensorboard is not None:
       self.tensorboard.write(records)
 
-  def truncate(self, group: str, step: int) -> None:
+  def truncate(self, group: str, step: int, *, member: tuple[str, int] | None = None) -> None:
     """Drops the records of ``group`` after ``step`` (a run resumed from the checkpoint at ``step``).
 
-    With TensorBoard on, the event files of ``group``'s members are then rewritten from the kept records.
+    ``member``: ``(label, seed)`` to drop only that member's records (members run one after another). With
+    TensorBoard on, the event files of the affected members are then rewritten from the kept records.
     """
     if not os.path.exists(self.path):
       return
     records = read_records(self.path)
-    kept = [line for line in records if not (line["group"] == group and line["step"] > step)]
+    mine = lambda r: r["group"] == group and (member is None or (r["label"], r["seed"]) == tuple(member))
+    kept = [line for line in records if not (mine(line) and line["step"] > step)]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       for record in kept:
         f.write(json.dumps(record) + "\n")
     os.replace(tmp, self.path)
     if self.tensorboard is not None:
-      runs = {run_name(r) for r in records if r["group"] == group}
-      self.tensorboard.rewrite(runs, [r for r in kept if r["group"] == group])
+      runs = {run_name(r) for r in records if mine(r)}
+      self.tensorboard.rewrite(runs, [r for r in kept if mine(r)])
 
   def sync_tensorboard(self, group: str) -> None:
     """Writes the event files of ``group``'s members from ``metrics.jsonl`` where a member has none (a finished

@@ -1,6 +1,6 @@
 """Progress of a training run: a tqdm bar on a terminal, one line per chunk where there is none.
 
-``progress=None`` (the default of :meth:`experiments.train.Program.train` and the CLI) picks by where stderr
+``progress=None`` (the default of :func:`experiments.train.loop.train` and the CLI) picks by where stderr
 goes: a terminal gets the tqdm bar; anything else (CI logs, ``nohup``, SLURM output files) gets plain lines,
 one per logged chunk but at most one every :data:`LINE_INTERVAL_S` seconds (the first and the last chunk are
 always printed)::
@@ -79,7 +79,7 @@ class _Silent:
 
 
 def start(progress: bool | None, name: str, total: int, initial: int = 0):
-  """The progress display of :func:`~experiments.train.Program.train`'s ``progress`` (module docstring)."""
+  """The progress display of :func:`experiments.train.loop.train`'s ``progress`` (module docstring)."""
   if progress is False:
     return _Silent()
   if progress or sys.stderr.isatty():

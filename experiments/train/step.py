@@ -7,12 +7,12 @@ the trace. One member's step is
   1. draw its batch on device: the permutation of epoch ``t // (N // B)`` from the member's data key
      (drawn once per epoch), slice ``t mod (N // B)`` of it (so the data order is a function of (key, t) and
      a restarted run sees the same batches);
-  2. η_t, λ_t from the member's hyperparameters (:func:`experiments.train.optim.rates_at`);
-  3. loss and gradient through ``grad_fn`` (default: ``jax.value_and_grad`` of the cross-entropy);
-  4. ``tx = make_tx(optim, rates)``; ``tx.update(grads, opt_state, params, **extra)``.
-
-``grad_fn`` and ``make_tx`` are the hooks a study with another optimizer family plugs in: K-FAC returns its
-curvature statistics from ``grad_fn`` in ``extra`` (forwarded to ``tx.update`` as keyword arguments).
+  2. η_t, λ_t from the member's traced hyperparameters (:meth:`experiments.optimizers.OptimizerSpec.rates_at`);
+  3. loss and gradient through the optimizer family's ``value_and_grad`` (default: ``jax.value_and_grad`` of
+     the cross-entropy; K-FAC's also returns its curvature, from the same pass, in ``extra``), which gets the
+     member's model (:class:`MemberModel`), or through a study's ``grad_fn`` hook with the same signature;
+  4. ``tx = make_tx(optim, rates)`` (default: ``optim.build(rates)``);
+     ``tx.update(grads, opt_state, params, **extra)``.
 """
 
 from __future__ import annotations
@@ -25,31 +25,35 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding
 
-from experiments.config import OptimConfig
-from experiments.train import optim as optim_lib
+from experiments import optimizers
 from wd_optax import diagnostics
 from wd_optax import masks
 
 PyTree = Any
 
 
-class GradResult(NamedTuple):
-  """What a ``grad_fn`` returns: the loss, the logits and new model state, the gradients, and extra
-  keyword arguments for ``tx.update`` (empty for first-order optimizers)."""
-  loss: jax.Array
-  logits: jax.Array
-  model_state: PyTree
-  grads: PyTree
-  extra: dict
-
-
-# grad_fn(loss_fn, params, batch, key) -> GradResult, where loss_fn(params) -> (loss, (logits, model_state)).
+GradResult = optimizers.GradResult
+# grad_fn(loss_fn, params, batch, key, model) -> GradResult, where loss_fn(params) -> (loss, (logits, model_state))
+# and model is the member's MemberModel.
 GradFn = Callable[..., GradResult]
 
 
-def default_grad_fn(loss_fn, params, batch, key) -> GradResult:
+class MemberModel(NamedTuple):
+  """One member's model inside its step, for gradient functions that need the module itself (K-FAC).
+
+  Attributes:
+    module: ``module(params) -> nnx.Module``: the model with ``params`` and the member's current state.
+    state: ``state(module) -> pure dict`` of its non-parameter state (batch statistics) after a forward pass.
+    loss: ``loss(module, (x, y)) -> (mean loss, logits)``: the training loss, train mode.
+  """
+  module: Callable[[PyTree], Any]
+  state: Callable[[Any], PyTree]
+  loss: Callable[[Any, Any], tuple[jax.Array, jax.Array]]
+
+
+def default_grad_fn(loss_fn, params, batch, key, model=None) -> GradResult:
   """``jax.value_and_grad`` of the training loss; no extra update arguments."""
-  del batch, key
+  del batch, key, model
   (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
   return GradResult(loss, logits, model_state, grads, {})
 
@@ -103,14 +107,17 @@ def select(tree: PyTree, paths: frozenset[str]) -> dict[str, jax.Array]:
 class StepSpec:
   """Everything static about one member's step (hashable parts go into the jit cache key)."""
   apply: Callable[..., Any]              # apply(params, model_state, x, train) -> (logits, model_state)
-  optim: OptimConfig
+  optim: optimizers.OptimizerSpec
   total_steps: int
   batch_size: int
   num_examples: int
   scale_invariant: frozenset            # paths of scale-invariant leaves (lr_norm_sq, η_eff, angles)
   measured: frozenset                   # paths whose norms are logged
-  make_tx: Callable[..., optax.GradientTransformation] = optim_lib.make_tx
-  grad_fn: GradFn = default_grad_fn
+  make_tx: Callable[..., optax.GradientTransformation] = optimizers.build
+  grad_fn: GradFn | None = None         # None: the optimizer family's value_and_grad
+  # module(params, model_state) -> nnx.Module and state_of(module) -> pure dict (for MemberModel).
+  module: Callable[..., Any] | None = None
+  state_of: Callable[..., Any] | None = None
   augment: Callable[..., jax.Array] | None = None
   label_smoothing: float = 0.0
   data_sharding: NamedSharding | None = None
@@ -137,10 +144,10 @@ class StepSpec:
     return dict(zip(self.si_paths(), ratios))
 
   def rates(self, state, hp) -> dict[str, jax.Array]:
-    return optim_lib.rates_at(self.optim, hp, state["step"], self.total_steps)
+    return self.optim.rates_at(hp, state["step"], self.total_steps)
 
   def init_opt_state(self, params: PyTree, hp) -> PyTree:
-    rates = optim_lib.rates_at(self.optim, hp, jnp.zeros([], jnp.int32), self.total_steps)
+    rates = self.optim.rates_at(hp, jnp.zeros([], jnp.int32), self.total_steps)
     return self.make_tx(self.optim, rates).init(params)
 
 
@@ -165,8 +172,15 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: 
     logits, model_state = spec.apply(params, state["model_state"], x, True)
     return cross_entropy(logits, y, spec.label_smoothing), (logits, model_state)
 
+  def module_loss(module, batch):
+    logits = module(batch[0], train=True)
+    return cross_entropy(logits, batch[1], spec.label_smoothing), logits
+
+  model = MemberModel(module=lambda params: spec.module(params, state["model_state"]), state=spec.state_of,
+                      loss=module_loss)
   rates = spec.rates(state, hp)
-  result = spec.grad_fn(loss_fn, state["params"], (x, y), step_key)
+  grad_fn = spec.grad_fn or spec.optim.value_and_grad
+  result = grad_fn(loss_fn, state["params"], (x, y), step_key, model)
   tx = spec.make_tx(spec.optim, rates)
   updates, opt_state = tx.update(result.grads, state["opt_state"], state["params"], **result.extra)
   factors = spec.lr_factors(state)
@@ -192,7 +206,7 @@ def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates:
   new = select(new_params, spec.measured | spec.scale_invariant)
   si_old = {p: old[p] for p in spec.si_paths()}  # sorted: the concatenation below is in this order
   si_new = {p: new[p] for p in spec.si_paths()}
-  optimizer = "adam" if spec.optim.name.startswith("adam") else "sgd"
+  optimizer = spec.optim.KIND
   out = {"lr": rates["learning_rate"], "weight_decay": rates["weight_decay"]}
   out.update(diagnostics.flatten_by_path(diagnostics.weight_norms(new), prefix="norm"))
   lr_factors = lr_factors or {}
@@ -266,41 +280,12 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
     previous = dict(s, step=s["step"] - 1, params=old_params)
     return diagnose_step(spec, old_params, s["params"], spec.rates(previous, h), spec.lr_factors(previous))
 
-  out = vmap(diagnose_member)(state, hp, before_last)
+  def diagnose_member_state(s, h, old_params):
+    out = diagnose_member(s, h, old_params)
+    out.update(spec.optim.diagnostics(s["opt_state"], s["params"]))
+    return out
+
+  out = vmap(diagnose_member_state)(state, hp, before_last)
   for key in ("loss", "accuracy"):
     out[key] = jnp.swapaxes(history[key], 0, 1)
   return state, out
-
-
-def evaluate(spec: StepSpec, state: dict, x_test: jax.Array, y_test: jax.Array, batch_size: int) -> dict:
-  """Test loss and accuracy of every member (running BN statistics), in batches of ``batch_size``."""
-  n = x_test.shape[0]
-  num_batches = -(-n // batch_size)
-  pad = num_batches * batch_size - n
-  weights = jnp.concatenate([jnp.ones(n, jnp.float32), jnp.zeros(pad, jnp.float32)])
-  xs = jnp.concatenate([x_test, jnp.zeros((pad,) + x_test.shape[1:], x_test.dtype)])
-  ys = jnp.concatenate([y_test, jnp.zeros((pad,), y_test.dtype)])
-  xs = xs.reshape((num_batches, batch_size) + x_test.shape[1:])
-  ys = ys.reshape(num_batches, batch_size)
-  ws = weights.reshape(num_batches, batch_size)
-
-  def one_member(params, model_state):
-    def one_batch(batch):
-      x, y, w = batch
-      logits, _ = spec.apply(params, model_state, x, False)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-      correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-      return jnp.sum(losses * w), jnp.sum(correct * w)
-    losses, correct = jax.lax.map(one_batch, (xs, ys, ws))
-    return {"test_loss": jnp.sum(losses) / n, "test_accuracy": jnp.sum(correct) / n}
-
-  return jax.vmap(one_member, spmd_axis_name=spec.member_axis)(state["params"], state["model_state"])
-
-
-def evaluate_extra(spec: StepSpec, state: dict, x_test: jax.Array, y_test: jax.Array, batch_size: int) -> dict:
-  """The study's ``eval_metrics`` of every member on the first test batch (a separate program from
-  :func:`evaluate`, so a study's linear algebra is not nested in the evaluation loop)."""
-  first = min(batch_size, x_test.shape[0])
-  return jax.vmap(lambda p, m: spec.eval_metrics(spec.apply, p, m, x_test[:first], y_test[:first]),
-                  spmd_axis_name=spec.member_axis)(
-      state["params"], state["model_state"])

@@ -1,21 +1,23 @@
-"""Run one study (train, analyse, plot, report) or all of them (``reproduce``)."""
+"""The up-front checks of a command: everything a study's run needs, before any data is read or program compiled.
+
+:func:`study_config` builds a study's config from ``--quick``, ``--seeds`` and ``--set`` and validates it
+(the one validation of a command: what runs after it takes the config as valid); :func:`check_study` then
+checks the data set's files, the device count and mesh, the model (built and applied abstractly), every
+member's optimizer and the work directory; :func:`check_reproduce` does so for every study of a
+``reproduce`` run. A bad input raises :class:`UsageError` (a ``ValueError``) naming the offending key,
+which the command line prints as one ``error:`` line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-import time
 import types
-import traceback
-from typing import Callable, Sequence
+from typing import Sequence
 
 from experiments import config as config_lib
-from experiments import distributed
-from experiments import report as report_lib
 from experiments import studies as studies_lib
-from experiments.train import plots as plots_lib
-from experiments.train.run import run_experiment
 
 
 class UsageError(ValueError):
@@ -78,7 +80,7 @@ def study_config(study: studies_lib.Study, *, quick: bool, seeds: int | None = N
       raise UsageError(
           f"--set {key}: every arm of study {study.name!r} sets its own {field} ({', '.join(fixing)}), so the "
           f"base value would change nothing; set it per arm with --set {study.name}.arms.ARM.{field}=VALUE.")
-  config_lib.validate(config, optimizers=study.optimizers or (None if study.hooks else config_lib.OPTIMIZERS))
+  config_lib.validate(config, allowed=study.optimizers)
   return config
 
 
@@ -94,9 +96,9 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
   """
   import jax  # pylint: disable=g-import-not-at-top
   from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
-  from experiments.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
-  from experiments.train import run as run_lib  # pylint: disable=g-import-not-at-top
-  from experiments.train import make_groups  # pylint: disable=g-import-not-at-top
+  from experiments import optimizers  # pylint: disable=g-import-not-at-top
+  from experiments.train import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from experiments.train.population import make_groups  # pylint: disable=g-import-not-at-top
 
   config = study_config(study, quick=quick, seeds=seeds, overrides=overrides, reproduce=reproduce)
   d, t = config.data, config.train
@@ -126,19 +128,29 @@ def check_study(study: studies_lib.Study, workdir: str, *, quick: bool, seeds: i
     hooks = study.hooks(config) if study.hooks else None
   except (ValueError, TypeError, KeyError) as e:
     raise UsageError(f"study {study.name!r} cannot set up its hooks for this config: {_one_line(e)}") from None
-  params = _check_model(config, hooks)
-  _check_decay_masks(config, params)
-  make_tx = hooks.make_tx if hooks is not None else optim_lib.make_tx
-  arms = {a.name: a for a in config.arms}
+  import json  # pylint: disable=g-import-not-at-top
+  built, bound = {}, {}
+  for arm in config.arms:
+    model = config.arm_model(arm)
+    key = json.dumps(config_lib.to_dict(model), sort_keys=True)
+    if key not in built:
+      built[key] = _check_model(config, model, hooks, f"arms.{arm.name}.model" if arm.model else "model")
+    params, module = built[key]
+    try:
+      bound[arm.name] = config.arm_optim(arm).bind(module)
+    except ValueError as e:
+      raise UsageError(f"arms.{arm.name}: {_one_line(e)}") from None
+    _check_decay_masks(config, arm, params)
+  make_tx = hooks.make_tx if hooks is not None and hooks.make_tx is not None else optimizers.build
   for group in make_groups(config, seeds=[0]):
     for member in group.members:
       hp = member.hp
       rates = dict(hp, peak_learning_rate=hp["learning_rate"])
       try:
-        make_tx(config.arm_optim(arms[member.arm]), rates)
+        make_tx(bound[member.arm], rates)
       except (ValueError, TypeError, KeyError) as e:
         raise UsageError(f"arms.{member.label}: the optimizer cannot be built: {_one_line(e)}") from None
-  run_lib.check_workdir(workdir, config)
+  workdir_lib.check_workdir(workdir, config)
   return config, hooks
 
 
@@ -147,26 +159,27 @@ def _one_line(e: BaseException) -> str:
   return " ".join(str(text).split())
 
 
-def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
-  """Builds the model and applies it to a batch of two inputs of the data's shape, abstractly."""
+def _check_model(config: config_lib.ExperimentConfig, m: config_lib.ModelConfig, hooks, where: str = "model"):
+  """Builds the model ``m`` and applies it to a batch of two inputs of the data's shape, abstractly.
+
+  Returns the parameter tree the optimizer sees (pure dict of abstract arrays) and the abstract module.
+  """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from experiments import data as data_lib  # pylint: disable=g-import-not-at-top
-  from experiments import models  # pylint: disable=g-import-not-at-top
-  from experiments.train.trainer import model_inputs  # pylint: disable=g-import-not-at-top
+  from experiments.train.program import model_builder  # pylint: disable=g-import-not-at-top
 
-  d, m = config.data, config.model
+  d = config.data
   shape = data_lib.input_shape(d.name, d.flatten)
   num_classes = data_lib.NUM_CLASSES[d.name]
-  kwargs = model_inputs(config, types.SimpleNamespace(x_train=np.zeros((1, *shape), np.float32)))
   if hooks is not None and hooks.build_model is not None:
     build = hooks.build_model
     what = f"the model of study {config.name!r} (its build_model hook, model.kwargs={m.kwargs})"
   else:
-    build = functools.partial(models.build, m.name, num_classes=num_classes, norm=m.norm, **kwargs)
-    what = f"model.name={m.name!r} with model.kwargs={m.kwargs}"
+    build = model_builder(m, types.SimpleNamespace(x_train=np.zeros((1, *shape), np.float32)), num_classes)
+    what = f"{where}.name={m.name!r} with {where}.kwargs={m.kwargs}"
 
   def logits():
     return build(rngs=nnx.Rngs(0))(jnp.zeros((2, *shape), jnp.float32), train=False)
@@ -180,12 +193,13 @@ def _check_model(config: config_lib.ExperimentConfig, hooks) -> None:
     raise UsageError(f"{what} gives logits of shape {tuple(out.shape)[1:]} per input; data.name={d.name!r} has "
                      f"{num_classes} classes.")
   # The parameter tree the optimizer sees (its paths and shapes), for the decay-mask check.
-  _, params, _ = nnx.split(nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0))), nnx.Param, ...)
-  return nnx.to_pure_dict(params)
+  module = nnx.eval_shape(lambda: build(rngs=nnx.Rngs(0)))
+  _, params, _ = nnx.split(module, nnx.Param, ...)
+  return nnx.to_pure_dict(params), module
 
 
-def _check_decay_masks(config: config_lib.ExperimentConfig, params) -> None:
-  """Every arm's ``decay_mask`` against the model's parameter paths (``wd_optax.masks.resolve``).
+def _check_decay_masks(config: config_lib.ExperimentConfig, arm, params) -> None:
+  """Every arm's mask fields (``decay_mask``, FixNorm's ``classifier``...) against the model's parameter paths.
 
   A regex that matches no parameter is an error naming the config key and the regex: an include typo would
   switch the decay off, an exclude typo would decay what it meant to spare (``wd_optax.masks.exclude`` only
@@ -193,15 +207,19 @@ def _check_decay_masks(config: config_lib.ExperimentConfig, params) -> None:
   """
   import warnings  # pylint: disable=g-import-not-at-top
   import wd_optax  # pylint: disable=g-import-not-at-top
-  from experiments.train import optim as optim_lib  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from experiments import optimizers  # pylint: disable=g-import-not-at-top
 
-  for arm in config.arms:
-    spec = config.arm_optim(arm).decay_mask
-    where = f"arms.{arm.name}.decay_mask" if "decay_mask" in arm.optim else "optim.decay_mask"
+  optim = config.arm_optim(arm)
+  for field in dataclasses.fields(optim):
+    if not field.metadata.get("mask"):
+      continue
+    spec = getattr(optim, field.name)
+    where = f"arms.{arm.name}.{field.name}" if field.name in arm.optim else f"optim.{field.name}"
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        wd_optax.masks.resolve(optim_lib.decay_mask(spec), params)
+        wd_optax.masks.resolve(optimizers.decay_mask(spec), params)
     except (ValueError, TypeError, UserWarning) as e:
       raise UsageError(f"{where}={decay_mask_text(spec)}: {_one_line(e)}") from None
 
@@ -213,10 +231,10 @@ def decay_mask_text(spec) -> str:
 
 
 def check_reproduce(workdir: str, *, quick: bool, seeds: int | None = None, overrides: Sequence[str] = (),
-                    names: Sequence[str] | None = None) -> None:
+                    names: Sequence[str] | None = None) -> dict:
   """:func:`check_study` for every study of a ``reproduce`` run (work directories ``workdir/<study>``).
 
-  An unscoped ``arms.ARM.field`` override applies to the studies that have an arm ``ARM``; one that matches no
+  Returns ``{study: (config, hooks)}``, which :func:`experiments.cli.reproduce` runs as checked. An unscoped ``arms.ARM.field`` override applies to the studies that have an arm ``ARM``; one that matches no
   study is an error naming every study's arms.
   """
   names = list(names or studies_lib.names())
@@ -228,101 +246,11 @@ def check_reproduce(workdir: str, *, quick: bool, seeds: int | None = None, over
       listing = "; ".join(f"{name}: {', '.join(a)}" for name, a in arms.items())
       raise UsageError(f"--set {_split_key(assignment)[0]}: no study has an arm {parts[1]!r} (arms by study: "
                        f"{listing}); scope it to one study with --set STUDY.arms.ARM.{parts[2]}=VALUE.")
+  checked = {}
   for name in names:
     try:
-      check_study(studies_lib.get(name), os.path.join(workdir, name), quick=quick, seeds=seeds,
-                  overrides=overrides, reproduce=True)
+      checked[name] = check_study(studies_lib.get(name), os.path.join(workdir, name), quick=quick, seeds=seeds,
+                                  overrides=overrides, reproduce=True)
     except (KeyError, ValueError, OSError) as e:
       raise UsageError(f"{name}: {_one_line(e)}") from None
-
-
-def run_study(name: str, workdir: str, *, quick: bool = False, seeds: int | None = None,
-              overrides: Sequence[str] = (), progress: bool | None = None,
-              log: Callable[[str], None] = print, plot_prefix: str = "",
-              reproduce: bool = False) -> report_lib.StudySection:
-  """Trains and analyses study ``name`` in ``workdir``; writes ``REPORT.md`` there and returns its section.
-
-  Everything is checked first (:func:`check_study`). ``plot_prefix`` is prepended to plot paths in the returned
-  section (for a report one directory up); ``reproduce``: the overrides are those of a ``reproduce`` run
-  (see :func:`study_config`).
-  """
-  study = studies_lib.get(name)
-  config, hooks = check_study(study, workdir, quick=quick, seeds=seeds, overrides=overrides, reproduce=reproduce)
-  start = time.time()
-  results = run_experiment(config, workdir, hooks=hooks, progress=progress, log=log)
-  claims, table = study.analyze(results, config)
-  primary = distributed.is_primary()  # plots and the report: process 0 of a multi-process run only
-  plots = plots_lib.standard_plots(results, workdir, styles=plots_lib.StyleMap.from_config(config)) if primary else []
-  if study.plots and primary:
-    plots += study.plots(results, config, workdir)
-  section = report_lib.StudySection(
-      name=name, title=study.title, setting=study.setting_text(config) + "\n\n" + describe(config, quick),
-      claims=claims, plots=[os.path.basename(p) for p in plots], table=table, elapsed_s=time.time() - start)
-  if primary:
-    report_lib.write_report(os.path.join(workdir, "REPORT.md"), [section], title=f"Study `{name}`")
-  section.plots = [os.path.join(plot_prefix, p) for p in section.plots]
-  return section
-
-
-def describe(config: config_lib.ExperimentConfig, quick: bool) -> str:
-  """The report's one-paragraph setting. Base optimizer fields that every arm sets itself are not claimed as
-  the base value; they are listed as set per arm (the arms show their values)."""
-  d, m, o, t = config.data, config.model, config.optim, config.train
-  arms = ", ".join(f"`{a.name}`" + (f" ({', '.join(f'{k}={v}' for k, v in a.optim.items())})" if a.optim else "")
-                   + (f" swept over {a.sweep}" if a.sweep else "") for a in config.arms)
-  per_arm = [f for f in ("name", "learning_rate", "lr_schedule", "momentum", "decay", "decay_mask")
-             if config.arms and all(f in a.optim or f in a.sweep for a in config.arms)]
-  base = [f"`{o.name}`" if "name" not in per_arm else "",
-          (f"η={o.learning_rate:g} ({o.lr_schedule})" if "learning_rate" not in per_arm
-           else f"{o.lr_schedule} schedule") if "lr_schedule" not in per_arm
-          else (f"η={o.learning_rate:g}" if "learning_rate" not in per_arm else ""),
-          f"momentum {o.momentum:g}" if "momentum" not in per_arm else "",
-          (f"decay `{o.decay}`" if "decay" not in per_arm else "decay")
-          + (f" on `{decay_mask_text(o.decay_mask)}`" if "decay_mask" not in per_arm else "")]
-  base = [b.strip() for b in base if b.strip() and b.strip() != "decay"]
-  if per_arm:
-    base.append(f"set per arm: {', '.join(per_arm)}")
-  return (f"Mode: {'quick' if quick else 'full'}. Data: `{d.name}`, {d.n_train or 'all'} training examples, "
-          f"label noise {d.label_noise:g}. Model: `{m.name}` (norm `{m.norm}`, {m.kwargs or 'defaults'}). "
-          f"Base optimizer: {', '.join(base)}. Training: {t.steps} steps of batch {t.batch_size}, "
-          f"{config.seeds} seeds per arm (vmapped). Arms: {arms}.")
-
-
-PREAMBLE = """\
-Produced by `python -m experiments reproduce{quick}`. Every study trains all of its arms and seeds as
-vmapped populations on the bundled data (no download), then tests the claims of `docs/papers.md` §7 with
-paired 95% intervals over seeds. Small-scale effects are a few points at most; the verdicts say what
-these settings can resolve, not what the papers found at full scale."""
-
-
-def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, names: Sequence[str] | None = None,
-              overrides: Sequence[str] = (), progress: bool | None = None,
-              log: Callable[[str], None] = print) -> str:
-  """Runs every registered study (or ``names``) under ``workdir/<study>`` and writes ``workdir/REPORT.md``.
-
-  A study that fails is reported with its error and the others still run.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  sections = []
-  start = time.time()
-  for name in names or studies_lib.names():
-    try:
-      sections.append(run_study(name, os.path.join(workdir, name), quick=quick, seeds=seeds, overrides=overrides,
-                                progress=progress, log=log, plot_prefix=name, reproduce=True))
-    except Exception as e:  # a broken study must not hide the others' results
-      study_title = name
-      try:
-        study_title = studies_lib.get(name).title
-      except Exception:
-        pass
-      message = str(e).strip().splitlines()
-      sections.append(report_lib.StudySection(name=name, title=study_title, setting="", claims=[], plots=[],
-                                              error=traceback.format_exc(limit=3),
-                                              error_summary=f"{type(e).__name__}: {message[0]}" if message
-                                              else type(e).__name__))
-      log(f"[{name}] FAILED:\n{sections[-1].error}")
-  preamble = PREAMBLE.format(quick=" --quick" if quick else "") + f"\n\nTotal run time: {time.time() - start:.0f} s."
-  if not distributed.is_primary():
-    return os.path.join(workdir, "REPORT.md")
-  return report_lib.write_report(os.path.join(workdir, "REPORT.md"), sections,
-                                 title="Reproducing the weight-decay claims", preamble=preamble)
+  return checked
