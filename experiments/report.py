@@ -42,6 +42,35 @@ here, so every study gets them):
   healthy arm against a collapsed one is a real comparison and keeps its verdict.
 * **inconclusive: optimum at grid edge** — the claim compares a best-of-sweep pick that lies on the first or
   last value of its grid: the optimum is not bracketed, and a wider grid could change the comparison.
+
+Two flags go beside the verdict (they never change it, so the four verdict counts stay comparable between
+reports; a flag says how far to trust the verdict, not what the data said):
+
+* **power** — every claim has a smallest relevant effect δ (a directional claim's ``min_effect``, or the
+  ``delta`` it is given where ``min_effect`` is 0; an equivalence or non-inferiority claim's margin). The
+  smallest effect the setting resolves is the interval's half-width ``h`` (:attr:`Claim.detectable`: the
+  largest distance from the mean to an end of the interval, so the bootstrap hull counts): an effect of size
+  ``h`` is just distinguished from 0. A claim is **underpowered** when its interval alone is *inconclusive*
+  and ``h > δ``: then even an effect of exactly δ (or, for equivalence, a true effect of 0 against the margin
+  δ) would leave the interval across the threshold, so more seeds (or less noise), not a different outcome,
+  are needed to decide it. An inconclusive claim with ``h ≤ δ`` could have been decided; its effect simply
+  sits at the threshold. A claim that the interval decided is never underpowered: its effect was large enough.
+* **fragile** — a verdict that would change when only round-off changes (device count, summation order,
+  another CPU). A float32 round-off difference at step 1 is amplified by training until a seed's run is
+  about as different as a fresh draw with the same initial weights and batches, so the mean over ``n`` seeds
+  moves by about ``√2 · sd/√n`` (one standard deviation of the difference of two such means). That is the
+  **round-off distance** ``r = √2 · SE`` (:attr:`Claim.roundoff`, ``SE = h / t_{0.975, n−1}``; at least
+  ``quantum``, e.g. one test example in one seed's accuracy, ``100/(n_test · n)`` points, where a claim gives
+  it). A claim is fragile when moving the interval's lower end, mean or upper end by ±r (any combination that
+  keeps them ordered) changes the interval's verdict. Calibration: between the published quick reports of two
+  CPUs (commits 236177c and f0d9c93, the same code for all but B5c/B5d) the means and ends of the claims with
+  n ≥ 3 moved by a median of 0.66 SE (90th percentile 2.1 SE, largest 3.2 SE); six verdicts flipped (B1b,
+  B5b, F3b, Z4a, Z4c, Z5c), and this rule flags five of them as fragile in both reports (of 26 claims, 9 and
+  7 flagged). It misses F3b, whose n = 2 makes the sd itself a one-difference estimate (its interval's width
+  changed sevenfold); the newer report flags it underpowered. Moving the half-width by its own sampling error
+  as well would catch F3b but flags 16 of the 26 claims, too many to single out the close calls.
+  Claims that a check (invalid, grid edge) decided are not flagged fragile: their verdict does not rest on
+  the interval's ends.
 """
 
 from __future__ import annotations
@@ -49,7 +78,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from typing import Sequence
+from typing import Callable, Sequence
 
 import warnings
 
@@ -76,6 +105,10 @@ BOOTSTRAP_SEED = 0
 
 # Printed after an effect whose interval came from the bootstrap fallback (module docstring).
 HULL = "t ∪ bootstrap"
+
+# Flags printed beside a verdict (module docstring).
+UNDERPOWERED = "underpowered"
+FRAGILE = "fragile"
 
 
 def t_critical(df: int, confidence: float = 0.95) -> float:
@@ -214,10 +247,24 @@ def _rank_correlation(method: str, x, y, confidence: float, n_resamples: int, se
   if n < 3 or np.all(x == x[0]) or np.all(y == y[0]):
     return Correlation(method, math.nan, -1.0, 1.0, n, math.nan)
   res = fn(x, y)
-  statistic = lambda a, b: fn(a, b).statistic
-  low, high = _bootstrap((x, y), statistic, paired=True, vectorized=False, confidence=confidence,
+  if method == "spearman":
+    # Vectorised over the resamples (Pearson's r of the ranks, which is spearmanr's definition): a bootstrap of
+    # 9999 scipy calls took about 9 s per correlation on the project's CPU.
+    statistic, vectorized = _spearman_along, True
+  else:
+    statistic, vectorized = (lambda a, b: fn(a, b).statistic), False
+  low, high = _bootstrap((x, y), statistic, paired=True, vectorized=vectorized, confidence=confidence,
                          n_resamples=n_resamples, seed=seed)
   return Correlation(method, float(res.statistic), low, high, n, float(res.pvalue))
+
+
+def _spearman_along(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+  """Spearman's ρ of ``x`` and ``y`` along ``axis`` (average ranks for ties; ``nan`` where one is constant)."""
+  rx, ry = stats.rankdata(x, axis=axis), stats.rankdata(y, axis=axis)
+  rx = rx - rx.mean(axis=axis, keepdims=True)
+  ry = ry - ry.mean(axis=axis, keepdims=True)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return (rx * ry).sum(axis=axis) / np.sqrt((rx * rx).sum(axis=axis) * (ry * ry).sum(axis=axis))
 
 
 def spearman_ci(x: Sequence[float], y: Sequence[float], *, confidence: float = 0.95,
@@ -339,6 +386,38 @@ def checked_verdict(verdict: str, compared: Sequence[ArmHealth], edges: Sequence
   return verdict, ""
 
 
+def half_width(ci: Interval) -> float:
+  """The largest distance from ``ci``'s mean to an end of it (``inf`` for an unbounded interval)."""
+  if not (math.isfinite(ci.low) and math.isfinite(ci.high)):
+    return math.inf
+  return max(ci.mean - ci.low, ci.high - ci.mean)
+
+
+def roundoff_distance(ci: Interval, quantum: float = 0.0) -> float:
+  """``max(√2 · SE, quantum)``, ``SE = half-width / t_{0.975, n−1}``: how far a rerun that changes only
+  round-off moves the interval (module docstring). ``inf`` with fewer than 2 samples."""
+  h = half_width(ci)
+  if ci.n < 2 or not math.isfinite(h):
+    return math.inf
+  return max(math.sqrt(2.0) * h / t_critical(ci.n - 1), float(quantum))
+
+
+def fragile(ci: Interval, rule: Callable[[Interval], str], distance: float) -> bool:
+  """Whether ``rule``'s verdict changes when ``ci``'s lower end, mean and upper end each move by −d, 0 or +d
+  (every combination that keeps ``low ≤ mean ≤ high``)."""
+  if not math.isfinite(distance):
+    return False
+  base = rule(ci)
+  steps = (-distance, 0.0, distance)
+  for dl in steps:
+    for dm in steps:
+      for dh in steps:
+        low, mean, high = ci.low + dl, ci.mean + dm, ci.high + dh
+        if low <= mean <= high and rule(Interval(mean, low, high, ci.n, ci.method)) != base:
+          return True
+  return False
+
+
 @dataclasses.dataclass
 class Claim:
   """One prediction of a paper, tested.
@@ -358,6 +437,11 @@ class Claim:
     edges: best-of-sweep picks on the edge of their grids.
     reason: why a check overrode the interval's verdict (``""`` if it did not).
     interval_verdict: the verdict of the interval alone.
+    delta: the smallest relevant effect δ (a directional claim's smallest effect that counts, an equivalence
+      claim's margin), in the effect's unit; the yardstick of the power flag.
+    quantum: the smallest step the effect can take (e.g. one test example in one seed), a floor of
+      :attr:`roundoff`; 0 when not given.
+    rule: the interval's verdict rule (``Interval -> verdict``), used to test fragility; ``None`` when not known.
   """
   id: str
   statement: str
@@ -370,6 +454,41 @@ class Claim:
   edges: tuple = ()
   reason: str = ""
   interval_verdict: str = ""
+  delta: float = math.nan
+  quantum: float = 0.0
+  rule: Callable | None = dataclasses.field(default=None, repr=False, compare=False)
+
+  @property
+  def detectable(self) -> float:
+    """The smallest effect the setting resolves: the interval's half-width (``inf`` with fewer than 2 seeds)."""
+    return half_width(self.effect)
+
+  @property
+  def roundoff(self) -> float:
+    """The round-off distance ``r = max(√2 · SE, quantum)`` of the module docstring."""
+    return roundoff_distance(self.effect, self.quantum)
+
+  @property
+  def underpowered(self) -> bool:
+    """The interval alone is inconclusive and wider than δ (its half-width exceeds δ); see the module docstring."""
+    return (self.verdict != INVALID and self.interval_verdict == INCONCLUSIVE
+            and not self.detectable <= self.delta)
+
+  @property
+  def fragile(self) -> bool:
+    """Moving the interval's ends or mean by the round-off distance changes its verdict (module docstring)."""
+    if self.rule is None or self.reason:
+      return False
+    return fragile(self.effect, self.rule, self.roundoff)
+
+  @property
+  def flags(self) -> tuple[str, ...]:
+    return tuple(f for f, on in ((UNDERPOWERED, self.underpowered), (FRAGILE, self.fragile)) if on)
+
+  @property
+  def power_text(self) -> str:
+    """E.g. ``"h = 0.54 vs δ = 1.5"``: the smallest resolvable effect beside the smallest relevant one."""
+    return f"h = {self.detectable:.3g} vs δ = {self.delta:g}"
 
   @property
   def verdict_text(self) -> str:
@@ -382,14 +501,20 @@ class Claim:
 
 
 def make_claim(id: str, statement: str, prediction: str, measured: str, ci: Interval, interval_verdict: str, *,
-               compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), notes: str = "") -> Claim:
+               compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), notes: str = "",
+               delta: float, rule: Callable[[Interval], str] | None = None, quantum: float = 0.0) -> Claim:
   """A :class:`Claim` whose verdict is ``interval_verdict`` after the checks of :func:`checked_verdict`.
 
   Args:
     compared: the health of every arm the effect was computed from (``experiments.studies._common.health``);
       ``()`` only for a claim that compares no trained arm.
     edges: best-of-sweep picks of the comparison that lie on the edge of their grid (:func:`grid_edges`).
+    delta: the smallest relevant effect δ (> 0), for the power flag.
+    rule: the verdict rule ``Interval -> verdict`` that gave ``interval_verdict``, for the fragility flag.
+    quantum: the smallest step the effect can take, a floor of the round-off distance.
   """
+  if not delta > 0:
+    raise ValueError(f"claim {id}: delta (the smallest relevant effect) must be > 0, got {delta!r}.")
   compared, edges = tuple(compared), tuple(edges)
   verdict, reason = checked_verdict(interval_verdict, compared, edges)
   partial = [str(h) for h in compared if h.degenerate and not h.failed]
@@ -406,25 +531,38 @@ def make_claim(id: str, statement: str, prediction: str, measured: str, ci: Inte
   text = notes.strip()
   if extra:  # the checks' sentences go after the study's own notes
     text = (text.rstrip(".") + ". " if text else "") + ". ".join(extra) + "."
-  return Claim(id, statement, prediction, measured, ci, verdict, text, compared, edges, reason, interval_verdict)
+  return Claim(id, statement, prediction, measured, ci, verdict, text, compared, edges, reason, interval_verdict,
+               float(delta), float(quantum), rule)
 
 
 def directional_claim(id: str, statement: str, measured: str, ci: Interval, *, min_effect: float,
                       compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), unit: str = "",
-                      notes: str = "") -> Claim:
+                      notes: str = "", delta: float | None = None, quantum: float = 0.0) -> Claim:
+  """A directional claim (module docstring); ``delta`` (default ``min_effect``) is its smallest relevant
+  effect for the power flag, and must be given where ``min_effect`` is 0 ("any positive effect counts")."""
+  if delta is None:
+    if not min_effect > 0:
+      raise ValueError(f"claim {id}: min_effect={min_effect:g} does not say which effect is relevant; pass "
+                       "delta= (the smallest effect the setting should resolve).")
+    delta = min_effect
   ci = claim_interval(ci, compared)
   prediction = f"effect > 0 (counts if at least {min_effect:g}{unit})"
-  return make_claim(id, statement, prediction, measured, ci, directional_verdict(ci, min_effect),
-                    compared=compared, edges=edges, notes=notes)
+  if delta != min_effect:
+    prediction += f"; δ = {delta:g}{unit}"
+  rule = lambda c: directional_verdict(c, min_effect)
+  return make_claim(id, statement, prediction, measured, ci, rule(ci), compared=compared, edges=edges,
+                    notes=notes, delta=delta, rule=rule, quantum=quantum)
 
 
 def equivalence_claim(id: str, statement: str, measured: str, ci: Interval, *, margin: float,
                       compared: Sequence[ArmHealth], edges: Sequence[GridEdge] = (), unit: str = "",
-                      notes: str = "") -> Claim:
+                      notes: str = "", quantum: float = 0.0) -> Claim:
+  """An equivalence claim (module docstring); its margin is also its δ for the power flag."""
   ci = claim_interval(ci, compared)
   prediction = f"|effect| <= {margin:g}{unit}"
-  return make_claim(id, statement, prediction, measured, ci, equivalence_verdict(ci, margin),
-                    compared=compared, edges=edges, notes=notes)
+  rule = lambda c: equivalence_verdict(c, margin)
+  return make_claim(id, statement, prediction, measured, ci, rule(ci), compared=compared, edges=edges,
+                    notes=notes, delta=margin, rule=rule, quantum=quantum)
 
 
 @dataclasses.dataclass
@@ -453,15 +591,23 @@ when it lies entirely outside, and *inconclusive* otherwise. Two checks override
 *invalid* when every arm it compares has more than half of its members diverged (NaN loss) or at chance
 accuracy (within {chance} of 1/K for K classes, e.g. predicting one class), since collapsed arms measure
 nothing; and *inconclusive (optimum at grid edge)* when it compares a best-of-sweep pick that lies on the
-first or last value of its grid. Accuracies are in percentage points."""
+first or last value of its grid. Accuracies are in percentage points.
+
+**Power and stability flags** (beside the verdict, never changing it). *h* is the interval's half-width,
+the smallest effect the seeds used resolve, printed next to the claim's smallest relevant effect δ (the
+directional δ, or the equivalence margin). A claim is *underpowered* when its interval is inconclusive and
+h > δ: it needs more seeds (or less noise) to decide, not another outcome. A claim is *fragile* when moving
+the interval's ends or mean by the round-off distance r = √2·SE (SE = h / t, the standard error over seeds;
+what a rerun on another device count or CPU moves a mean by, since training amplifies float32 round-off into
+a fresh-draw-sized difference per seed) would change the interval's verdict."""
 
 
 def claims_table(claims: Sequence[Claim]) -> str:
-  lines = ["| claim | prediction | measured | effect, 95% CI | n | verdict |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| claim | prediction | measured | effect, 95% CI | n | power: h vs δ | verdict | flags |",
+           "|---|---|---|---|---|---|---|---|"]
   for c in claims:
     lines.append(f"| **{c.id}** {c.statement} | {c.prediction} | {c.measured} | {c.effect} | {c.effect.n} | "
-                 f"**{c.verdict_text}** |")
+                 f"{c.power_text} | **{c.verdict_text}** | {', '.join(c.flags) or '—'} |")
   notes = [f"- **{c.id}**: {c.notes}" for c in claims if c.notes]
   return "\n".join(lines + ([""] + notes if notes else []))
 
@@ -471,12 +617,12 @@ def render(sections: Sequence[StudySection], *, title: str, preamble: str = "") 
   out = [f"# {title}", ""]
   if preamble:
     out += [preamble, ""]
-  summary = ["| study | claim | verdict |", "|---|---|---|"]
+  summary = ["| study | claim | verdict | flags |", "|---|---|---|---|"]
   for s in sections:
     if s.error:
-      summary.append(f"| {s.name} | — | failed: {_cell(s.error_summary or error_line(s.error))} |")
+      summary.append(f"| {s.name} | — | failed: {_cell(s.error_summary or error_line(s.error))} | |")
     for c in s.claims:
-      summary.append(f"| {s.name} | {c.id} | {c.verdict_text} |")
+      summary.append(f"| {s.name} | {c.id} | {c.verdict_text} | {', '.join(c.flags) or '—'} |")
   out += ["## Summary", "", *summary, "", verdict_counts(sections), "", verdict_rules(), ""]
   for s in sections:
     out += [f"## {s.title}", ""]
@@ -518,7 +664,9 @@ def verdict_counts(sections: Sequence[StudySection]) -> str:
     edge = sum(c.verdict == verdict and REASON_GRID_EDGE in c.reason for c in claims)
     parts.append(f"{n} {verdict}" + (f" ({edge} with the optimum at a grid edge)" if edge else ""))
   failed = sum(bool(s.error) for s in sections)
-  return (f"**Totals:** {len(claims)} claims: " + ", ".join(parts)
+  flags = (f"; flagged {sum(c.underpowered for c in claims)} {UNDERPOWERED}, "
+           f"{sum(c.fragile for c in claims)} {FRAGILE}")
+  return (f"**Totals:** {len(claims)} claims: " + ", ".join(parts) + flags
           + f"; {failed} stud{'y' if failed == 1 else 'ies'} failed.")
 
 

@@ -100,7 +100,7 @@ def test_health_counts_the_members_of_the_compared_seeds_and_sweeps():
 
 
 def _claim(id_, verdict, compared=(), edges=()):
-  return report.make_claim(id_, "s", "p", "m", CI, verdict, compared=compared, edges=edges)
+  return report.make_claim(id_, "s", "p", "m", CI, verdict, compared=compared, edges=edges, delta=1.0)
 
 
 def test_summary_counts_every_verdict_and_names_the_overrides():
@@ -113,9 +113,103 @@ def test_summary_counts_every_verdict_and_names_the_overrides():
   assert "| s | C2 | invalid (compared arms diverged or at chance) |" in text
   assert "| s | C3 | inconclusive (optimum at grid edge) |" in text
   assert ("**Totals:** 4 claims: 1 reproduced, 0 not reproduced, 2 inconclusive (1 with the optimum at a grid "
-          "edge), 1 invalid; 0 studies failed.") in text
+          "edge), 1 invalid; flagged 0 underpowered, 0 fragile; 0 studies failed.") in text
   assert "**invalid (compared arms diverged or at chance)** |" in text  # the claims table
   assert "*invalid* when every arm it compares" in text  # the printed rules
+
+
+# --- power and stability flags -----------------------------------------------------------------------------------
+
+def _t_interval(mean, half, n):
+  return report.Interval(mean, mean - half, mean + half, n)
+
+
+def test_detectable_effect_is_the_half_width_and_underpowered_needs_an_inconclusive_interval_wider_than_delta():
+  healthy = [report.ArmHealth("A", 6)]
+  # Half-width 2 against δ = 1: an effect of exactly δ would leave 0 inside the interval.
+  wide = report.directional_claim("P1", "A beats B.", "m", _t_interval(0.5, 2.0, 6), min_effect=1.0,
+                                  compared=healthy)
+  assert wide.detectable == pytest.approx(2.0) and wide.verdict == report.INCONCLUSIVE
+  assert wide.underpowered and report.UNDERPOWERED in wide.flags and wide.power_text == "h = 2 vs δ = 1"
+  # Half-width 0.3 < δ: inconclusive only because the mean sits at the threshold (0.9 ± 0.3 straddles δ = 1).
+  narrow = report.directional_claim("P2", "A beats B.", "m", _t_interval(0.9, 0.3, 6), min_effect=1.0,
+                                    compared=healthy)
+  assert narrow.verdict == report.INCONCLUSIVE and not narrow.underpowered
+  # Decided despite a wide interval: the effect was large, so the flag does not apply.
+  big = report.directional_claim("P3", "A beats B.", "m", _t_interval(5.0, 2.0, 6), min_effect=1.0,
+                                 compared=healthy)
+  assert big.verdict == report.REPRODUCED and not big.underpowered
+  # Equivalence: a margin of 1 cannot be resolved by a half-width of 1.5 even around a true effect of 0.
+  eq = report.equivalence_claim("P4", "A matches B.", "m", _t_interval(0.0, 1.5, 6), margin=1.0, compared=healthy)
+  assert eq.verdict == report.INCONCLUSIVE and eq.underpowered and eq.delta == 1.0
+  # One seed: an unbounded interval resolves nothing.
+  one = report.directional_claim("P5", "A beats B.", "m", report.mean_ci([1.0]), min_effect=1.0, compared=healthy)
+  assert one.detectable == np.inf and one.underpowered and not one.fragile
+  # The hull interval's half-width is its longer side.
+  lopsided = report.Interval(0.0, -3.0, 1.0, 6, report.HULL)
+  assert report.half_width(lopsided) == 3.0
+
+
+def test_a_claim_needs_a_positive_delta():
+  with pytest.raises(ValueError, match="claim P6: min_effect=0 .* pass delta="):
+    report.directional_claim("P6", "A beats B.", "m", CI, min_effect=0.0, compared=[])
+  with_delta = report.directional_claim("P6", "A beats B.", "m", CI, min_effect=0.0, delta=0.5, compared=[])
+  assert with_delta.delta == 0.5 and "δ = 0.5" in with_delta.prediction
+  with pytest.raises(ValueError, match="claim P7: delta .* must be > 0"):
+    report.make_claim("P7", "s", "p", "m", CI, report.REPRODUCED, compared=[], delta=0.0)
+
+
+def test_roundoff_distance_is_root_two_standard_errors():
+  # n = 5: t = 2.776445, half-width 2.776445 means SE = 1 and r = √2.
+  ci = _t_interval(0.0, 2.776445, 5)
+  assert report.roundoff_distance(ci) == pytest.approx(np.sqrt(2.0), rel=1e-6)
+  assert report.roundoff_distance(_t_interval(0.0, 0.0, 5), quantum=0.02) == 0.02  # the floor
+  assert report.roundoff_distance(report.mean_ci([1.0])) == np.inf
+
+
+def test_fragile_when_an_end_is_within_roundoff_of_its_threshold():
+  healthy = [report.ArmHealth("A", 5)]
+  se = 0.1  # r = √2·0.1 ≈ 0.141 at n = 5
+  half = 2.776445 * se
+
+  def equivalence(mean):
+    return report.equivalence_claim("S1", "A matches B.", "m", _t_interval(mean, half, 5), margin=1.5,
+                                    compared=healthy)
+
+  # Lower end at −1.5 − 0.05: within r of the margin: inconclusive now, reproduced after a small move.
+  near = equivalence(-1.55 + half)
+  assert near.verdict == report.INCONCLUSIVE and near.fragile and report.FRAGILE in near.flags
+  assert not near.underpowered  # h ≈ 0.28 < 1.5: power is not the problem
+  # Lower end 0.5 inside the margin, upper end 0.5 inside: no move of 0.14 changes anything.
+  assert equivalence(0.0).verdict == report.REPRODUCED and not equivalence(0.0).fragile
+  # Just past the margin on the other side (the B5b case: −1.528 against −1.5), not reproduced but fragile.
+  past = equivalence(-1.55 - half)
+  assert past.verdict == report.NOT_REPRODUCED and past.fragile
+  # Far past it: stable.
+  assert not equivalence(-3.0).fragile and equivalence(-3.0).verdict == report.NOT_REPRODUCED
+
+  # Directional, reproduced with the mean 0.05 above δ = 1: a move of the mean by r drops it below δ.
+  def directional(mean):
+    return report.directional_claim("S2", "A beats B.", "m", _t_interval(mean, half, 5), min_effect=1.0,
+                                    compared=healthy)
+  assert directional(1.05).verdict == report.REPRODUCED and directional(1.05).fragile
+  assert directional(2.0).verdict == report.REPRODUCED and not directional(2.0).fragile
+  # Claims decided by a check are not fragile: the ends do not decide them.
+  dead = [report.ArmHealth("A", 5, diverged=5)]
+  invalid = report.equivalence_claim("S3", "A matches B.", "m", _t_interval(-1.55 + half, half, 5), margin=1.5,
+                                     compared=dead)
+  assert invalid.verdict == report.INVALID and not invalid.fragile and not invalid.underpowered
+
+
+def test_report_prints_power_and_flags_and_counts_them():
+  healthy = [report.ArmHealth("A", 6)]
+  wide = report.directional_claim("P1", "A beats B.", "m", _t_interval(0.5, 2.0, 6), min_effect=1.0,
+                                  compared=healthy)
+  fine = report.equivalence_claim("P2", "A matches B.", "m", _t_interval(0.0, 0.1, 6), margin=1.0, compared=healthy)
+  text = report.render([report.StudySection("s", "S", "", [wide, fine], [])], title="T")
+  assert "| s | P1 | inconclusive | underpowered |" in text and "| s | P2 | reproduced | — |" in text
+  assert "| h = 2 vs δ = 1 | **inconclusive** | underpowered |" in text
+  assert "flagged 1 underpowered, 0 fragile" in text and "*underpowered*" in text and "*fragile*" in text
 
 
 def test_a_failed_study_shows_the_exception_line_in_the_summary_and_the_traceback_in_its_section(tmp_path,

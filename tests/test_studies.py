@@ -4,6 +4,7 @@ and each study's analysis on synthetic per-seed results whose right answers are 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -146,6 +147,69 @@ def test_early_decay_analysis_on_a_world_where_the_paper_is_wrong():
   verdicts = {c.id: c.verdict for c in early_decay.analyze(results, early_decay.make_config(True))[0]}
   assert verdicts == {"B1a": "not reproduced", "B1b": "not reproduced", "B1c": "reproduced",
                       "B1d": "not reproduced", "B2": "not reproduced"}
+
+
+def with_b3_measures(results, *, raw_sign, invariant_sign):
+  """Adds the four B3 measures to every arm: each a monotone function of the test error with the given sign
+  (+1: ranks like the error, −1: reverses it), so Spearman's ρ with the error is exactly that sign."""
+  for r in results.values():
+    error = 100 - 100 * r.final("test_accuracy")
+    for name, (_, _, invariant) in early_decay.B3_MEASURES.items():
+      sign = invariant_sign if invariant else raw_sign
+      value = np.exp(0.1 * sign * error)  # positive, like a norm or a sharpness
+      r.series[f"b3/{name}"] = np.stack([np.full(len(value), np.nan), value], axis=1)
+  return results
+
+
+def test_b3_analysis_when_raw_measures_misrank_and_the_scale_invariant_one_ranks(tmp_path):
+  results = with_b3_measures(early_decay_world_where_the_paper_is_right(), raw_sign=-1, invariant_sign=1)
+  claims = {c.id: c for c in early_decay.analyze(results, early_decay.make_config(True))[0]}
+  assert {k: claims[k].verdict for k in ("B3a", "B3b", "B3c", "B3d")} == dict.fromkeys(
+      ("B3a", "B3b", "B3c", "B3d"), report.REPRODUCED)
+  b3d, b3a = claims["B3d"], claims["B3a"]
+  # 4 arms × 8 seeds; ρ = +1 for the scale-invariant measure, −1 for the raw ones (an exact reversal).
+  assert b3d.effect.n == 32 and b3d.effect.mean == pytest.approx(1.0)
+  assert b3a.effect.mean == pytest.approx(early_decay.RHO_MIN + 1.0) and b3a.delta == early_decay.RHO_MIN
+  assert "ρ = +1.000" in b3d.notes and "ρ = -1.000" in b3a.notes
+  (png,) = early_decay.plots(results, early_decay.make_config(True), str(tmp_path))
+  assert png.endswith("early_decay_b3_measures.png") and os.path.exists(png) and os.path.exists(png[:-3] + "svg")
+
+
+def test_b3_analysis_when_the_raw_measure_ranks_and_the_scale_invariant_one_does_not():
+  results = with_b3_measures(early_decay_world_where_the_paper_is_right(), raw_sign=1, invariant_sign=-1)
+  claims = {c.id: c for c in early_decay.analyze(results, early_decay.make_config(True))[0]}
+  assert {k: claims[k].verdict for k in ("B3a", "B3b", "B3c", "B3d")} == dict.fromkeys(
+      ("B3a", "B3b", "B3c", "B3d"), report.NOT_REPRODUCED)
+  # The ranking by hand: the test errors, pooled over arms and seeds, against the measure.
+  error = np.concatenate([100 - 100 * results[a].final("test_accuracy") for a in early_decay.B3_ARMS])
+  measure = np.concatenate([results[a].final("b3/sq_norm") for a in early_decay.B3_ARMS])
+  order = lambda v: np.argsort(np.argsort(v))
+  assert (order(error) == order(measure)).all()
+
+
+def test_b3_measures_of_the_eval_hook_against_their_definitions():
+  # A linear "network" whose hidden kernel feeds a batch normalisation: scaling that kernel changes the raw
+  # measures by the scale (Σ‖W‖² by c²) and leaves the scale-invariant sharpness exactly unchanged.
+  import jax
+  import jax.numpy as jnp
+
+  def apply(params, model_state, x, train):
+    h = x @ params["hidden"]["kernel"]
+    h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-12)
+    return h @ params["classifier"]["kernel"], model_state
+
+  key = jax.random.key(3)
+  x = jax.random.normal(key, (64, 5))
+  y = jnp.arange(64) % 3
+  params = {"hidden": {"kernel": jax.random.normal(jax.random.key(1), (5, 4))},
+            "classifier": {"kernel": jax.random.normal(jax.random.key(2), (4, 3))}}
+  scaled = {"hidden": {"kernel": 10.0 * params["hidden"]["kernel"]}, "classifier": params["classifier"]}
+  a, b = early_decay.eval_metrics(apply, params, {}, x, y), early_decay.eval_metrics(apply, scaled, {}, x, y)
+  sq = lambda p: sum(float(np.sum(np.square(np.asarray(l)))) for l in jax.tree.leaves(p))
+  assert float(a["b3/sq_norm"]) == pytest.approx(sq(params), rel=1e-5)
+  assert float(b["b3/sq_norm"]) == pytest.approx(sq(scaled), rel=1e-5)
+  assert float(b["b3/sharpness_si"]) == pytest.approx(float(a["b3/sharpness_si"]), rel=1e-3, abs=1e-6)
+  assert float(b["b3/sharpness_raw"]) != pytest.approx(float(a["b3/sharpness_raw"]), rel=1e-2)
 
 
 def test_decay_placement_analysis():

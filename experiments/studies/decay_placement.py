@@ -72,7 +72,7 @@ def analyze(results, config):
   claims.append(report.directional_claim(
       "Z2", "No decay but η_t ∝ ‖w_t‖² recovers most (> half) of the gain of decay.",
       "[acc(norm_sq_lr) − acc(none)] − ½[acc(all) − acc(none)]",
-      report.mean_ci((norm_sq - none) - 0.5 * gain), min_effect=0.0, unit=" pt",
+      report.mean_ci((norm_sq - none) - 0.5 * gain), min_effect=0.0, delta=MIN_GAIN, unit=" pt",
       compared=arms("norm_sq_lr", "none", "all"),
       notes=f"mean gains over none: norm_sq_lr {np.mean(norm_sq - none):+.2f}, all {np.mean(gain):+.2f}"))
   return claims, _common.arm_table(results, list(ARMS), extra={"norm/scale_invariant": "final ‖w_si‖",
