@@ -47,23 +47,29 @@ def _grads():
 KERNELS = {"layers": {"0": {"kernel": True, "bias": False}}, "classifier": {"kernel": True, "bias": False}}
 
 
-def _harness_steps(spec, params, grads, extra=None):
-  """What the harness's step does: the traced values at each step through ``rates_at``, ``build`` each step."""
-  hp = {k: jnp.float32(getattr(spec, k)) for k in spec.TRACED}
-  state = spec.build(spec.rates_at(hp, jnp.int32(0), TOTAL)).init(params)
-  for t, g in enumerate(grads):
-    tx = spec.build(spec.rates_at(hp, jnp.int32(t), TOTAL))
-    updates, state = tx.update(g, state, params, **(extra or {}))
-    params = optax.apply_updates(params, updates)
-  return params
+def _harness_steps(spec, params, grads, extra=None, jit=False):
+  """What the harness's step does: the traced values at each step through ``rates_at``, ``build`` each step
+  (``jit``: as one program, for K-FAC, whose inverses dispatched op by op take a minute on 2 cores; the
+  first-order families are quicker eager than compiled)."""
+  def run(params, grads, extra):
+    hp = {k: jnp.float32(getattr(spec, k)) for k in spec.TRACED}
+    state = spec.build(spec.rates_at(hp, jnp.int32(0), TOTAL)).init(params)
+    for t, g in enumerate(grads):
+      tx = spec.build(spec.rates_at(hp, jnp.int32(t), TOTAL))
+      updates, state = tx.update(g, state, params, **extra)
+      params = optax.apply_updates(params, updates)
+    return params
+  return (jax.jit(run) if jit else run)(params, grads, extra or {})
 
 
-def _reference_steps(tx, params, grads, extra=None):
-  state = tx.init(params)
-  for g in grads:
-    updates, state = tx.update(g, state, params, **(extra or {}))
-    params = optax.apply_updates(params, updates)
-  return params
+def _reference_steps(tx, params, grads, extra=None, jit=False):
+  def run(params, grads, extra):
+    state = tx.init(params)
+    for g in grads:
+      updates, state = tx.update(g, state, params, **extra)
+      params = optax.apply_updates(params, updates)
+    return params
+  return (jax.jit(run) if jit else run)(params, grads, extra or {})
 
 
 def _assert_same_steps(spec, reference, c=16):
@@ -153,7 +159,8 @@ def test_kfac_build_binds_the_models_layers_and_takes_the_steps_of_wd_optax_kfac
     logits = m(b[0])
     return optax.softmax_cross_entropy_with_integer_labels(logits, b[1]).mean(), logits
 
-  _, grads, curvature = kfac.value_grad_and_curvature(loss, model, batch, mode="empirical")
+  _, grads, curvature = nnx.jit(lambda m, b: kfac.value_grad_and_curvature(loss, m, b, mode="empirical"))(
+      model, batch)
   params, grads = nnx.to_pure_dict(nnx.state(model, nnx.Param)), nnx.to_pure_dict(grads)
 
   spec = optimizers.KFAC(learning_rate=0.05, damping=1e-2, weight_decay=WD, decay="decoupled", momentum=MU,
@@ -162,8 +169,8 @@ def test_kfac_build_binds_the_models_layers_and_takes_the_steps_of_wd_optax_kfac
   reference = kfac.kfac(0.05, damping=1e-2, weight_decay=WD, decay="decoupled", momentum=MU, kl_clip=None,
                         ema=0.95, inverse_every=1, inverse="cholesky", layers=list(spec.layers))
   extra = {"curvature": curvature}
-  got = _harness_steps(spec, params, [grads] * STEPS, extra)
-  want = _reference_steps(reference, params, [grads] * STEPS, extra)
+  got = _harness_steps(spec, params, [grads] * STEPS, extra, jit=True)
+  want = _reference_steps(reference, params, [grads] * STEPS, extra, jit=True)
   jax.tree.map(lambda a, b: assert_close_scaled(a, b, c=64), got, want)   # damped float32 inverses
 
   plain = nnx.Linear(4, 2, rngs=nnx.Rngs(0))
