@@ -1,5 +1,5 @@
-"""The three_mechanisms study: its analysis on synthetic results with known answers, its gated model and
-optimizer wrapper, and one tiny end-to-end run."""
+"""The three_mechanisms study: its analysis on synthetic results with known answers, its arms (one program per
+optimizer and network), the K-FAC family's one-pass curvature and decay routing, and one tiny end-to-end run."""
 
 from __future__ import annotations
 
@@ -11,9 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from experiments import config as config_lib
 from experiments.studies import three_mechanisms as study
-from experiments.train import optim as optim_lib
 from experiments.train.metrics import ArmResult
 from _tol import assert_close_scaled
 
@@ -50,8 +48,7 @@ def _world(*, accuracy, jacobian, gamma_growth, final_cosine, seed=0):
           gamma = 1e-3 * growth**ramp * np.exp(0.01 * rng.standard_normal((SEEDS, n)))
           series[f"gamma_eff/{layer}"] = gamma
           cos = 0.3 + (final_cosine(optimizer, decay) - 0.3) * ramp + 0.002 * rng.standard_normal((SEEDS, n))
-          series[f"cos_f/{layer}"] = cos
-          series[f"cos_g/{layer}"] = cos
+          series[f"cos/{layer}"] = cos
         results[label] = ArmResult(label=label, arm=label, seeds=list(range(SEEDS)), swept={}, steps=STEPS,
                                    series=series)
   return results, config
@@ -104,7 +101,7 @@ def test_z4c_note_counts_the_probes_the_code_uses(monkeypatch):
 @pytest.mark.parametrize("quick", [True, False])
 def test_setting_lists_exactly_the_trained_arms(quick):
   config = study.make_config(quick)
-  trained = {config.arm_optim(a).name for a in config.arms}
+  trained = {study.optimizer_of(config.arm_optim(a)) for a in config.arms}
   text = study.STUDY.setting_text(config)
   arms = text.split("Arms: {", 1)[1].split("}", 1)[0]           # the optimizer factor of the arm product
   settings = text.split("decoupled arm (", 1)[1].split(")", 1)[0]  # η and λ per optimizer
@@ -140,78 +137,112 @@ def test_analysis_is_inconclusive_when_seeds_disagree():
   assert verdicts["Z4b"] == "reproduced"
 
 
-def test_each_optimizer_is_one_program_whose_members_carry_their_network_and_decay_placement():
+def test_each_optimizer_and_network_is_one_program_whose_members_carry_their_decay_placement():
   from experiments.train import make_groups
   config = study.make_config(True)
   groups = make_groups(config, seeds=[0])
-  assert sorted(g.optim.name for g in groups) == sorted(study.QUICK_OPTIMIZERS)
+  assert len(groups) == len(study.QUICK_OPTIMIZERS) * len(study.NETS)
   for group in groups:
+    assert group.optim.decay == "l2+decoupled"
+    assert len(group.members) == len(study.DECAYS)
     for member in group.members:
-      _, decay, net = member.arm.split("_")
-      assert member.hp["batch_norm"] == (1.0 if net == "bn" else 0.0), member.arm
-      assert member.hp["decoupled_fraction"] == (1.0 if decay == "decoupled" else 0.0), member.arm
-      assert (member.hp["weight_decay"] == 0.0) == (decay == "none"), member.arm
-      assert member.hp["decoupled_decay"] == 0.0  # no longer a carrier
-    assert len(group.members) == len(study.NETS) * len(study.DECAYS)
+      optimizer, decay, net = member.arm.split("_")
+      assert study.optimizer_of(group.optim) == optimizer
+      assert group.model.norm == ("batch_noaffine" if net == "bn" else None), member.arm
+      assert group.model.registered_layers
+      lam = study.SETTINGS[optimizer]["weight_decay"]
+      assert member.hp["weight_decay"] == (lam if decay == "l2" else 0.0), member.arm
+      assert member.hp["decoupled_weight_decay"] == (lam if decay == "decoupled" else 0.0), member.arm
 
 
-def test_gated_model():
-  model = study.GatedMLP(5, 3, rngs=nnx.Rngs(0), hidden=(4,))
+def _tiny_model(norm):
+  from experiments import models
+  from wd_optax import kfac
+  return models.build("mlp", num_classes=3, norm=norm, in_features=5, hidden=[4], linear_cls=kfac.Linear,
+                      rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("mode", ["fisher", "ggn"])
+def test_kfac_family_takes_loss_gradients_and_curvature_from_one_pass_of_the_members_model(mode):
+  """The family's value_and_grad (what the harness's step calls with the member's model) against plain
+  autodiff of the loss for the gradients, and against value_grad_and_curvature called directly."""
+  from experiments import optimizers
+  from experiments.train import step as step_lib
+  from wd_optax import kfac
+  module = _tiny_model("batch_noaffine")
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+  params, rest = nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
   x = jax.random.normal(jax.random.key(1), (16, 5))
-  plain = model(x, train=True)
-  # gate 0: a plain ReLU MLP
-  h = nnx.relu(x @ model.layers[0].kernel[...] + model.layers[0].bias[...])
-  assert_close_scaled(plain, h @ model.classifier.kernel[...] + model.classifier.bias[...], c=100)
-  # gate 1: the hidden kernel is scale-invariant (BN without affine parameters cancels the bias and the scale)
-  model.bn_gate[...] = jnp.ones(())
-  before = model(x, train=True)
-  model.layers[0].kernel[...] = 7.0 * model.layers[0].kernel[...]
-  np.testing.assert_allclose(model(x, train=True), before, rtol=1e-3, atol=1e-4)
+  y = jnp.arange(16) % 3
+  key = jax.random.key(2)
+
+  def module_loss(m, batch):
+    logits = m(batch[0], train=True)
+    return step_lib.cross_entropy(logits, batch[1]), logits
+
+  model = step_lib.MemberModel(module=lambda p: nnx.merge(graphdef, p, rest),
+                               state=lambda m: nnx.to_pure_dict(nnx.split(m, nnx.Param, ...)[2]), loss=module_loss)
+
+  def loss_fn(p):
+    m = nnx.merge(graphdef, p, rest)
+    loss, logits = module_loss(m, (x, y))
+    return loss, (logits, model.state(m))
+
+  spec = optimizers.KFAC(curvature=mode).bind(module)
+  assert sorted(spec.layers) == ["classifier", "layers/0"]
+  result = jax.jit(lambda p: spec.value_and_grad(loss_fn, p, (x, y), key, model))(params)
+  (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+  assert_close_scaled(result.loss, loss, c=100)
+  for path, g in jax.tree_util.tree_leaves_with_path(grads):
+    got = jax.tree_util.tree_leaves_with_path(result.grads)
+    assert_close_scaled(dict(got)[path], g, c=100, scale="tree")
+  _, _, direct = kfac.value_grad_and_curvature(module_loss, nnx.merge(graphdef, params, rest), (x, y), mode=mode,
+                                               key=key)
+  for layer in spec.layers:
+    assert_close_scaled(result.extra["curvature"][layer].a, direct[layer].a, c=100, scale="tree")
+    assert_close_scaled(result.extra["curvature"][layer].s, direct[layer].s, c=100, scale="tree")
+  # The diagnostics it logs are the library's effective damping of its own state after an update.
+  tx = spec.build({"learning_rate": 0.1, "weight_decay": 0.0, "decoupled_weight_decay": 0.0,
+                   "peak_learning_rate": 0.1})
+  _, state = tx.update(result.grads, tx.init(params), params, **result.extra)
+  logged = spec.diagnostics(state, params)
+  for layer, d in kfac.effective_damping(state, params).items():
+    assert float(logged[f"gamma_eff/{layer}"]) == float(d.effective_damping)
+    assert float(logged[f"cos/{layer}"]) == float(d.cosine)
+  assert 0.0 < float(logged["cos/layers/0"]) <= 1.0 + 1e-6
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "kfacf"])
-def test_optimizer_wrapper_sets_the_gate_once_and_routes_the_decay(optimizer):
-  config = study.make_config(True)
-  config.model.kwargs = {"hidden": [4]}
-  model = study._Model(config)
-  params = nnx.to_pure_dict(nnx.split(model.build(nnx.Rngs(0)), nnx.Param, ...)[1])
-  optim = config_lib.OptimConfig(name=optimizer, momentum=0.9)
-  x = jax.random.normal(jax.random.key(2), (32, 40))
-  y = jnp.arange(32) % 10
-  zeros = jax.tree.map(jnp.zeros_like, params)
+@pytest.mark.parametrize("decay", ["l2", "decoupled"])
+def test_l2_plus_decoupled_with_one_rate_zero_is_the_librarys_kfac_with_that_placement(decay):
+  from experiments import optimizers
+  from wd_optax import kfac
+  module = _tiny_model(None)
+  params = nnx.to_pure_dict(nnx.split(module, nnx.Param, ...)[1])
+  spec = optimizers.KFAC(decay="l2+decoupled", damping=1e-2, inverse_every=1).bind(module)
+  lam = 0.3
+  traced = {"learning_rate": jnp.float32(0.1), "weight_decay": jnp.float32(lam if decay == "l2" else 0.0),
+            "decoupled_weight_decay": jnp.float32(lam if decay == "decoupled" else 0.0),
+            "peak_learning_rate": jnp.float32(0.1)}
+  reference = kfac.kfac(0.1, damping=1e-2, weight_decay=lam, decay=decay, momentum=0.9, ema=0.95, inverse_every=1,
+                        layers=list(spec.layers))
+  x = jax.random.normal(jax.random.key(3), (16, 5))
+  y = jnp.arange(16) % 3
 
-  @jax.jit
-  def two_steps(hp):
-    # The rates as the harness hands them to the hook, from a member's traced fields.
-    tx = study.make_tx(model, optim, optim_lib.rates_at(optim, hp, jnp.int32(0), 100))
-    state, p, out = tx.init(params), params, []
+  def loss(m, batch):
+    logits = m(batch[0], train=True)
+    return jnp.mean(jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, batch[1][:, None], 1)[:, 0]), logits
+
+  _, grads, curvature = kfac.value_grad_and_curvature(loss, module, (x, y), mode="fisher", key=jax.random.key(4))
+  grads = nnx.to_pure_dict(grads)
+  outs = []
+  for tx in (spec.build(traced), reference):
+    state, p = tx.init(params), params
     for _ in range(2):
-      updates, state = tx.update(zeros, state, p, batch=(x, y), key=jax.random.key(3))
+      updates, state = tx.update(grads, state, p, curvature=curvature)
       p = jax.tree.map(lambda a, u: a + u, p, updates)
-      out.append(p)
-    return out
-
-  def run(decay, net, lam, steps=2):
-    arm = config_lib.Arm("arm", {"learning_rate": 0.1, "weight_decay": lam, **study.arm_fields(decay, net)})
-    arm_optim = config_lib.ExperimentConfig(optim=optim).arm_optim(arm)
-    hp = {k: jnp.float32(getattr(arm_optim, k)) for k in config_lib.TRACED_FIELDS}
-    return two_steps(hp)[:steps]
-
-  on = run("decoupled", "bn", 0.0)
-  assert float(on[0]["bn_gate"]) == 1.0 and float(on[1]["bn_gate"]) == 1.0
-  assert float(run("none", "plain", 0.0)[1]["bn_gate"]) == 0.0
-  # With zero gradients (zero preconditioned gradient for K-FAC) only the decay moves the weights.
-  w0 = params["classifier"]["kernel"]
-  decoupled = run("decoupled", "plain", 0.5, steps=1)[0]["classifier"]["kernel"]
-  assert_close_scaled(decoupled, (1 - 0.1 * 0.5) * w0, c=100)  # w ← w − ηλw
-  if optimizer == "sgd":  # coupled L2 with momentum: first step w ← w − η·λw as well, then momentum differs
-    l2 = run("l2", "plain", 0.5)
-    assert_close_scaled(l2[0]["classifier"]["kernel"], (1 - 0.1 * 0.5) * w0, c=100)
-    # Second step: coupled L2 keeps the first step's decay in the momentum (μ = 0.9), decoupled does not.
-    w1 = l2[0]["classifier"]["kernel"]
-    assert_close_scaled(l2[1]["classifier"]["kernel"], w1 - 0.1 * (0.9 * 0.5 * w0 + 0.5 * w1), c=100)
-    d = run("decoupled", "plain", 0.5)
-    assert_close_scaled(d[1]["classifier"]["kernel"], (1 - 0.1 * 0.5) ** 2 * w0, c=100)
+    outs.append(p)
+  for got, want in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])):
+    assert_close_scaled(got, want, c=100, scale="tree")
 
 
 @pytest.mark.slow  # ~30-80 s (two programs to compile); its pieces are covered by the wrapper/analysis tests
@@ -223,31 +254,3 @@ def test_tiny_end_to_end_run(tmp_path):
   assert {c.id for c in section.claims} >= {"Z4a", "Z5a", "Z6a"}
   assert all(np.isfinite(c.effect.mean) for c in section.claims)
   assert (tmp_path / "REPORT.md").exists()
-
-
-def test_damping_report_matches_effective_damping_of_the_library():
-  """γ‖W‖² and cos(U, G) from the study's matmul-only inverses equal wd_optax.kfac.effective_damping after
-  one scale_by_kfac update (LAPACK inverses) on the same curvature."""
-  from wd_optax import kfac
-  config = study.make_config(True)
-  config.model.kwargs = {"hidden": [6, 5]}
-  model = study._Model(config)
-  params = nnx.to_pure_dict(nnx.split(model.build(nnx.Rngs(4)), nnx.Param, ...)[1])
-  params["bn_gate"] = jnp.ones(())
-  x = jax.random.normal(jax.random.key(5), (64, 40))
-  y = jnp.arange(64) % 10
-
-  @jax.jit
-  def both(params):
-    _, grads, curvature = model.curvature(params, (x, y), jax.random.key(6), "fisher")
-    plain = study._strip(params)
-    ours = study.damping_report(plain, grads, curvature, model.layers)
-    tx = kfac.scale_by_kfac(study.DAMPING, layers=model.layers)
-    _, state = tx.update(grads, tx.init(plain), plain, curvature=curvature)
-    return ours, kfac.effective_damping(state, plain)
-
-  ours, reference = both(params)
-  assert set(reference) == set(model.layers) == {"layers/0", "layers/1", "classifier"}
-  for layer, d in reference.items():
-    np.testing.assert_allclose(ours[f"gamma_eff/{layer}"], d.effective_damping, rtol=1e-5)
-    np.testing.assert_allclose(ours[f"cos/{layer}"], d.cosine, rtol=1e-3, atol=1e-4)

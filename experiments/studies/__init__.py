@@ -18,30 +18,20 @@ To add a study (e.g. ``fixnorm`` for issue 5, ``three_mechanisms`` for issue 6):
    ``reproduce --quick`` runs every registered study and must finish in 10 minutes.
 2. Add ``"<name>": "experiments.studies.<name>"`` to :data:`REGISTRY`.
 
-A study whose optimizer is not one of ``OptimConfig.name`` (FixNorm's norm projection, K-FAC) provides
-``hooks(config) -> experiments.train.Hooks``:
-
-* ``make_tx(optim_config, rates) -> optax.GradientTransformation`` builds the transform of one step from
-  the step's rates (η_t, λ_t as traced scalars, see ``experiments.train.optim.rates_at``); its state must
-  have the same structure for every step. ``rates`` also holds the study-hook fields of
-  ``experiments.config.TRACED_FIELDS`` (FixNorm's ``classifier_norm``, three_mechanisms' ``batch_norm`` and
-  ``decoupled_fraction``), so arms that differ only in them train as one program. A study that needs
-  another per-arm number adds a documented field to ``OptimConfig``, ``TRACED_FIELDS`` and ``rates_at``
-  (with a range check in ``experiments.config.validate`` if it has one) rather than reusing a field
-  meant for something else.
-* ``grad_fn(loss_fn, params, batch, key) -> experiments.train.GradResult`` computes the loss and gradients
-  (``loss_fn(params) -> (loss, (logits, model_state))``) and returns ``extra``: keyword arguments passed
-  to ``tx.update(grads, state, params, **extra)``. K-FAC returns its curvature statistics here
-  (``extra={"curvature": ...}``), computed with its own value-and-grad function (e.g. sampled-target
-  backward passes through registered layers).
+Optimizers are families of :mod:`experiments.optimizers` (``sgd``, ``adam``, ``adam_buffers``, ``fixnorm``,
+``kfac``): an arm names its family and overrides its fields, and ``model`` overrides switch the network (e.g.
+``{"norm": None}``). A study that needs a new optimizer adds a family (one file, see docs/harness.md) rather
+than a hook. A study may still provide ``hooks(config) -> experiments.train.Hooks``:
 
 * ``eval_metrics(apply, params, model_state, x, y) -> {name: scalar}`` adds measurements to every evaluation
   (logged to metrics.jsonl like test accuracy), e.g. a Jacobian norm.
-* ``build_model(rngs=...) -> nnx.Module`` replaces ``experiments.models.build`` (e.g. to pass K-FAC-registered
-  ``linear_cls`` / ``conv_cls``).
+* ``build_model(rngs=...) -> nnx.Module`` replaces ``experiments.models.build`` for a network the model config
+  cannot describe.
+* ``make_tx(spec, rates)`` / ``grad_fn(loss_fn, params, batch, key, model)`` replace the family's ``build`` /
+  ``value_and_grad`` (for experiments on the harness itself; a new optimizer is better a family).
 
-A study whose ``make_tx`` accepts other ``optim.name`` values than the harness's lists them all in
-``Study(optimizers=...)``, so that a misspelt name is refused before the run starts.
+``Study(optimizers=...)`` lists the families a study accepts, so that a misspelt ``name`` is refused before the
+run starts (default: every registered family).
 
 Optional: ``plots(results, config, outdir) -> [png paths]`` for study-specific figures (the harness always
 draws accuracy, loss, norm and angular-update curves).
@@ -72,8 +62,8 @@ class Study:
   analyze: Callable[..., Any]
   hooks: Callable[[Any], Any] | None = None
   plots: Callable[..., list] | None = None
-  # The ``optim.name`` values the study's ``make_tx`` hook builds (``None``: the harness's
-  # ``experiments.config.OPTIMIZERS``); validation refuses any other name before a run starts.
+  # The optimizer families (``optim.name`` values) the study accepts (``None``: every registered family);
+  # validation refuses any other name before a run starts.
   optimizers: tuple[str, ...] | None = None
 
   def setting_text(self, config) -> str:
