@@ -83,8 +83,8 @@ def test_study_fields_set_from_the_command_line_reach_only_that_arms_members(stu
                                                                              value):
   from experiments.train import make_groups
 
-  def read(group, member):   # a traced optimizer field of the member, or its group's model field
-    return getattr(group.model, field.split(".")[1]) if field.startswith("model.") else member.hp[field]
+  def read(group, member):   # a traced field of the member (None where its family lacks it), or its model's
+    return getattr(group.model, field.split(".")[1]) if field.startswith("model.") else member.hp.get(field)
 
   config = studies.get(study).make_config(True)
   before = {m.label: read(g, m) for g in make_groups(config, seeds=[0]) for m in g.members}
