@@ -242,9 +242,10 @@ def _assert_refused(argv, fragment, tmp_path, capsys):
 
 
 BAD_SETTINGS = [
-    (["early_decay", "--set", "optim.name=foo"], "optim.name must be one of ('sgd', 'adam', 'adam_buffers'), "
-                                                 "got 'foo'"),
-    (["early_decay", "--set", "optim.decay=foo"], "optim.decay must be one of ('l2', 'decoupled') for name='sgd'"),
+    (["early_decay", "--set", "optim.name=foo"], "optim.name must be one of ('sgd', 'adam', 'adam_buffers', "
+                                                 "'fixnorm', 'kfac'"),   # every registered family
+    (["early_decay", "--set", "optim.decay=foo"], "optim.decay must be one of ('l2', 'decoupled', 'l2+decoupled'), "
+                                                  "got 'foo'"),
     (["early_decay", "--set", "model.name=foo"], "model.name must be one of ('mlp', "),
     (["early_decay", "--set", "model.norm=group"], "model.norm must be one of"),
     (["early_decay", "--set", "model.kwargs.width=3"], "unexpected keyword argument 'width'"),
@@ -278,10 +279,10 @@ BAD_SETTINGS = [
     (["early_decay", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
     (["early_decay", "--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["early_decay", "--bogus"], "unrecognized arguments: --bogus"),
-    (["fixnorm", "--set", "arms.sgd.name=foo"], "arms.sgd.name must be one of ('fixnorm', 'sgd', 'adam', "
-                                                "'adam_buffers'), got 'foo'"),
-    (["three_mechanisms", "--set", "arms.sgd_l2_bn.name=kfac"], "arms.sgd_l2_bn.name must be one of ('sgd', "
-                                                                "'adam', 'kfacf', 'kfacg'), got 'kfac'"),
+    (["fixnorm", "--set", "arms.sgd.name=foo"], "arms.sgd.name must be one of ('sgd', 'adam', 'adam_buffers', "
+                                                "'fixnorm', 'kfac'"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.name=adam_buffers"],   # registered, not one of the study's
+     "arms.sgd_l2_bn.name must be one of ('sgd', 'adam', 'kfac'), got 'adam_buffers'"),
     (["three_mechanisms", "--set", "optim.learning_rate=1e4"],
      "--set optim.learning_rate: every arm of study 'three_mechanisms' sets its own learning_rate (sgd_none_plain, "),
     (["fixnorm", "--set", "arms.sgd.weight_decay=-0.5"], "arms.sgd.weight_decay must be a finite number >= 0"),
@@ -477,7 +478,8 @@ def test_subprocess_bad_input_is_one_stderr_line_and_plain_help_still_works(tmp_
                         "--workdir", str(tmp_path / "w")], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 2
-  assert out.stderr.splitlines() == ["error: optim.decay must be one of ('l2', 'decoupled') for name='sgd', got 'foo'."]
+  assert out.stderr.splitlines() == ["error: optim.decay must be one of ('l2', 'decoupled', 'l2+decoupled'), "
+                                     "got 'foo'."]
   assert not (tmp_path / "w").exists()
   out = subprocess.run([sys.executable, "-m", "experiments", "--help"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)
