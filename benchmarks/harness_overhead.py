@@ -31,6 +31,7 @@ import optax  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
+from experiments import optimizers  # noqa: E402
 from experiments.data import load  # noqa: E402
 from experiments.models import build  # noqa: E402
 from experiments.train import Program, make_groups  # noqa: E402
@@ -56,7 +57,7 @@ def main() -> None:
   config = config_lib.ExperimentConfig(
       name="bench", data=config_lib.DataConfig(name="mnist1d", n_train=4000, n_test=1000, label_noise=0.2),
       model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": hidden}),
-      optim=config_lib.OptimConfig(name="sgd", learning_rate=lr, momentum=momentum, weight_decay=wd, decay="l2"),
+      optim=optimizers.SGD(learning_rate=lr, momentum=momentum, weight_decay=wd, decay="l2"),
       train=config_lib.TrainConfig(steps=10 ** 6, batch_size=batch, log_every=25, eval_every=10 ** 6 // 25 * 25,
                                    num_devices=1),
       seeds=1, arms=[config_lib.Arm("base")])

@@ -35,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 
 from experiments import config as config_lib  # noqa: E402
+from experiments import optimizers  # noqa: E402
 from experiments.data import load  # noqa: E402
 from experiments.train import Program, make_groups  # noqa: E402
 
@@ -59,7 +60,7 @@ def main() -> None:
     return config_lib.ExperimentConfig(
         name="sweep", data=config_lib.DataConfig(name="mnist1d", n_train=4000, n_test=1000, label_noise=0.2),
         model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [128, 128]}),
-        optim=config_lib.OptimConfig(name="sgd", learning_rate=0.1, momentum=0.9, decay="l2"),
+        optim=optimizers.SGD(learning_rate=0.1, momentum=0.9, decay="l2"),
         train=config_lib.TrainConfig(steps=args.steps, batch_size=128, log_every=50, eval_every=args.steps,
                                      num_devices=8, mesh_members=mesh_members),
         seeds=4, arms=[config_lib.Arm("sgd", sweep={"weight_decay": [0.0, 5e-4, 5e-3, 5e-2]})])

@@ -33,6 +33,7 @@ def main(argv: list[str]) -> None:
   from experiments.train.workdir import load_dataset, run_experiment
 
   from experiments import config as config_lib
+  from experiments import optimizers
   if kind == "kfac":
     study = studies.get("three_mechanisms")
     config = study.make_config(True)
@@ -44,7 +45,7 @@ def main(argv: list[str]) -> None:
     config = config_lib.ExperimentConfig(
         name="plain", data=config_lib.DataConfig(name="digits", n_train=256, n_test=64, label_noise=0.1),
         model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [16]}),
-        optim=config_lib.OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, decay="l2"),
+        optim=optimizers.SGD(learning_rate=0.05, momentum=0.9, decay="l2"),
         arms=[config_lib.Arm("sgd", sweep={"weight_decay": [0.0, 1e-2]})])
   config.seeds = 2
   t = config.train

@@ -15,6 +15,7 @@ import pytest
 
 from experiments import checks, cli
 from experiments import config as config_lib
+from experiments import optimizers
 from experiments import report, studies
 from experiments.train import Hooks
 
@@ -36,7 +37,7 @@ def test_list_subprocess_names_every_registered_study():
     (["early_decay", "--set", "optimizer.learning_rate=3"], "'optimizer'"),
     (["early_decay", "--set", "train.steps=many"], "cannot parse as int"),
     (["early_decay", "--set", "arms.sometimes.weight_decay=1"], "unknown arm 'sometimes'"),
-    (["early_decay", "--set", "arms.always.wd=1"], "unknown optimizer key 'wd'"),
+    (["early_decay", "--set", "arms.always.wd=1"], "optimizer 'sgd' has no field 'wd'; its fields: ["),
     (["early_decay", "--set", "train.steps"], "expected key=value"),
     (["early_decay", "--set", "train.eval_every=7"], "train.eval_every (7) must be a multiple"),
     (["no_such_study"], "unknown study 'no_such_study'"),
@@ -44,9 +45,12 @@ def test_list_subprocess_names_every_registered_study():
     (["fixnorm", "--set", "arms.fixnorm_c1p5.classifier_norm=-1.5"],
      "arms.fixnorm_c1p5.classifier_norm must be a finite number > 0, got -1.5"),
     (["fixnorm", "--set", "arms.fixnorm_c1p5.classifer_norm=2"], "'classifier_norm'"),  # listed as known
-    (["three_mechanisms", "--set", "arms.sgd_l2_bn.decoupled_fraction=2"],
-     "arms.sgd_l2_bn.decoupled_fraction must be a number in [0, 1], got 2.0"),
-    (["three_mechanisms", "--set", "arms.sgd_l2_bn.batch_norm=0.5"], "cannot parse as bool"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.decoupled_weight_decay=-2"],
+     "arms.sgd_l2_bn.decoupled_weight_decay must be a finite number >= 0, got -2.0"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.model.registered_layers=0.5"], "cannot parse as bool"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.model.norm=group"],
+     "arms.sgd_l2_bn.model.norm must be one of"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.model.depth=3"], "unknown model key 'depth'"),
 ])
 def test_bad_arguments_exit_2_naming_the_problem(argv, fragment, capsys):
   assert cli.main(argv) == 2
@@ -72,16 +76,20 @@ def test_overrides_parse_with_field_types():
 
 @pytest.mark.parametrize("study,arm,assignment,field,value", [
     ("fixnorm", "fixnorm_c1p5", "classifier_norm=2.5", "classifier_norm", 2.5),
-    ("three_mechanisms", "sgd_l2_bn", "batch_norm=false", "batch_norm", 0.0),
-    ("three_mechanisms", "sgd_l2_plain", "decoupled_fraction=0.25", "decoupled_fraction", 0.25),
+    ("three_mechanisms", "sgd_l2_bn", "model.norm=none", "model.norm", None),
+    ("three_mechanisms", "sgd_l2_plain", "decoupled_weight_decay=0.25", "decoupled_weight_decay", 0.25),
 ])
 def test_study_fields_set_from_the_command_line_reach_only_that_arms_members(study, arm, assignment, field,
                                                                              value):
   from experiments.train import make_groups
+
+  def read(group, member):   # a traced field of the member (None where its family lacks it), or its model's
+    return getattr(group.model, field.split(".")[1]) if field.startswith("model.") else member.hp.get(field)
+
   config = studies.get(study).make_config(True)
-  before = {m.label: m.hp[field] for g in make_groups(config, seeds=[0]) for m in g.members}
+  before = {m.label: read(g, m) for g in make_groups(config, seeds=[0]) for m in g.members}
   config_lib.apply_override(config, f"arms.{arm}.{assignment}")
-  after = {m.label: m.hp[field] for g in make_groups(config, seeds=[0]) for m in g.members}
+  after = {m.label: read(g, m) for g in make_groups(config, seeds=[0]) for m in g.members}
   changed = {label for label in after if after[label] != before[label]}
   assert changed == {label for label in after if label.split("[")[0] == arm}
   assert all(after[label] == value for label in changed)
@@ -110,7 +118,7 @@ def _tiny_config(quick):
       name="tiny_custom",
       data=config_lib.DataConfig(name="digits", n_train=128, n_test=64),
       model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [8]}),
-      optim=config_lib.OptimConfig(learning_rate=0.1),
+      optim=optimizers.SGD(learning_rate=0.1),
       train=config_lib.TrainConfig(steps=8, batch_size=32, log_every=4, eval_every=4, eval_batch_size=64),
       seeds=3,
       arms=[config_lib.Arm("slow", {"learning_rate": 0.01}), config_lib.Arm("fast")])
@@ -233,9 +241,10 @@ def _assert_refused(argv, fragment, tmp_path, capsys):
 
 
 BAD_SETTINGS = [
-    (["early_decay", "--set", "optim.name=foo"], "optim.name must be one of ('sgd', 'adam', 'adam_buffers'), "
-                                                 "got 'foo'"),
-    (["early_decay", "--set", "optim.decay=foo"], "optim.decay must be one of ('l2', 'decoupled') for name='sgd'"),
+    (["early_decay", "--set", "optim.name=foo"], "optim.name must be one of ('sgd', 'adam', 'adam_buffers', "
+                                                 "'fixnorm', 'kfac'"),   # every registered family
+    (["early_decay", "--set", "optim.decay=foo"], "optim.decay must be one of ('l2', 'decoupled', 'l2+decoupled'), "
+                                                  "got 'foo'"),
     (["early_decay", "--set", "model.name=foo"], "model.name must be one of ('mlp', "),
     (["early_decay", "--set", "model.norm=group"], "model.norm must be one of"),
     (["early_decay", "--set", "model.kwargs.width=3"], "unexpected keyword argument 'width'"),
@@ -269,10 +278,10 @@ BAD_SETTINGS = [
     (["early_decay", "--seeds", "x"], "argument --seeds: invalid int value: 'x'"),
     (["early_decay", "--seeds", "0"], "--seeds must be >= 1, got 0"),
     (["early_decay", "--bogus"], "unrecognized arguments: --bogus"),
-    (["fixnorm", "--set", "arms.sgd.name=foo"], "arms.sgd.name must be one of ('fixnorm', 'sgd', 'adam', "
-                                                "'adam_buffers'), got 'foo'"),
-    (["three_mechanisms", "--set", "arms.sgd_l2_bn.name=kfac"], "arms.sgd_l2_bn.name must be one of ('sgd', "
-                                                                "'adam', 'kfacf', 'kfacg'), got 'kfac'"),
+    (["fixnorm", "--set", "arms.sgd.name=foo"], "arms.sgd.name must be one of ('sgd', 'adam', 'adam_buffers', "
+                                                "'fixnorm', 'kfac'"),
+    (["three_mechanisms", "--set", "arms.sgd_l2_bn.name=adam_buffers"],   # registered, not one of the study's
+     "arms.sgd_l2_bn.name must be one of ('sgd', 'adam', 'kfac'), got 'adam_buffers'"),
     (["three_mechanisms", "--set", "optim.learning_rate=1e4"],
      "--set optim.learning_rate: every arm of study 'three_mechanisms' sets its own learning_rate (sgd_none_plain, "),
     (["fixnorm", "--set", "arms.sgd.weight_decay=-0.5"], "arms.sgd.weight_decay must be a finite number >= 0"),
@@ -468,7 +477,8 @@ def test_subprocess_bad_input_is_one_stderr_line_and_plain_help_still_works(tmp_
                         "--workdir", str(tmp_path / "w")], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)
   assert out.returncode == 2
-  assert out.stderr.splitlines() == ["error: optim.decay must be one of ('l2', 'decoupled') for name='sgd', got 'foo'."]
+  assert out.stderr.splitlines() == ["error: optim.decay must be one of ('l2', 'decoupled', 'l2+decoupled'), "
+                                     "got 'foo'."]
   assert not (tmp_path / "w").exists()
   out = subprocess.run([sys.executable, "-m", "experiments", "--help"], cwd=ROOT, env=env, capture_output=True,
                        text=True, timeout=120)

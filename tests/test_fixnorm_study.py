@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from experiments import optimizers
 from experiments.studies import fixnorm as study
 from experiments.train import make_groups
 from experiments.train.metrics import ArmResult
@@ -98,7 +99,9 @@ def test_fixnorm_arms_train_as_one_program_and_carry_their_classifier_norm():
   norms = {m.arm: m.hp["classifier_norm"] for m in fixnorm_groups[0].members}
   assert norms == {**{study._fixnorm_arm(c): c for c in QUICK["classifier_norms"]},
                    "fixnorm_decay": QUICK["default_norm"]}
-  assert all(m.hp["decoupled_decay"] == 0.0 for m in fixnorm_groups[0].members)  # no longer a carrier
+  # The members carry exactly the fixnorm family's traced fields (the classifier norm is its own, not carried
+  # in another family's field).
+  assert all(set(m.hp) == set(optimizers.FixNorm.TRACED) for m in fixnorm_groups[0].members)
   assert all("." not in a.name for a in config.arms)
 
 
@@ -106,12 +109,12 @@ def test_fixnorm_arms_train_as_one_program_and_carry_their_classifier_norm():
 def test_each_member_is_projected_to_its_own_classifier_norm(decay_window):
   """One step of the study's transform from a member's config and rates: the classifier kernel ends at the
   member's norm c, the scale-invariant kernel keeps its norm — also on steps outside the decay window."""
+  import dataclasses
   import jax
   import jax.numpy as jnp
-  from experiments.train import optim as optim_lib
 
   config = study.make_config(True)
-  config.optim.decay_start, config.optim.decay_end = decay_window
+  config.optim = dataclasses.replace(config.optim, decay_start=decay_window[0], decay_end=decay_window[1])
   group = next(g for g in make_groups(config, seeds=[0]) if g.optim.name == "fixnorm")
   keys = jax.random.split(jax.random.key(0), 4)
   params = {"layers": {"0": {"kernel": jax.random.normal(keys[0], (6, 5))}},
@@ -121,8 +124,8 @@ def test_each_member_is_projected_to_its_own_classifier_norm(decay_window):
 
   @jax.jit
   def one_step(hp):
-    rates = optim_lib.rates_at(group.optim, hp, jnp.int32(0), config.train.steps)
-    tx = study.make_tx(group.optim, rates)
+    rates = group.optim.rates_at(hp, jnp.int32(0), config.train.steps)
+    tx = group.optim.build(rates)
     updates, _ = tx.update(grads, tx.init(params), params)
     return jax.tree.map(lambda p, u: p + u, params, updates)
 

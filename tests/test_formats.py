@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
+from experiments import optimizers
 from experiments.train import metrics as metrics_lib
 from experiments.train.metrics import MetricsWriter, read_records
 
@@ -130,7 +131,7 @@ def tiny_config(**train) -> config_lib.ExperimentConfig:
       name="tiny",
       data=config_lib.DataConfig(name="digits", n_train=128, n_test=64),
       model=config_lib.ModelConfig(name="mlp", kwargs={"hidden": [8]}),
-      optim=config_lib.OptimConfig(name="sgd", learning_rate=0.05, weight_decay=1e-3),
+      optim=optimizers.SGD(learning_rate=0.05, weight_decay=1e-3),
       train=config_lib.TrainConfig(**{"steps": 8, "batch_size": 32, "log_every": 4, "eval_every": 4,
                                       "eval_batch_size": 64, "num_devices": 1, **train}),
       seeds=2, arms=[config_lib.Arm("decay", sweep={"weight_decay": [1e-3, 1e-2]}),

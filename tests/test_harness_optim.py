@@ -1,4 +1,4 @@
-"""The harness's optimizer config against independent references.
+"""The harness's optimizer specs (shared machinery of experiments.optimizers) against independent references.
 
 * ``lr_schedule`` (optax schedules) equals the schedule's formula written out in numpy float64;
 * the decay window rounds its fractions of the run as the formula says, per vmapped member;
@@ -23,7 +23,7 @@ import wd_optax
 from _tol import assert_close_scaled
 from experiments import config as config_lib
 from experiments import models
-from experiments.train import optim as optim_lib
+from experiments import optimizers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,9 +48,9 @@ def _lr_reference(kind: str, warmup: int, total: int, t: np.ndarray) -> np.ndarr
 @pytest.mark.parametrize("warmup", [0, 1, 2, 7, 40, 45])
 def test_lr_schedule_matches_the_formula(kind, warmup):
   total = 40
-  optim = config_lib.OptimConfig(lr_schedule=kind, warmup_steps=warmup)
+  optim = optimizers.SGD(lr_schedule=kind, warmup_steps=warmup)
   steps = np.arange(0, total + 10)
-  schedule = optim_lib.lr_schedule(optim, total)
+  schedule = optim.lr_shape(total)
   got = jax.jit(jax.vmap(lambda t: schedule(t) * jnp.ones([], jnp.float32)))(jnp.asarray(steps, jnp.int32))
   assert_close_scaled(got, _lr_reference(kind, warmup, total, steps), c=4)   # a few float32 roundings vs float64
 
@@ -65,7 +65,7 @@ def test_decay_window_rounds_fractions_of_the_run_per_member():
   steps = np.arange(0, total + 5)
 
   def gates(s, e):
-    window = optim_lib.decay_window({"decay_start": s, "decay_end": e}, total)
+    window = optimizers.OptimizerSpec.decay_window({"decay_start": s, "decay_end": e}, total)
     return jax.vmap(window)(jnp.asarray(steps))
 
   got = jax.jit(jax.vmap(gates))(jnp.asarray(starts), jnp.asarray(ends))
@@ -85,7 +85,7 @@ def _abstract_params(name, norm):
 
 
 def _decayed(spec, params):
-  return sorted(p for p, keep in wd_optax.masks.resolve(optim_lib.decay_mask(spec), params).items() if keep)
+  return sorted(p for p, keep in wd_optax.masks.resolve(optimizers.decay_mask(spec), params).items() if keep)
 
 
 MLP_PATHS = ["classifier/bias", "classifier/kernel", "layers/0/kernel", "layers/1/kernel", "norms/0/layer/bias",
@@ -112,7 +112,7 @@ def test_decay_mask_specs_select_the_expected_paths(spec, expected):
 
 
 def test_all_is_no_mask_at_all():
-  assert optim_lib.decay_mask("all") is None   # the transforms' unmasked program, as before presets were regexes
+  assert optimizers.decay_mask("all") is None   # the transforms' unmasked program, as before presets were regexes
 
 
 @pytest.mark.parametrize("name", models.NAMES)
@@ -136,8 +136,7 @@ def test_kernels_preset_is_exactly_the_leaves_with_ndim_2_or_more(name, norm):
     (["("], r"^optim\.decay_mask\.include: invalid regex '\(' \(missing \), unterminated subpattern"),
 ])
 def test_bad_decay_mask_spec_is_one_error_naming_the_key(spec, pattern):
-  config = config_lib.ExperimentConfig()
-  config.optim.decay_mask = spec
+  config = config_lib.ExperimentConfig(optim=optimizers.SGD(decay_mask=spec))
   with pytest.raises(ValueError, match=pattern):
     config_lib.validate(config)
 

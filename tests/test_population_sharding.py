@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from experiments import config as config_lib
+from experiments import optimizers
 from experiments.data import load
 from experiments.train import Program, make_groups
 from experiments.train import sharding as sharding_lib
@@ -31,7 +32,7 @@ def sweep_config(seeds: int = 4, **train) -> config_lib.ExperimentConfig:
       name="popshard",
       data=config_lib.DataConfig(name="digits", n_train=256, n_test=64, label_noise=0.1),
       model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [16]}),
-      optim=config_lib.OptimConfig(name="sgd", learning_rate=0.05, momentum=0.9, decay="l2"),
+      optim=optimizers.SGD(learning_rate=0.05, momentum=0.9, decay="l2"),
       train=config_lib.TrainConfig(**{"steps": STEPS, "batch_size": 32, "log_every": 4, "eval_every": 4,
                                       "checkpoint_every": 0, "eval_batch_size": 64, "num_devices": 1, **train}),
       seeds=seeds, arms=[config_lib.Arm("sgd", sweep={"weight_decay": [0.0, 1e-3, 1e-2, 1e-1]})])

@@ -368,11 +368,10 @@ def test_adam_buffers_variants_without_l2_in_the_second_moment_step_boundedly_wh
   import optax
   import wd_optax
 
-  from experiments.train import optim as optim_lib
   config = adam_buffers.make_config(quick=True)
   w, lam, eta = 0.5, 0.1, 1e-3
   params, zero_grad = {"w": jnp.full((3,), w)}, {"w": jnp.zeros(3)}
-  rates = {"learning_rate": eta, "weight_decay": lam, "decoupled_decay": 0.0, "peak_learning_rate": eta}
+  rates = {"learning_rate": eta, "weight_decay": lam, "decoupled_weight_decay": 0.0, "peak_learning_rate": eta}
 
   def first_step(tx):
     return float(jnp.abs(tx.update(zero_grad, tx.init(params), params)[0]["w"]).max())
@@ -388,7 +387,7 @@ def test_adam_buffers_variants_without_l2_in_the_second_moment_step_boundedly_wh
                                   l2_in_second_moment=optim.l2_in_second_moment,
                                   l2_preconditioned=optim.l2_preconditioned),
         optax.scale_by_learning_rate(eta))
-    step = first_step(optim_lib.make_tx(optim, rates))
+    step = first_step(optim.build(rates))
     if optim.l2_in_second_moment:
       assert optim.preconditioner_floor == 0.0 and step == first_step(literal), arm.name
     else:

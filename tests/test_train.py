@@ -21,10 +21,10 @@ import pytest
 from flax import nnx
 
 from experiments import config as config_lib
+from experiments import optimizers
 from experiments.data import load
 from experiments.models import build
 from experiments.train import Hooks, Program, TrainingDiverged, make_groups
-from experiments.train import optim as optim_lib
 from experiments.train.checkpoint import Checkpointer
 from _tol import assert_close_scaled
 
@@ -37,7 +37,7 @@ def tiny_config(**train) -> config_lib.ExperimentConfig:
       name="tiny",
       data=config_lib.DataConfig(name="digits", n_train=256, n_test=64, label_noise=0.1),
       model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [16]}),
-      optim=config_lib.OptimConfig(name="sgd", learning_rate=LR, momentum=MOMENTUM, weight_decay=WD, decay="l2"),
+      optim=optimizers.SGD(learning_rate=LR, momentum=MOMENTUM, weight_decay=WD, decay="l2"),
       train=config_lib.TrainConfig(**{"steps": STEPS, "batch_size": 32, "log_every": 4, "eval_every": 4,
                                       "checkpoint_every": 0, "eval_batch_size": 64, "num_devices": 1, **train}),
       seeds=2,
@@ -175,7 +175,7 @@ def test_nan_stops_with_clear_message_and_keeps_last_good_checkpoint(dataset, tm
       return jax.tree.map(lambda u: u * factor, updates), optax.ScaleByScheduleState(count=state.count + 1)
     return optax.GradientTransformation(init, update)
 
-  hooks = Hooks(make_tx=lambda optim, rates: optax.chain(optim_lib.make_tx(optim, rates), nan_after(10)))
+  hooks = Hooks(make_tx=lambda optim, rates: optax.chain(optim.build(rates), nan_after(10)))
   config = tiny_config(steps=20, log_every=5, eval_every=5, checkpoint_every=5)
   config.arms = config.arms[:1]
   (group,) = make_groups(config, seeds=[0])
@@ -199,7 +199,7 @@ def test_lr_norm_sq_scales_each_scale_invariant_step_by_its_squared_norm_ratio()
     h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
     return jax.nn.relu(h) @ params["classifier"], model_state
 
-  optim = config_lib.OptimConfig(name="sgd", learning_rate=0.1, momentum=0.0, weight_decay=0.0, lr_norm_sq=True)
+  optim = optimizers.SGD(learning_rate=0.1, momentum=0.0, weight_decay=0.0, lr_norm_sq=True)
   spec = step_lib.StepSpec(apply=apply, optim=optim, total_steps=10, batch_size=8, num_examples=8,
                            scale_invariant=frozenset({"hidden"}), measured=frozenset({"hidden", "classifier"}))
   rng = np.random.default_rng(0)
@@ -207,7 +207,7 @@ def test_lr_norm_sq_scales_each_scale_invariant_step_by_its_squared_norm_ratio()
         "classifier": jnp.asarray(rng.standard_normal((3, 2)), jnp.float32)}
   params = {"hidden": 2.0 * w0["hidden"], "classifier": w0["classifier"]}   # ‖W_t‖² = 4 ‖W_0‖²
   x, y = jnp.asarray(rng.standard_normal((8, 4)), jnp.float32), jnp.asarray(rng.integers(0, 2, 8), jnp.int32)
-  hp = {k: jnp.float32(getattr(optim, k)) for k in config_lib.TRACED_FIELDS}
+  hp = {k: jnp.float32(getattr(optim, k)) for k in optim.TRACED}
   state = {"step": jnp.int32(0), "params": params, "model_state": {}, "key": jax.random.PRNGKey(0),
            "opt_state": spec.init_opt_state(params, hp), "init_sq_norm": spec.si_sq_norms(w0)}
   new, metrics = jax.jit(lambda s, h: step_lib.member_step(spec, s, h, x, y, diagnose=True))(state, hp)
@@ -252,7 +252,7 @@ def test_diagnostics_concatenate_layers_in_sorted_path_order_whatever_the_set_or
   old = {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
   new = {k: v + 0.1 * jnp.asarray(rng.standard_normal(v.shape), jnp.float32) for k, v in old.items()}
   rates = {"learning_rate": jnp.float32(0.1), "weight_decay": jnp.float32(0.0)}
-  optim = config_lib.OptimConfig(name="sgd", learning_rate=0.1)
+  optim = optimizers.SGD(learning_rate=0.1)
 
   assert list(step_lib.select(new, _ReversedSet(shapes))) == ["a", "b", "c"]
   concatenated = []

@@ -45,6 +45,11 @@ class AdamBuffers(base.OptimizerSpec):
   decoupled_weight_decay: float = dataclasses.field(default=0.0, metadata=base.NONNEGATIVE)
   coupling: str = dataclasses.field(default="lr", metadata=base.choices(*base.COUPLINGS))
 
+  def check(self, where) -> None:
+    if self.decoupled_weight_decay and self.decay != "decoupled":
+      raise ValueError(f"{where('decoupled_weight_decay')} ({self.decoupled_weight_decay}) is read only with "
+                       f"decay='decoupled'; {where('decay')} is {self.decay!r}.")
+
   def build(self, traced) -> optax.GradientTransformation:
     mask, lr = self.mask(), traced["learning_rate"]
     peak = traced["peak_learning_rate"] if self.coupling in ("schedule", "corrected") else None

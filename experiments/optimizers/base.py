@@ -328,6 +328,11 @@ class OptimizerSpec:
     if window:
       raise ValueError(f"{where('decay_start')} ({window[0][0]}) must be <= {where('decay_end')} ({window[0][1]}).")
     self.check(where)
+    # The cross-field checks also see each swept value (a swept decoupled_weight_decay under decay="l2" would
+    # train members that differ in nothing).
+    for key, values in sweep.items():
+      for value in values:
+        dataclasses.replace(self, **{key: value}).check(where)
 
 
 def _is_number(value: Any) -> bool:
