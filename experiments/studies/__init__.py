@@ -59,6 +59,7 @@ REGISTRY: dict[str, str] = {
     "adam_buffers": "experiments.studies.adam_buffers",
     "fixnorm": "experiments.studies.fixnorm",
     "three_mechanisms": "experiments.studies.three_mechanisms",
+    "transformer": "experiments.studies.transformer",
 }
 
 
