@@ -10,9 +10,9 @@
   an order fixed by ``seed``; the first ``n_train`` are the train set (default half), the rest the test set.
   Subtraction is not commutative, so the model must use the positions.
 
-Every image / signal dataset comes back standardised **per channel**: the mean and standard deviation of each input channel
-over all train examples and positions (one channel for mnist1d and digits, RGB for CIFAR) are subtracted and
-divided out of both splits. Test statistics are never used. With ``flatten=True`` the same standardised values
+Every image / signal dataset comes back standardised **per channel**: the mean and standard deviation of each
+input channel over all train examples and positions (one channel for mnist1d and digits, RGB for CIFAR) are
+subtracted and divided out of both splits. Test statistics are never used. With ``flatten=True`` the same standardised values
 are reshaped to ``(N, D)``. The token datasets (:data:`TOKEN_TASKS`) come back as int32 token ids, not
 standardised; :func:`vocab_size` gives their vocabulary.
 

@@ -187,7 +187,10 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: 
 
 def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates: dict,
                   lr_factors: dict | None = None) -> dict:
-  """Per-layer ‖w‖, η_eff (scale-invariant leaves) and angular update (those and every measured leaf) of one step (Zhang et al. 2019 §4.1, via wd_optax.diagnostics)."""
+  """Per-layer ‖w‖, η_eff (scale-invariant leaves) and angular update (every measured leaf) of one step.
+
+  Zhang et al. 2019 §4.1, via wd_optax.diagnostics.
+  """
   old = select(old_params, spec.measured | spec.scale_invariant)
   new = select(new_params, spec.measured | spec.scale_invariant)
   si_old = {p: old[p] for p in spec.si_paths()}  # sorted: the concatenation below is in this order
