@@ -228,3 +228,19 @@ def test_quick_config_is_one_program_per_optimizer_structure():
   groups = make_groups(study.make_config(True))
   assert [sorted({m.arm for m in g.members}) for g in groups] == [
       ["adamw", "adamw_early", "none"], ["adam_l2"], ["l2_0_1_1"]]
+
+
+def test_the_harness_logs_the_angular_update_of_a_matrix_that_is_not_scale_invariant():
+  from experiments import config as config_lib
+  from experiments.train import step as step_lib
+  rng = np.random.default_rng(0)
+  old = {"w": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}
+  new = {"w": old["w"] + 0.1 * jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}
+  spec = step_lib.StepSpec(apply=None, optim=config_lib.OptimConfig(name="adam"), total_steps=10, batch_size=8,
+                           num_examples=8, scale_invariant=frozenset(), measured=frozenset({"w"}))
+  metrics = step_lib.diagnose_step(spec, old, new, {"learning_rate": jnp.float32(1e-3),
+                                                    "weight_decay": jnp.float32(0.0)})
+  a, b = (np.asarray(t["w"], np.float64).ravel() for t in (old, new))
+  expected = np.arccos(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+  np.testing.assert_allclose(metrics["angle/w"], expected, rtol=1e-3)
+  assert "eff_lr/w" not in metrics  # η_eff stays defined for scale-invariant leaves only
