@@ -237,7 +237,7 @@ def check_reproduce(workdir: str, *, quick: bool, seeds: int | None = None, over
   Returns ``{study: (config, hooks)}``, which :func:`experiments.cli.reproduce` runs as checked. An unscoped ``arms.ARM.field`` override applies to the studies that have an arm ``ARM``; one that matches no
   study is an error naming every study's arms.
   """
-  names = list(names or studies_lib.names())
+  names = list(names or studies_lib.reproduced())
   arms = {name: [a.name for a in studies_lib.get(name).make_config(quick).arms] for name in names}
   for assignment in overrides:
     scope, _ = _scope(assignment)

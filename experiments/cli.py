@@ -290,7 +290,7 @@ def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, na
   os.makedirs(workdir, exist_ok=True)
   sections = []
   start = time.time()
-  for name in names or studies.names():
+  for name in names or studies.reproduced():
     try:
       sections.append(run_study(name, os.path.join(workdir, name), quick=quick, seeds=seeds, overrides=overrides,
                                 progress=progress, log=log, plot_prefix=name, reproduce=True,
@@ -308,6 +308,9 @@ def reproduce(workdir: str, *, quick: bool = False, seeds: int | None = None, na
                                               else type(e).__name__))
       log(f"[{name}] FAILED:\n{sections[-1].error}")
   preamble = PREAMBLE.format(quick=" --quick" if quick else "") + f"\n\nTotal run time: {time.time() - start:.0f} s."
+  left_out = {n: why for n, why in studies.NOT_IN_REPRODUCE.items() if not names}
+  if left_out:
+    preamble += "\n\nNot run here: " + "; ".join(f"`{n}` ({why})" for n, why in left_out.items()) + "."
   if not distributed.is_primary():
     return os.path.join(workdir, "REPORT.md")
   return report_lib.write_report(os.path.join(workdir, "REPORT.md"), sections,

@@ -24,6 +24,14 @@ CONFIGS = {
 }
 
 
+# The models over float images / vectors; the token-sequence transformer has its own tests (test_transformer.py).
+VISION = tuple(n for n in models.NAMES if n not in models.SEQUENCE_MODELS)
+
+
+def test_every_vision_model_has_a_test_config():
+  assert set(CONFIGS) == set(VISION)
+
+
 def _build(name, norm, seed=0, **extra):
   kwargs, shape = CONFIGS[name]
   model = models.build(name, num_classes=NUM_CLASSES, rngs=nnx.Rngs(seed), norm=norm, **kwargs, **extra)
@@ -42,7 +50,7 @@ def _batch_stats(model):
 
 
 @pytest.mark.parametrize("norm", models.NORMS)
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", VISION)
 def test_forward_modes_scale_invariance_and_classifier(name, norm):
   """One model per case, several checks, so the (CPU-expensive) forward passes are shared."""
   model, x = _build(name, norm)
@@ -79,7 +87,7 @@ def test_forward_modes_scale_invariance_and_classifier(name, norm):
   np.testing.assert_array_equal(model(x, train=True), np.broadcast_to(np.arange(NUM_CLASSES), (BATCH, NUM_CLASSES)))
 
 
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", VISION)
 def test_single_kernel_before_batchnorm_noaffine_is_scale_invariant(name):
   model, x = _build(name, "batch_noaffine")
   reference = model(x, train=True)
@@ -93,7 +101,7 @@ def test_single_kernel_before_batchnorm_noaffine_is_scale_invariant(name):
 
 
 @pytest.mark.parametrize("norm", models.NORMS)
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", VISION)
 def test_bias_only_without_norm_and_affine_only_for_batch(name, norm):
   model, _ = _build(name, norm)
   layers = _hidden_layers(model)
@@ -114,7 +122,7 @@ class _TaggedConv(nnx.Conv):
   pass
 
 
-@pytest.mark.parametrize("name", models.NAMES)
+@pytest.mark.parametrize("name", VISION)
 def test_layer_classes_are_replaceable(name):
   model, x = _build(name, "batch", linear_cls=_TaggedLinear, conv_cls=_TaggedConv)
   layers = [m for _, m in nnx.iter_modules(model) if isinstance(m, (nnx.Linear, nnx.Conv))]

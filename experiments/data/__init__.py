@@ -5,17 +5,24 @@
 * ``"digits"`` — scikit-learn's 8x8 handwritten digits (1797 images, shipped with scikit-learn).
 * ``"cifar10"`` / ``"cifar100"`` — the official *binary* files read from ``data_dir`` (never downloaded), as used
   by Zhang et al. (2019) and Bjorck et al. (2021).
+* ``"mod_add"`` / ``"mod_sub"`` — modular arithmetic ``a + b`` / ``a - b mod 97`` as token sequences
+  ``[a, op, b, =]`` (Power et al. 2022's grokking setting), generated: every one of the ``97²`` pairs once, in
+  an order fixed by ``seed``; the first ``n_train`` are the train set (default half), the rest the test set.
+  Subtraction is not commutative, so the model must use the positions.
 
-Every dataset comes back standardised **per channel**: the mean and standard deviation of each input channel
-over all train examples and positions (one channel for mnist1d and digits, RGB for CIFAR) are subtracted and
-divided out of both splits. Test statistics are never used. With ``flatten=True`` the same standardised values
-are reshaped to ``(N, D)``.
+Every image / signal dataset comes back standardised **per channel**: the mean and standard deviation of each
+input channel over all train examples and positions (one channel for mnist1d and digits, RGB for CIFAR) are
+subtracted and divided out of both splits. Test statistics are never used. With ``flatten=True`` the same standardised values
+are reshaped to ``(N, D)``. The token datasets (:data:`TOKEN_TASKS`) come back as int32 token ids, not
+standardised; :func:`vocab_size` gives their vocabulary.
 
 References:
   Greydanus, *Scaling down Deep Learning with MNIST-1D*, ICML 2024 (arXiv:2011.14439).
   Krizhevsky, *Learning Multiple Layers of Features from Tiny Images*, 2009 (CIFAR).
   Zhang, Wang, Xu, Grosse, *Three Mechanisms of Weight Decay Regularization*, ICLR 2019 (arXiv:1810.12281).
   Bjorck, Weinberger, Gomes, *Understanding Decoupled and Early Weight Decay*, AAAI 2021 (arXiv:2012.13841).
+  Power, Burda, Edwards, Babuschkin, Misra, *Grokking: Generalization Beyond Overfitting on Small Algorithmic
+  Datasets*, 2022 (arXiv:2201.02177).
 """
 
 from __future__ import annotations
@@ -33,11 +40,15 @@ import numpy as np
 
 from experiments.data import _sources
 
-__all__ = ["Dataset", "NAMES", "load", "check", "input_shape", "augment_crop_flip", "batches"]
+__all__ = ["Dataset", "NAMES", "TOKEN_TASKS", "load", "check", "input_shape", "vocab_size", "augment_crop_flip",
+           "batches"]
 
-NAMES = ("mnist1d", "digits", "cifar10", "cifar100")
-NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
-_INPUT_SHAPES = {"mnist1d": (40, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3)}
+TOKEN_TASKS = tuple(_sources.MODULAR_OPS)
+NAMES = ("mnist1d", "digits", "cifar10", "cifar100", *TOKEN_TASKS)
+NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100,
+               **{name: _sources.MODULUS for name in TOKEN_TASKS}}
+_INPUT_SHAPES = {"mnist1d": (40, 1), "digits": (8, 8, 1), "cifar10": (32, 32, 3), "cifar100": (32, 32, 3),
+                 **{name: (_sources.MODULAR_SEQ_LEN,) for name in TOKEN_TASKS}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,9 +56,10 @@ class Dataset:
   """A standardised train/test split.
 
   Attributes:
-    x_train: float32 inputs: NHWC for images, ``(N, L, 1)`` for mnist1d sequences, ``(N, D)`` when flattened.
+    x_train: float32 inputs: NHWC for images, ``(N, L, 1)`` for mnist1d sequences, ``(N, D)`` when flattened;
+      int32 ``(N, T)`` token ids for the token tasks.
     y_train: int32 labels (after label noise, if any).
-    x_test: float32 test inputs, same layout as ``x_train``.
+    x_test: test inputs, same layout and dtype as ``x_train``.
     y_test: int32 test labels (never noised).
     num_classes: number of classes.
     name: dataset name as passed to :func:`load`.
@@ -78,6 +90,13 @@ def input_shape(name: str, flatten: bool = False) -> tuple[int, ...]:
   return (math.prod(shape),) if flatten else shape
 
 
+def vocab_size(name: str) -> int:
+  """The number of distinct input tokens of a token task (``p + 2`` for ``a ∘ b mod p``: numbers, op, ``=``)."""
+  if name not in TOKEN_TASKS:
+    raise ValueError(f"vocab_size is defined for the token tasks {TOKEN_TASKS}, got {name!r}.")
+  return _sources.MODULUS + 2
+
+
 def check(name: str, *, data_dir: str | None = None, n_train: int | None = None, n_test: int | None = None,
           label_noise: float = 0.0, prefix: str = "") -> tuple[int, int]:
   """Checks the arguments of :func:`load` without loading; returns the (train, test) sizes it would return.
@@ -100,6 +119,10 @@ def check(name: str, *, data_dir: str | None = None, n_train: int | None = None,
     # mnist1d can generate any size, so only positivity is checked here.
     return (_check_count(n_train, f"{prefix}n_train", sys.maxsize, name) if n_train else _sources.MNIST1D_TRAIN,
             _check_count(n_test, f"{prefix}n_test", sys.maxsize, name) if n_test else _sources.MNIST1D_TEST)
+  if name in TOKEN_TASKS:
+    train = _check_count(n_train, f"{prefix}n_train", _sources.MODULAR_TOTAL - 1, name) if n_train else (
+        _sources.MODULAR_TRAIN)
+    return train, _check_count(n_test, f"{prefix}n_test", _sources.MODULAR_TOTAL - train, name)
   if name == "digits":
     available = (_sources.DIGITS_TOTAL - _sources.DIGITS_TEST, _sources.DIGITS_TEST)
   else:
@@ -141,17 +164,19 @@ def load(name: str, *, data_dir: str | None = None, n_train: int | None = None, 
   of the standard splits, larger ones regenerate with mnist1d's own generator (``get_dataset_args`` with a larger
   ``num_samples``, ``make_dataset``), cached under ``cache_dir`` keyed by every generation argument. digits has a
   fixed 1437/360 split; CIFAR uses the official 50000/10000 split. ``n_train`` / ``n_test`` below those take the
-  first examples (the sources are already in random order).
+  first examples (the sources are already in random order). The token tasks cut their ``97²`` pairs at
+  ``n_train`` (default ``97² // 2``); ``n_test`` defaults to all the others.
 
   Args:
-    name: one of ``"mnist1d"``, ``"digits"``, ``"cifar10"``, ``"cifar100"``.
+    name: one of ``"mnist1d"``, ``"digits"``, ``"cifar10"``, ``"cifar100"``, ``"mod_add"``, ``"mod_sub"``.
     data_dir: for CIFAR, a directory with the official binary files (``data_batch_1.bin`` ... ``data_batch_5.bin``,
       ``test_batch.bin`` for CIFAR-10; ``train.bin``, ``test.bin`` for CIFAR-100, whose fine labels are used),
       directly or in ``cifar-10-batches-bin/`` / ``cifar-100-binary/``. Ignored otherwise.
     n_train: number of train examples; ``None`` for the dataset's default.
     n_test: number of test examples; ``None`` for the dataset's default.
     label_noise: fraction in ``[0, 1]`` of train labels to corrupt; test labels stay clean.
-    seed: seeds the label noise via ``np.random.default_rng(seed)``; the global RNGs are never touched.
+    seed: seeds the label noise via ``np.random.default_rng(seed)`` (for the token tasks also the order of the
+      pairs, hence the train/test split; the noise then uses ``seed + 1``); the global RNGs are never touched.
     flatten: return ``(N, D)`` vectors instead of images / sequences.
     cache_dir: where mnist1d arrays are cached; default ``$WD_OPTAX_CACHE`` or ``~/.cache/wd_optax``.
 
@@ -173,6 +198,8 @@ def load(name: str, *, data_dir: str | None = None, n_train: int | None = None, 
   n_train_req, n_test_req = check(name, data_dir=data_dir, n_train=n_train, n_test=n_test, label_noise=label_noise)
   if name == "mnist1d":
     raw = _sources.read_mnist1d(n_train_req, n_test_req, cache_dir)
+  elif name in TOKEN_TASKS:
+    return _load_tokens(name, n_train_req, n_test_req, label_noise, seed)
   elif name == "digits":
     raw = _sources.read_digits()
   else:
@@ -192,6 +219,18 @@ def load(name: str, *, data_dir: str | None = None, n_train: int | None = None, 
       x_train=np.ascontiguousarray(x_train, dtype=np.float32), y_train=y_train.astype(np.int32),
       x_test=np.ascontiguousarray(x_test, dtype=np.float32), y_test=y_test.astype(np.int32),
       num_classes=num_classes, name=name)
+
+
+def _load_tokens(name: str, n_train: int, n_test: int, label_noise: float, seed: int) -> Dataset:
+  """The token task ``name``: the first ``n_train`` pairs of the seed's order train, the next ``n_test`` test."""
+  tokens, labels, _, _, num_classes = _sources.read_modular(name, seed)
+  y_train = labels[:n_train]
+  if label_noise > 0:
+    # A stream of its own: the split's order already used default_rng(seed).
+    y_train = _noisy_labels(y_train, num_classes, float(label_noise), seed + 1)
+  return Dataset(x_train=tokens[:n_train], y_train=y_train.astype(np.int32),
+                 x_test=tokens[n_train:n_train + n_test], y_test=labels[n_train:n_train + n_test],
+                 num_classes=num_classes, name=name)
 
 
 @functools.partial(jax.jit, static_argnames="padding")

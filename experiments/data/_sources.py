@@ -233,3 +233,28 @@ def read_cifar(name: str, data_dir: str | None, field: str = "data_dir") -> RawS
   x_train, y_train = read_split(spec["train"])
   x_test, y_test = read_split(spec["test"])
   return x_train, y_train, x_test, y_test, spec["num_classes"]
+
+
+# Modular arithmetic ``a ∘ b mod p`` as token sequences ``[a, op, b, =]`` (Power et al. 2022): the numbers are
+# tokens 0..p-1, the operator token is p and ``=`` is p + 1. The label is the answer, a class in 0..p-1.
+MODULUS = 97
+MODULAR_OPS = {"mod_add": lambda a, b, p: (a + b) % p, "mod_sub": lambda a, b, p: (a - b) % p}
+MODULAR_SEQ_LEN = 4
+MODULAR_TOTAL = MODULUS * MODULUS
+MODULAR_TRAIN = MODULAR_TOTAL // 2  # the default train fraction, 50%, as in Power et al.'s Figure 1 sweeps
+
+
+def read_modular(name: str, seed: int) -> RawSplits:
+  """Every pair ``(a, b)`` of ``Z_p`` once, in an order drawn from ``np.random.default_rng(seed)``.
+
+  Returns the whole table as the "train" split (``p²`` examples) and an empty test split: the train/test
+  cut is made by :func:`experiments.data.load`, so any prefix is the train set and the rest the test set, with
+  no pair in both.
+  """
+  p = MODULUS
+  a, b = np.divmod(np.arange(p * p, dtype=np.int64), p)
+  order = np.random.default_rng(seed).permutation(p * p)
+  a, b = a[order], b[order]
+  tokens = np.stack([a, np.full_like(a, p), b, np.full_like(a, p + 1)], axis=1).astype(np.int32)
+  labels = MODULAR_OPS[name](a, b, p).astype(np.int32)
+  return tokens, labels, tokens[:0], labels[:0], p

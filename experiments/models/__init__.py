@@ -21,6 +21,10 @@ References:
   Simonyan, Zisserman, *Very Deep Convolutional Networks for Large-Scale Image Recognition*, ICLR 2015 (VGG).
   Zhang, Wang, Xu, Grosse, *Three Mechanisms of Weight Decay Regularization*, ICLR 2019 (arXiv:1810.12281).
   van Laarhoven, *L2 Regularization versus Batch and Weight Normalization*, 2017 (arXiv:1706.05350).
+  Vaswani et al., *Attention Is All You Need*, NeurIPS 2017; Radford et al., *Language Models are Unsupervised
+  Multitask Learners*, 2019 (pre-LN decoder).
+  Power, Burda, Edwards, Babuschkin, Misra, *Grokking: Generalization Beyond Overfitting on Small Algorithmic
+  Datasets*, 2022 (arXiv:2201.02177).
 """
 
 from __future__ import annotations
@@ -32,9 +36,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["NAMES", "NORMS", "MLP", "ResNet1D", "CifarResNet", "VGG", "build"]
+__all__ = ["NAMES", "NORMS", "MLP", "ResNet1D", "CifarResNet", "VGG", "Transformer", "build"]
 
-NAMES = ("mlp", "resnet1d", "resnet20", "resnet32", "vgg")
+NAMES = ("mlp", "resnet1d", "resnet20", "resnet32", "vgg", "transformer")
+# Models over integer token sequences (the others read float images / vectors).
+SEQUENCE_MODELS = ("transformer",)
 NORMS = (None, "batch", "batch_noaffine", "layer")
 BATCHNORM_MOMENTUM = 0.9
 
@@ -255,6 +261,114 @@ class VGG(nnx.Module):
     return self.classifier(x)
 
 
+class CausalSelfAttention(nnx.Module):
+  """Multi-head self-attention in which position ``t`` attends to positions ``<= t`` only.
+
+  ``softmax(q k^T / sqrt(d_head) + M) v`` per head, with ``M[t, s] = -inf`` for ``s > t``; the query, key, value
+  and output projections are separate ``linear_cls`` layers, each applied once per call (so each is one K-FAC
+  layer).
+  """
+
+  def __init__(self, dim: int, heads: int, *, rngs: nnx.Rngs, linear_cls: type[nnx.Linear] = nnx.Linear):
+    if dim % heads:
+      raise ValueError(f"dim ({dim}) must be a multiple of heads ({heads}).")
+    self.heads = heads
+    self.query = linear_cls(dim, dim, use_bias=False, rngs=rngs)
+    self.key = linear_cls(dim, dim, use_bias=False, rngs=rngs)
+    self.value = linear_cls(dim, dim, use_bias=False, rngs=rngs)
+    self.out = linear_cls(dim, dim, use_bias=False, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    n, length, dim = x.shape
+    split = lambda y: y.reshape(n, length, self.heads, dim // self.heads)
+    q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+    scores = jnp.einsum("nthd,nshd->nhts", q, k) / jnp.sqrt(jnp.asarray(dim // self.heads, q.dtype))
+    causal = jnp.tril(jnp.ones((length, length), bool))
+    scores = jnp.where(causal, scores, jnp.finfo(scores.dtype).min)
+    mixed = jnp.einsum("nhts,nshd->nthd", jax.nn.softmax(scores, axis=-1), v)
+    return self.out(mixed.reshape(n, length, dim))
+
+
+class DecoderBlock(nnx.Module):
+  """Pre-norm residual block: ``x + attn(norm(x))``, then ``x + W2 gelu(W1 norm(x))``."""
+
+  def __init__(self, dim: int, heads: int, mlp_dim: int, *, norm: str | None, rngs: nnx.Rngs,
+               linear_cls: type[nnx.Linear] = nnx.Linear):
+    self.attn_norm = Norm(dim, norm, rngs=rngs)
+    self.attention = CausalSelfAttention(dim, heads, rngs=rngs, linear_cls=linear_cls)
+    self.mlp_norm = Norm(dim, norm, rngs=rngs)
+    self.mlp_in = linear_cls(dim, mlp_dim, rngs=rngs)
+    self.mlp_out = linear_cls(mlp_dim, dim, rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = x + self.attention(self.attn_norm(x, train=train))
+    return x + self.mlp_out(nnx.gelu(self.mlp_in(self.mlp_norm(x, train=train))))
+
+
+class Transformer(nnx.Module):
+  """Decoder-only transformer over integer token sequences; returns the logits of the last position.
+
+  ``h_0 = E_tok[x] + E_pos[0..T)``, ``depth`` pre-norm :class:`DecoderBlock` s with causal self-attention,
+  a final norm, and ``classifier(h[:, -1])``: the answer is read where a language model would predict the next
+  token (after ``=`` in ``a ∘ b =``). Inputs are ``(N, T)`` token ids, ``T <= seq_len``; float inputs holding
+  integer ids (the harness's shape probe) are cast to int32. Every dense layer is a ``linear_cls``, so K-FAC
+  registered layers replace them all; the embeddings are ``nnx.Embed`` lookups (no K-FAC factors).
+
+  Args:
+    num_classes: output size (the answer's vocabulary, e.g. ``p`` for ``a ∘ b mod p``).
+    rngs: parameter RNGs.
+    vocab_size: input vocabulary size (**required**).
+    seq_len: longest input sequence (**required**).
+    dim: residual width (default 128).
+    depth: number of blocks (default 1).
+    heads: attention heads (default 4).
+    mlp_dim: hidden width of each MLP (default ``4 * dim``).
+    norm: ``"layer"`` (default) or ``None``.
+    linear_cls: dense layer class.
+    conv_cls: ignored (no convs); accepted for a uniform ``build`` interface.
+  """
+
+  def __init__(self, num_classes: int, *, rngs: nnx.Rngs, vocab_size: int, seq_len: int, dim: int = 128,
+               depth: int = 1, heads: int = 4, mlp_dim: int | None = None, norm: str | None = "layer",
+               linear_cls: type[nnx.Linear] = nnx.Linear, conv_cls: type[nnx.Conv] = nnx.Conv):
+    del conv_cls  # Accepted so every model takes the same layer-class arguments; a transformer has no convs.
+    if norm not in (None, "layer"):
+      raise ValueError(f"the transformer's norm must be 'layer' or None (BatchNorm over tokens is not "
+                       f"supported), got {norm!r}.")
+    for argname, value in (("vocab_size", vocab_size), ("seq_len", seq_len), ("dim", dim), ("depth", depth),
+                           ("heads", heads)):
+      if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{argname} must be a positive int, got {value!r}.")
+    self.seq_len = seq_len
+    self.vocab_size = vocab_size
+    # GPT-2's N(0, 0.02) embeddings: the default variance-scaling init would make them O(1) against the
+    # O(1/sqrt(dim)) projections.
+    init = nnx.initializers.normal(0.02)
+    self.token_embed = nnx.Embed(vocab_size, dim, embedding_init=init, rngs=rngs)
+    self.position_embed = nnx.Embed(seq_len, dim, embedding_init=init, rngs=rngs)
+    self.blocks = nnx.List([DecoderBlock(dim, heads, mlp_dim or 4 * dim, norm=norm, rngs=rngs,
+                                         linear_cls=linear_cls) for _ in range(depth)])
+    self.final_norm = Norm(dim, norm, rngs=rngs)
+    self.classifier = linear_cls(dim, num_classes, rngs=rngs)
+
+  def hidden(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    """The final-norm hidden states ``(N, T, dim)`` of every position (position ``t`` sees tokens ``<= t``)."""
+    if x.ndim != 2:
+      raise ValueError(f"Transformer expects (N, T) token ids, got shape {tuple(x.shape)}.")
+    if x.shape[1] > self.seq_len:
+      raise ValueError(f"Transformer was built for sequences of at most seq_len={self.seq_len} tokens, got "
+                       f"{x.shape[1]}.")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+      x = x.astype(jnp.int32)
+    h = self.token_embed(x) + self.position_embed(jnp.arange(x.shape[1]))[None]
+    for block in self.blocks:
+      h = block(h, train=train)
+    return self.final_norm(h, train=train)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    return self.classifier(self.hidden(x, train=train)[:, -1])
+
+
 def build(name: str, *, num_classes: int, rngs: nnx.Rngs, norm: str | None = "batch", **kwargs: Any) -> nnx.Module:
   """Builds a model by name; ``model(x, train=...)`` returns logits.
 
@@ -264,10 +378,12 @@ def build(name: str, *, num_classes: int, rngs: nnx.Rngs, norm: str | None = "ba
   * ``"resnet1d"``: ``in_channels=1``, ``widths=(16, 32, 64)``, ``blocks_per_stage=1``, ``kernel_size=5``.
   * ``"resnet20"`` / ``"resnet32"``: ``in_channels=3``, ``widths=(16, 32, 64)`` (Zhang et al.: ``(64, 128, 256)``).
   * ``"vgg"``: ``in_channels=3``, ``widths=(32, 64, 128)``, ``convs_per_stage=2``.
+  * ``"transformer"``: ``vocab_size`` and ``seq_len`` (**required**), ``dim=128``, ``depth=1``, ``heads=4``,
+    ``mlp_dim=4 * dim``; ``norm`` ``"layer"`` or ``None``.
   * all: ``linear_cls=nnx.Linear``, ``conv_cls=nnx.Conv`` (drop-in subclasses, e.g. K-FAC-registered layers).
 
   Args:
-    name: one of ``"mlp"``, ``"resnet1d"``, ``"resnet20"``, ``"resnet32"``, ``"vgg"``.
+    name: one of ``"mlp"``, ``"resnet1d"``, ``"resnet20"``, ``"resnet32"``, ``"vgg"``, ``"transformer"``.
     num_classes: number of output logits.
     rngs: parameter RNGs.
     norm: ``None``, ``"batch"``, ``"batch_noaffine"`` or ``"layer"`` (see module docstring).
@@ -297,4 +413,10 @@ def build(name: str, *, num_classes: int, rngs: nnx.Rngs, norm: str | None = "ba
     return CifarResNet(num_classes, rngs=rngs, depth=int(name[len("resnet"):]), norm=norm, **kwargs)
   if name == "vgg":
     return VGG(num_classes, rngs=rngs, norm=norm, **kwargs)
+  if name == "transformer":
+    missing = [k for k in ("vocab_size", "seq_len") if k not in kwargs]
+    if missing:
+      raise ValueError(f"build('transformer') needs {' and '.join(f'{k}=...' for k in missing)} (the token "
+                       "vocabulary and the longest sequence, e.g. experiments.data.vocab_size(name)).")
+    return Transformer(num_classes, rngs=rngs, norm=norm, **kwargs)
   raise ValueError(f"name must be one of {NAMES}, got {name!r}.")

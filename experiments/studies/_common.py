@@ -84,7 +84,7 @@ def ident(values: np.ndarray) -> np.ndarray:
 
 
 # Classes of the bundled datasets (the analysis reads metrics.jsonl only, never the data).
-NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"mnist1d": 10, "digits": 10, "cifar10": 10, "cifar100": 100, "mod_add": 97, "mod_sub": 97}
 
 
 def num_classes(config: config_lib.ExperimentConfig) -> int:

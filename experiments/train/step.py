@@ -201,7 +201,10 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: 
 
 def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates: dict,
                   lr_factors: dict | None = None) -> dict:
-  """Per-layer ‖w‖, η_eff and angular update of one step (Zhang et al. 2019 §4.1, via wd_optax.diagnostics)."""
+  """Per-layer ‖w‖, η_eff (scale-invariant leaves) and angular update (every measured leaf) of one step.
+
+  Zhang et al. 2019 §4.1, via wd_optax.diagnostics.
+  """
   old = select(old_params, spec.measured | spec.scale_invariant)
   new = select(new_params, spec.measured | spec.scale_invariant)
   si_old = {p: old[p] for p in spec.si_paths()}  # sorted: the concatenation below is in this order
@@ -213,7 +216,9 @@ def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates:
   for path, w in si_new.items():  # η_eff = η_l/‖w‖² with the leaf's own step size η_l
     lr = rates["learning_rate"] * lr_factors.get(path, 1.0)
     out[f"eff_lr/{path}"] = diagnostics.effective_learning_rate(lr, {"w": w}, optimizer=optimizer)["w"]
-  out.update(diagnostics.flatten_by_path(diagnostics.angular_update(si_old, si_new), prefix="angle"))
+  # Angles of every measured weight matrix too: in a model without scale-invariant layers (a pre-LN transformer)
+  # the angular update is still the step's size relative to the weight.
+  out.update(diagnostics.flatten_by_path(diagnostics.angular_update(old, new), prefix="angle"))
   if spec.scale_invariant:
     out["norm/scale_invariant"] = jnp.sqrt(sq_norm(si_new))
     flat = lambda tree: {"scale_invariant": jnp.concatenate([jnp.ravel(v) for v in tree.values()])}
