@@ -164,7 +164,7 @@ def value_grad_and_curvature(
 def _not_estimated(shapes: Curvature) -> Curvature:
   """Zero factors marked ``estimated=0`` (``scale_by_kfac`` keeps its averages and its T)."""
   return {layer: LayerCurvature(jnp.zeros(c.a.shape, c.a.dtype), jnp.zeros(c.s.shape, c.s.dtype),
-                                jnp.zeros(c.locations.shape, c.locations.dtype), jnp.zeros((), jnp.float32))
+                                jnp.zeros(c.locations.shape, c.locations.dtype), np.zeros((), np.float32))
           for layer, c in shapes.items()}
 
 
@@ -294,5 +294,5 @@ def _assemble(modules: dict[str, nnx.Module], inputs: nnx.State, output_grads: n
   for layer in sorted(inputs):
     a, locations = modules[layer].input_second_moment(inputs[layer])
     curvature[layer] = LayerCurvature(a, _output_second_moment(outputs[layer], scale), locations,
-                                      jnp.ones((), jnp.float32))
+                                      np.ones((), np.float32))
   return curvature

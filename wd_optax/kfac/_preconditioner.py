@@ -125,6 +125,13 @@ def _placeholder_state(layers: Sequence[str] | None) -> ScaleByKfacState:
                           **per_layer)
 
 
+def _static_flag(flag: Any) -> bool | None:
+  """A layer's ``estimated`` as a Python bool when it is known while tracing, else ``None``."""
+  if _checks.is_traced(flag):
+    return None
+  return bool(np.asarray(flag) > 0)
+
+
 def _check_curvature(curvature: Any, state: ScaleByKfacState) -> None:
   if curvature is None:
     raise ValueError(
@@ -405,16 +412,38 @@ def scale_by_kfac(
     gamma = jnp.asarray(damping(count) if callable(damping) else damping, jnp.float32)
     seen = state.curvature_count
     beta = jnp.minimum(jnp.asarray(ema, jnp.float32), seen / (seen + 1.0))
-    factors, locations, estimated_any = {}, {}, jnp.zeros((), bool)
-    for l, f in state.factors.items():
-      # A batch without curvature (estimate=False) leaves the averages as they are.
-      estimated = jnp.asarray(curvature[l].estimated, jnp.float32) > 0
-      estimated_any = estimated_any | estimated
-      factors[l] = KfacFactors(
-          jnp.where(estimated, beta * f.a + (1 - beta) * jnp.asarray(curvature[l].a, jnp.float32), f.a),
-          jnp.where(estimated, beta * f.s + (1 - beta) * jnp.asarray(curvature[l].s, jnp.float32), f.s))
-      # T comes with the statistics; a batch without them reports none.
-      locations[l] = jnp.where(estimated, jnp.asarray(curvature[l].locations, jnp.float32), state.locations[l])
+    flags = {l: curvature[l].estimated for l in state.factors}
+    static = {l: _static_flag(flag) for l, flag in flags.items()}
+
+    def averaged(operands):
+      # Only the layers that may have statistics are averaged; a traced flag selects per layer.
+      factors, locations = dict(operands[0]), dict(operands[1])
+      for l, f in operands[0].items():
+        if static[l] is False:
+          continue
+        c = curvature[l]
+        new = KfacFactors(beta * f.a + (1 - beta) * jnp.asarray(c.a, jnp.float32),
+                          beta * f.s + (1 - beta) * jnp.asarray(c.s, jnp.float32))
+        new_t = jnp.asarray(c.locations, jnp.float32)   # T comes with the statistics
+        if static[l] is None:
+          estimated = jnp.asarray(flags[l], jnp.float32) > 0
+          new = KfacFactors(jnp.where(estimated, new.a, f.a), jnp.where(estimated, new.s, f.s))
+          new_t = jnp.where(estimated, new_t, locations[l])
+        factors[l], locations[l] = new, new_t
+      return factors, locations
+
+    # A step without statistics must not touch the averages: with statically known flags (a Python
+    # estimate=, or one compiled program per case) the average is left out of the program, with traced
+    # ones it sits under lax.cond so that such steps skip its arithmetic.
+    if all(flag is not None for flag in static.values()):
+      factors, locations = averaged((state.factors, state.locations))
+      estimated_any = jnp.asarray(any(static.values()))
+    else:
+      estimated_any = jnp.zeros((), bool)
+      for l, flag in flags.items():
+        estimated_any = estimated_any | (jnp.asarray(flag, jnp.float32) > 0)
+      factors, locations = jax.lax.cond(estimated_any, averaged, lambda operands: operands,
+                                        (state.factors, state.locations))
     curvature_count = seen + estimated_any.astype(jnp.int32)
 
     def fresh_inverses(operands):
