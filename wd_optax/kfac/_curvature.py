@@ -31,11 +31,17 @@ class LayerCurvature(NamedTuple):
     estimated: 1 if the factors were estimated on this batch, 0 if ``value_grad_and_curvature`` was told
       not to (``estimate=False``; ``a`` and ``s`` are then zeros and :func:`scale_by_kfac` keeps its
       running averages). A float32 scalar; defaults to 1 for factors built by hand.
+    inputs: with ``rows=True``, for a :class:`wd_optax.kfac.Linear`: its inputs as rows ``(n, d_in)``
+      (``None`` otherwise); what the batch-space preconditioner of :func:`scale_by_kfac` uses.
+    output_grads: with ``rows=True``, for a :class:`wd_optax.kfac.Linear`: the gradient of the mean loss at
+      its output, rows ``(n, d_out)``, so that the kernel gradient is ``inputs.T @ output_grads``.
   """
   a: jax.Array
   s: jax.Array
   locations: jax.Array
   estimated: Any = 1.0
+  inputs: Any = None
+  output_grads: Any = None
 
 
 #: The curvature of a model: a dict from each registered layer's module path to its factors.
@@ -70,6 +76,7 @@ def value_grad_and_curvature(
     mode: str = "fisher",
     key: jax.Array | None = None,
     estimate: bool | jax.Array = True,
+    rows: bool = False,
 ) -> tuple[tuple[jax.Array, jax.Array], nnx.State, Curvature]:
   r"""Loss, gradients with respect to the ``nnx.Param`` s, and the K-FAC factors of every registered layer.
 
@@ -118,6 +125,9 @@ def value_grad_and_curvature(
     mode: ``"fisher"``, ``"empirical"`` or ``"ggn"``.
     key: a PRNG key, required for ``"fisher"`` and ``"ggn"``.
     estimate: whether to estimate the factors on this batch: a Python bool or a boolean scalar array.
+    rows: also return, for every :class:`wd_optax.kfac.Linear`, its input rows and the rows of the loss
+      gradient at its output (:attr:`LayerCurvature.inputs`, :attr:`LayerCurvature.output_grads`), on every
+      step, estimated or not: what ``scale_by_kfac(batch_space=True)`` needs.
 
   Returns:
     ``((loss, logits), grads, curvature)``: ``grads`` is an ``nnx.State`` of the ``nnx.Param`` s (as
@@ -148,15 +158,17 @@ def value_grad_and_curvature(
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
   static_estimate = _static_bool(estimate)
+  if not isinstance(rows, bool):
+    raise TypeError(f"rows must be a Python bool, got {type(rows).__name__}.")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  if static_estimate is False:
+  if static_estimate is False and not rows:
     (loss, logits), grads, new_rest = _plain(loss_fn, graphdef, params, rest, batch)
     curvature = _not_estimated(jax.eval_shape(
         lambda: _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key)[2]))
   else:
     (loss, logits), grads, curvature, new_rest = _curvature(
         loss_fn, model, graphdef, params, rest, batch, mode, key,
-        estimate=True if static_estimate is True else estimate)
+        estimate=estimate if static_estimate is None else static_estimate, rows=rows)
   nnx.update(model, new_rest)
   return (loss, logits), grads, curvature
 
@@ -205,7 +217,7 @@ def _plain(loss_fn, graphdef, params, rest, batch):
   return (loss, logits), grads, new_rest
 
 
-def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimate=True):
+def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimate=True, rows=False):
   """Loss, logits, gradients, curvature and the updated non-parameter state.
 
   With a traced ``estimate``, only the second moments are computed under ``lax.cond``: the forward and
@@ -247,8 +259,9 @@ def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimat
 
   # The sampled backward pass joins the conditional statistics only in convolution-free models: XLA:CPU
   # ran convolutions inside a conditional 7-20x slower (jax 0.10.2), which would cost more than it saves.
-  backward_in_cond = estimate is not True and not any(
-      isinstance(m, (nnx.Conv, nnx.ConvTranspose)) for m in modules.values())
+  backward_in_cond = estimate is not True and (estimate is False or not any(
+      isinstance(m, (nnx.Conv, nnx.ConvTranspose)) for m in modules.values()))
+  loss_output_grads = output_grads
   if mode != "empirical":
     scale = 1.0
     if not backward_in_cond:
@@ -262,10 +275,19 @@ def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimat
 
   if estimate is True:
     curvature = moments((inputs, output_grads))
+  elif estimate is False:
+    curvature = _not_estimated(jax.eval_shape(moments, (inputs, output_grads)))
   else:
     def skipped(operands):
       return _not_estimated(jax.eval_shape(moments, operands))
     curvature = jax.lax.cond(estimate, moments, skipped, (inputs, output_grads))
+  if rows:
+    by_layer_inputs, by_layer_grads = _by_layer(inputs), _by_layer(loss_output_grads)
+    curvature = {
+        layer: c._replace(inputs=by_layer_inputs[layer].reshape(-1, modules[layer].in_features),
+                          output_grads=by_layer_grads[layer].reshape(-1, modules[layer].out_features))
+        if isinstance(modules[layer], _layers.Linear) else c
+        for layer, c in curvature.items()}
   return (loss, logits), grads, curvature, new_rest
 
 
