@@ -40,7 +40,8 @@ except ModuleNotFoundError as e:  # exercised in subprocesses by tests/test_pack
       'wd_optax: install it with `pip install "wd-optax[kfac]"`. The rest of wd_optax works without it.'
   ) from e
 
-from wd_optax.kfac._curvature import MODES, Curvature, LayerCurvature, value_grad_and_curvature
+from wd_optax.kfac._curvature import (MODES, PROGRAMS, Curvature, LayerCurvature, curvature_every,
+                                      value_grad_and_curvature)
 from wd_optax.kfac._layers import (Conv, KfacInputStats, KfacOutputPerturbation, Linear,
                                    registered_layers)
 from wd_optax.kfac._optimizer import DECAYS, kfac
@@ -59,7 +60,9 @@ __all__ = [
     "LayerDamping",
     "Linear",
     "MODES",
+    "PROGRAMS",
     "ScaleByKfacState",
+    "curvature_every",
     "damped_inverses",
     "effective_damping",
     "kfac",

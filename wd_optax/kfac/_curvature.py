@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -13,7 +14,7 @@ from wd_optax import _checks
 from wd_optax import _tree
 from wd_optax.kfac import _layers
 
-__all__ = ["LayerCurvature", "Curvature", "MODES", "value_grad_and_curvature"]
+__all__ = ["LayerCurvature", "Curvature", "MODES", "PROGRAMS", "curvature_every", "value_grad_and_curvature"]
 
 MODES = ("fisher", "empirical", "ggn")
 
@@ -318,3 +319,58 @@ def _assemble(modules: dict[str, nnx.Module], inputs: nnx.State, output_grads: n
     curvature[layer] = LayerCurvature(a, _output_second_moment(outputs[layer], scale), locations,
                                       np.ones((), np.float32))
   return curvature
+
+
+PROGRAMS = ("cond", "two")
+
+
+def curvature_every(step_fn: Callable[..., Any], every: int, *, programs: str = "cond",
+                    jit: Callable[..., Any] = jax.jit, **jit_kwargs: Any) -> Callable[..., Any]:
+  r"""Compiles a training step that estimates the curvature every ``every`` steps, as one program or two.
+
+  ``step_fn(*args, estimate, **kwargs)`` passes ``estimate`` on to :func:`value_grad_and_curvature`. The
+  returned ``run(step, *args, **kwargs)`` calls it with ``estimate = (step % every == 0)`` for the Python
+  int ``step`` (counted on the host, so choosing costs no device round trip):
+
+  * ``programs="cond"``: one compiled program, ``estimate`` a traced boolean; the statistics, the factor
+    average and the inverse update sit under ``lax.cond``.
+  * ``programs="two"``: ``estimate`` a static argument, so two programs are compiled, one with and one
+    without the statistics; neither carries the other's branch (the steps without statistics do not even
+    hold the factor average), at the price of a second compilation. Both read and write the same state
+    structure, so they alternate on one optimizer state.
+
+  The state, the results and the update are the same either way (up to float32 round-off of two programs).
+  This is a helper around ``jit`` rather than a flag of :func:`scale_by_kfac`: whether a step has
+  statistics is decided where the curvature is computed, and the transform follows whatever it is given
+  (a traced or a static :attr:`LayerCurvature.estimated`).
+
+  Args:
+    step_fn: the training step; takes ``estimate`` as a keyword argument.
+    every: the factor period, a Python int >= 1 (1: every step, one program).
+    programs: ``"cond"`` or ``"two"``.
+    jit: the compiler, ``jax.jit`` (default) or ``flax.nnx.jit``.
+    **jit_kwargs: passed to ``jit`` (e.g. ``donate_argnums``).
+
+  Returns:
+    ``run(step, *args, **kwargs)``, the result of ``step_fn``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from wd_optax import kfac
+    >>> def step_fn(x, *, estimate):
+    ...   return jnp.where(estimate, x + 1.0, x)
+    >>> run = kfac.curvature_every(step_fn, 3, programs="two")
+    >>> [float(run(step, jnp.zeros(()))) for step in range(4)]
+    [1.0, 0.0, 0.0, 1.0]
+  """
+  _checks.check_choice(programs, "programs", PROGRAMS)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    raise ValueError(f"every must be a Python int >= 1, got {every!r}.")
+  if every == 1:
+    compiled = jit(functools.partial(step_fn, estimate=True), **jit_kwargs)
+    return lambda step, *args, **kwargs: compiled(*args, **kwargs)
+  if programs == "two":
+    compiled = jit(step_fn, static_argnames="estimate", **jit_kwargs)
+    return lambda step, *args, **kwargs: compiled(*args, estimate=step % every == 0, **kwargs)
+  compiled = jit(step_fn, **jit_kwargs)
+  return lambda step, *args, **kwargs: compiled(*args, estimate=np.asarray(step % every == 0), **kwargs)
