@@ -1,30 +1,32 @@
-"""K-FAC step and compile time: wd_optax.kfac against kfac-jax 0.0.8 and against wd_optax.sgd.
+"""K-FAC step time against its flop floor, against kfac-jax 0.0.8 and against SGD, each ratio paired.
 
-On the same MLP and small CNN (``benchmarks/kfac_models.py``), with the true Fisher (sampled targets),
-fixed learning rate 1e-3, momentum 0.9, damping 1e-3 and the same inverse period (20), for two factor
-periods, each the same on both sides: statistics every step (``curvature_every=1``, both libraries'
-default) and every 10 steps (Zhang et al.'s setting; kfac-jax ``curvature_update_period=10``, ours
-``value_grad_and_curvature(estimate=step % 10 == 0)`` inside the one jitted step), this times
+On an MLP 128-w-w-10 (batch 256) at w = 256 and w = 1024 (the latter with the opt-in batch-space
+preconditioner) and a small CNN (``benchmarks/kfac_models.py``), with the true Fisher (sampled targets),
+learning rate 1e-3, momentum 0.9, damping 1e-3, inverses every 20 steps, for two factor periods, the same
+on both libraries: statistics every step and every 10 steps (Zhang et al.'s setting; kfac-jax
+``curvature_update_period=10``, ours ``kfac.curvature_every(step, 10, programs="two")``, also timed against
+``programs="cond"``), this measures
 
-* ours: ``wd_optax.kfac.value_grad_and_curvature(mode="fisher")`` + ``kfac.kfac`` inside one jitted,
-  donated step (``nnx.split`` once, pure step function);
-* kfac-jax: ``kfac_jax.Optimizer.step`` in kfac-jax's own environment (jax 0.9.1), driven as a subprocess
-  (``benchmarks/kfac_jax_worker.py``) so that both run in this one invocation;
-* SGD: ``wd_optax.sgd`` (momentum 0.9) on the same nnx model, same step structure.
+* ours: ``value_grad_and_curvature(mode="fisher")`` + ``kfac.kfac`` in a jitted, donated pure step;
+* SGD: ``wd_optax.sgd`` (momentum 0.9) on the same nnx model, same step structure;
+* kfac-jax: ``kfac_jax.Optimizer.step`` and a plain jitted jax SGD step in kfac-jax's own environment
+  (jax 0.9.1), driven as a subprocess (``benchmarks/kfac_jax_worker.py``).
 
-Repeats are interleaved (ours, SGD, kfac-jax, then rotated), with a 1 s pause before each block so that
-spinning XLA threads of the previous side do not bleed into the next; each block times ``--steps`` steps (a
-multiple of the inverse period, so inverse updates are amortised as in training); medians are reported.
-Compile time is ``init + warm-up − warm-up steps × median step``, with a warm-up of ``inverse_every + 1``
-steps for every side (kfac-jax compiles separate steps with and without the inverse update).
+The flop floor is FLOPs(average K-FAC step over an inverse period) / FLOPs(SGD step), from XLA's cost
+analysis of the compiled steps (see :func:`flop_floor`). Every ratio comes from ``_paired.compare``: paired,
+interleaved samples of one inverse period (20 steps) each, geometric mean and 95% t interval.
 
-Targets: ours / kfac-jax <= 0.5 for step time and compile time; K-FAC / SGD step time <= 2.
-``sgd_over_kfac_jax_step`` is the floor of ours / kfac-jax: SGD's step on the same model over kfac-jax's.
+Targets (``targets`` in the output, each with ``ratio_ci95``, ``meets_target`` and ``decided``):
+(K-FAC step / SGD step) / floor <= 1.25 on every model and period; ours / kfac-jax step <= 0.5 on the CNN
+(reported without a target on the MLP, next to both libraries' K-FAC / own-SGD ratios). Compile times
+(``init + warm-up - warm-up steps x step``) are single measurements, reported without a target.
 
-If kfac-jax's environment is missing (``--kfac-jax-python``, default ``/work/.venv-kfacjax/bin/python``) the
-kfac-jax columns are null and ``note`` says why; our numbers are still measured.
+If kfac-jax's environment is missing (``--kfac-jax-python``; default the first of
+``/work/.venv-kfacjax/bin/python`` and ``/tmp/kfacjax-venv/bin/python`` that exists) the kfac-jax side is
+skipped and ``note`` says so; our numbers are still measured.
 
-Usage: python benchmarks/kfac_speed.py [--reps 5] [--steps 20] [--full] [--curvature-every 1 10]
+Usage: python benchmarks/kfac_speed.py [--min-repeats 7] [--max-repeats 21] [--full] [--curvature-every 1 10]
+  [--only mlp_w256 mlp_w1024 cnn]
 """
 
 from __future__ import annotations
@@ -51,7 +53,6 @@ import wd_optax  # noqa: E402
 from wd_optax import kfac  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-PAUSE_S = 1.0
 TARGET_OVER_FLOOR = 1.25       # (K-FAC step / SGD step) / (K-FAC flops / SGD flops)
 TARGET_OVER_KFAC_JAX = 0.5     # ours / kfac-jax step, where ours is above its floor (the CNN)
 DEFAULT_KFAC_JAX_PYTHON = next((p for p in ("/work/.venv-kfacjax/bin/python", "/tmp/kfacjax-venv/bin/python")

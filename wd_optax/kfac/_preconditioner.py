@@ -323,7 +323,9 @@ def scale_by_kfac(
   **Curvature every k steps.** :func:`wd_optax.kfac.value_grad_and_curvature` with ``estimate=False`` (or a
   traced false, e.g. ``step % 10 != 0``, Zhang et al.'s factor period) skips the statistics and marks the
   curvature as not estimated (:attr:`LayerCurvature.estimated` is 0): the running averages are then left
-  as they are, and :math:`t` in :math:`\beta_t` counts only the estimated batches. Inverses are recomputed
+  as they are, and :math:`t` in :math:`\beta_t` counts only the estimated batches. With a static flag the
+  average is not in the program at all; with a traced one it sits under ``lax.cond``
+  (:func:`wd_optax.kfac.curvature_every` compiles either way). Inverses are recomputed
   on schedule from the averages so far; before the first estimated batch they stay the identity (the
   gradient passes unchanged), so estimate the curvature on the first step.
 
