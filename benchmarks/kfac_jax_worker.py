@@ -6,7 +6,8 @@ Usage (kfac_speed.py starts it; by hand only for debugging):
 Builds the model of ``kfac_models.py``, initialises ``kfac_jax.Optimizer`` (true Fisher with sampled
 targets, fixed learning rate, momentum and damping, the given inverse and curvature periods), runs ``inverse_every + 1``
 warm-up steps, prints ``{"init_s": ..., "warmup_s": ..., "warmup_steps": ...}``, then for each line ``N`` read from stdin runs N steps and prints
-``{"seconds": ...}``; an empty line or EOF ends it.
+``{"seconds": ...}``; a line ``sgd N`` runs N steps of plain SGD with momentum (a jitted jax step in this
+environment, kfac-jax's "own SGD") instead; an empty line or EOF ends it.
 """
 
 from __future__ import annotations
@@ -59,11 +60,30 @@ def main() -> None:
   jax.block_until_ready((params, state))
   warmup_s = time.perf_counter() - start
   step = warmup_steps
+
+  @jax.jit
+  def sgd_step(params, velocity, batch):
+    grads = jax.grad(lambda p: kfac_models.cross_entropy(kfac_models.apply(config, p, batch[0]), batch[1]))(params)
+    velocity = jax.tree.map(lambda v, g: config["momentum"] * v + g, velocity, grads)
+    return jax.tree.map(lambda p, v: p - config["learning_rate"] * v, params, velocity), velocity
+
+  sgd_params = params
+  sgd_velocity = jax.tree.map(jnp.zeros_like, params)
+  for _ in range(2):
+    sgd_params, sgd_velocity = sgd_step(sgd_params, sgd_velocity, batch)
+  jax.block_until_ready(sgd_params)
   print(json.dumps({"init_s": init_s, "warmup_s": warmup_s, "warmup_steps": warmup_steps,
                     "versions": {"kfac_jax": kfac_jax.__version__, "jax": jax.__version__}}), flush=True)
   for line in sys.stdin:
     if not line.strip():
       break
+    if line.startswith("sgd"):
+      start = time.perf_counter()
+      for _ in range(int(line.split()[1])):
+        sgd_params, sgd_velocity = sgd_step(sgd_params, sgd_velocity, batch)
+      jax.block_until_ready(sgd_params)
+      print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+      continue
     start = time.perf_counter()
     for _ in range(int(line)):
       params, state, stats = optimizer.step(params, state, jax.random.fold_in(rng, step), batch=batch,

@@ -185,3 +185,31 @@ def test_similar_sized_factors_are_inverted_as_one_padded_batch_and_match_numpy(
         # c = 2000 (2.4e-4 of the inverse's scale, as before for its largest entries): a float32 inverse of a
         # damped factor with condition number up to ~1e3 (damping 1e-3) loses that much to round-off.
         assert_close_scaled(inv, ref, c=2000, err_msg=f"{method} {layer}")
+
+
+def test_curvature_every_two_programs_matches_one_and_skips_statistics_statically():
+  """``programs="two"``: two traces (with and without statistics) on one state; same result as ``"cond"``."""
+  def run(programs):
+    model = Net(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, kfac.kfac(0.05, damping=1e-2, inverse_every=2), wrt=nnx.Param)
+    traces = []
+
+    def train_step(model, optimizer, batch, key, *, estimate):
+      traces.append(estimate)
+      (loss, _), grads, curvature = kfac.value_grad_and_curvature(ce_loss, model, batch, mode="fisher", key=key,
+                                                                  estimate=estimate)
+      optimizer.update(model, grads, curvature=curvature)
+      return loss
+
+    step = kfac.curvature_every(train_step, 3, programs=programs, jit=nnx.jit)
+    for i in range(4):
+      step(i, model, optimizer, batch_of(i), jax.random.key(i))
+    assert int(optimizer.opt_state[0].curvature_count[...]) == 2          # steps 0 and 3
+    return nnx.state((model, optimizer)), traces
+
+  (two, two_traces), (cond, cond_traces) = run("two"), run("cond")
+  assert sorted(two_traces) == [False, True] and len(cond_traces) == 1
+  # Two compiled programs against one: float32 round-off of a few K-FAC steps.
+  assert_close_scaled(nnx.to_pure_dict(two), nnx.to_pure_dict(cond), c=200)
+  with pytest.raises(ValueError, match="programs"):
+    kfac.curvature_every(lambda **_: None, 3, programs="three")

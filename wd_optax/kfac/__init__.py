@@ -10,7 +10,8 @@ captures the curvature of explicitly registered layers and preconditions with it
 * :func:`value_grad_and_curvature`: loss, gradients and per-layer factors for the true Fisher
   (``"fisher"``), the empirical Fisher (``"empirical"``) or the Gauss-Newton matrix with an identity output
   Hessian (``"ggn"``). ``estimate=`` skips the statistics on steps that do not need them (e.g.
-  every 10 steps, as Zhang et al.).
+  every 10 steps, as Zhang et al.); :func:`curvature_every` compiles such a step as one program
+  (``lax.cond``) or two (with and without statistics).
 * :func:`scale_by_kfac`: the preconditioner; :func:`kfac`: the full optimizer with the decay placed as
   ``"l2"`` or ``"decoupled"``; :func:`effective_damping`: per-layer :math:`\\gamma\\|w\\|^2` and
   :math:`\\cos(\\text{K-FAC direction}, \\text{gradient})`.
@@ -40,7 +41,8 @@ except ModuleNotFoundError as e:  # exercised in subprocesses by tests/test_pack
       'wd_optax: install it with `pip install "wd-optax[kfac]"`. The rest of wd_optax works without it.'
   ) from e
 
-from wd_optax.kfac._curvature import MODES, Curvature, LayerCurvature, value_grad_and_curvature
+from wd_optax.kfac._curvature import (MODES, PROGRAMS, Curvature, LayerCurvature, curvature_every,
+                                      value_grad_and_curvature)
 from wd_optax.kfac._layers import (Conv, KfacInputStats, KfacOutputPerturbation, Linear,
                                    registered_layers)
 from wd_optax.kfac._optimizer import DECAYS, kfac
@@ -59,7 +61,9 @@ __all__ = [
     "LayerDamping",
     "Linear",
     "MODES",
+    "PROGRAMS",
     "ScaleByKfacState",
+    "curvature_every",
     "damped_inverses",
     "effective_damping",
     "kfac",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -13,7 +14,7 @@ from wd_optax import _checks
 from wd_optax import _tree
 from wd_optax.kfac import _layers
 
-__all__ = ["LayerCurvature", "Curvature", "MODES", "value_grad_and_curvature"]
+__all__ = ["LayerCurvature", "Curvature", "MODES", "PROGRAMS", "curvature_every", "value_grad_and_curvature"]
 
 MODES = ("fisher", "empirical", "ggn")
 
@@ -31,11 +32,17 @@ class LayerCurvature(NamedTuple):
     estimated: 1 if the factors were estimated on this batch, 0 if ``value_grad_and_curvature`` was told
       not to (``estimate=False``; ``a`` and ``s`` are then zeros and :func:`scale_by_kfac` keeps its
       running averages). A float32 scalar; defaults to 1 for factors built by hand.
+    inputs: with ``rows=True``, for a :class:`wd_optax.kfac.Linear`: its inputs as rows ``(n, d_in)``
+      (``None`` otherwise); what the batch-space preconditioner of :func:`scale_by_kfac` uses.
+    output_grads: with ``rows=True``, for a :class:`wd_optax.kfac.Linear`: the gradient of the mean loss at
+      its output, rows ``(n, d_out)``, so that the kernel gradient is ``inputs.T @ output_grads``.
   """
   a: jax.Array
   s: jax.Array
   locations: jax.Array
   estimated: Any = 1.0
+  inputs: Any = None
+  output_grads: Any = None
 
 
 #: The curvature of a model: a dict from each registered layer's module path to its factors.
@@ -70,6 +77,7 @@ def value_grad_and_curvature(
     mode: str = "fisher",
     key: jax.Array | None = None,
     estimate: bool | jax.Array = True,
+    rows: bool = False,
 ) -> tuple[tuple[jax.Array, jax.Array], nnx.State, Curvature]:
   r"""Loss, gradients with respect to the ``nnx.Param`` s, and the K-FAC factors of every registered layer.
 
@@ -118,6 +126,9 @@ def value_grad_and_curvature(
     mode: ``"fisher"``, ``"empirical"`` or ``"ggn"``.
     key: a PRNG key, required for ``"fisher"`` and ``"ggn"``.
     estimate: whether to estimate the factors on this batch: a Python bool or a boolean scalar array.
+    rows: also return, for every :class:`wd_optax.kfac.Linear`, its input rows and the rows of the loss
+      gradient at its output (:attr:`LayerCurvature.inputs`, :attr:`LayerCurvature.output_grads`), on every
+      step, estimated or not: what ``scale_by_kfac(batch_space=True)`` needs.
 
   Returns:
     ``((loss, logits), grads, curvature)``: ``grads`` is an ``nnx.State`` of the ``nnx.Param`` s (as
@@ -148,15 +159,17 @@ def value_grad_and_curvature(
   if not isinstance(model, nnx.Module):
     raise TypeError(f"model must be an nnx.Module, got {type(model).__name__}.")
   static_estimate = _static_bool(estimate)
+  if not isinstance(rows, bool):
+    raise TypeError(f"rows must be a Python bool, got {type(rows).__name__}.")
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  if static_estimate is False:
+  if static_estimate is False and not rows:
     (loss, logits), grads, new_rest = _plain(loss_fn, graphdef, params, rest, batch)
     curvature = _not_estimated(jax.eval_shape(
         lambda: _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key)[2]))
   else:
     (loss, logits), grads, curvature, new_rest = _curvature(
         loss_fn, model, graphdef, params, rest, batch, mode, key,
-        estimate=True if static_estimate is True else estimate)
+        estimate=estimate if static_estimate is None else static_estimate, rows=rows)
   nnx.update(model, new_rest)
   return (loss, logits), grads, curvature
 
@@ -164,7 +177,7 @@ def value_grad_and_curvature(
 def _not_estimated(shapes: Curvature) -> Curvature:
   """Zero factors marked ``estimated=0`` (``scale_by_kfac`` keeps its averages and its T)."""
   return {layer: LayerCurvature(jnp.zeros(c.a.shape, c.a.dtype), jnp.zeros(c.s.shape, c.s.dtype),
-                                jnp.zeros(c.locations.shape, c.locations.dtype), jnp.zeros((), jnp.float32))
+                                jnp.zeros(c.locations.shape, c.locations.dtype), np.zeros((), np.float32))
           for layer, c in shapes.items()}
 
 
@@ -205,7 +218,7 @@ def _plain(loss_fn, graphdef, params, rest, batch):
   return (loss, logits), grads, new_rest
 
 
-def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimate=True):
+def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimate=True, rows=False):
   """Loss, logits, gradients, curvature and the updated non-parameter state.
 
   With a traced ``estimate``, only the second moments are computed under ``lax.cond``: the forward and
@@ -247,8 +260,9 @@ def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimat
 
   # The sampled backward pass joins the conditional statistics only in convolution-free models: XLA:CPU
   # ran convolutions inside a conditional 7-20x slower (jax 0.10.2), which would cost more than it saves.
-  backward_in_cond = estimate is not True and not any(
-      isinstance(m, (nnx.Conv, nnx.ConvTranspose)) for m in modules.values())
+  backward_in_cond = estimate is not True and (estimate is False or not any(
+      isinstance(m, (nnx.Conv, nnx.ConvTranspose)) for m in modules.values()))
+  loss_output_grads = output_grads
   if mode != "empirical":
     scale = 1.0
     if not backward_in_cond:
@@ -262,10 +276,19 @@ def _curvature(loss_fn, model, graphdef, params, rest, batch, mode, key, estimat
 
   if estimate is True:
     curvature = moments((inputs, output_grads))
+  elif estimate is False:
+    curvature = _not_estimated(jax.eval_shape(moments, (inputs, output_grads)))
   else:
     def skipped(operands):
       return _not_estimated(jax.eval_shape(moments, operands))
     curvature = jax.lax.cond(estimate, moments, skipped, (inputs, output_grads))
+  if rows:
+    by_layer_inputs, by_layer_grads = _by_layer(inputs), _by_layer(loss_output_grads)
+    curvature = {
+        layer: c._replace(inputs=by_layer_inputs[layer].reshape(-1, modules[layer].in_features),
+                          output_grads=by_layer_grads[layer].reshape(-1, modules[layer].out_features))
+        if isinstance(modules[layer], _layers.Linear) else c
+        for layer, c in curvature.items()}
   return (loss, logits), grads, curvature, new_rest
 
 
@@ -294,5 +317,60 @@ def _assemble(modules: dict[str, nnx.Module], inputs: nnx.State, output_grads: n
   for layer in sorted(inputs):
     a, locations = modules[layer].input_second_moment(inputs[layer])
     curvature[layer] = LayerCurvature(a, _output_second_moment(outputs[layer], scale), locations,
-                                      jnp.ones((), jnp.float32))
+                                      np.ones((), np.float32))
   return curvature
+
+
+PROGRAMS = ("cond", "two")
+
+
+def curvature_every(step_fn: Callable[..., Any], every: int, *, programs: str = "cond",
+                    jit: Callable[..., Any] = jax.jit, **jit_kwargs: Any) -> Callable[..., Any]:
+  r"""Compiles a training step that estimates the curvature every ``every`` steps, as one program or two.
+
+  ``step_fn(*args, estimate, **kwargs)`` passes ``estimate`` on to :func:`value_grad_and_curvature`. The
+  returned ``run(step, *args, **kwargs)`` calls it with ``estimate = (step % every == 0)`` for the Python
+  int ``step`` (counted on the host, so choosing costs no device round trip):
+
+  * ``programs="cond"``: one compiled program, ``estimate`` a traced boolean; the statistics, the factor
+    average and the inverse update sit under ``lax.cond``.
+  * ``programs="two"``: ``estimate`` a static argument, so two programs are compiled, one with and one
+    without the statistics; neither carries the other's branch (the steps without statistics do not even
+    hold the factor average), at the price of a second compilation. Both read and write the same state
+    structure, so they alternate on one optimizer state.
+
+  The state, the results and the update are the same either way (up to float32 round-off of two programs).
+  This is a helper around ``jit`` rather than a flag of :func:`scale_by_kfac`: whether a step has
+  statistics is decided where the curvature is computed, and the transform follows whatever it is given
+  (a traced or a static :attr:`LayerCurvature.estimated`).
+
+  Args:
+    step_fn: the training step; takes ``estimate`` as a keyword argument.
+    every: the factor period, a Python int >= 1 (1: every step, one program).
+    programs: ``"cond"`` or ``"two"``.
+    jit: the compiler, ``jax.jit`` (default) or ``flax.nnx.jit``.
+    **jit_kwargs: passed to ``jit`` (e.g. ``donate_argnums``).
+
+  Returns:
+    ``run(step, *args, **kwargs)``, the result of ``step_fn``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from wd_optax import kfac
+    >>> def step_fn(x, *, estimate):
+    ...   return jnp.where(estimate, x + 1.0, x)
+    >>> run = kfac.curvature_every(step_fn, 3, programs="two")
+    >>> [float(run(step, jnp.zeros(()))) for step in range(4)]
+    [1.0, 0.0, 0.0, 1.0]
+  """
+  _checks.check_choice(programs, "programs", PROGRAMS)
+  if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+    raise ValueError(f"every must be a Python int >= 1, got {every!r}.")
+  if every == 1:
+    compiled = jit(functools.partial(step_fn, estimate=True), **jit_kwargs)
+    return lambda step, *args, **kwargs: compiled(*args, **kwargs)
+  if programs == "two":
+    compiled = jit(step_fn, static_argnames="estimate", **jit_kwargs)
+    return lambda step, *args, **kwargs: compiled(*args, estimate=step % every == 0, **kwargs)
+  compiled = jit(step_fn, **jit_kwargs)
+  return lambda step, *args, **kwargs: compiled(*args, estimate=np.asarray(step % every == 0), **kwargs)

@@ -28,6 +28,7 @@ def kfac(
     inverse_every: int = 20,
     pi_damping: bool = True,
     inverse: str = "cholesky",
+    batch_space: bool = False,
     layers: Sequence[str] | None = None,
     coupling: str = "lr",
     peak_learning_rate: float | None = None,
@@ -59,6 +60,8 @@ def kfac(
     inverse_every: inverse period, see :func:`scale_by_kfac`.
     pi_damping: π-split damping, see :func:`scale_by_kfac`.
     inverse: ``"cholesky"``, ``"eigh"``, ``"lu"`` or ``"newton_schulz"``, see :func:`scale_by_kfac`.
+    batch_space: batch-space preconditioning of wide dense layers, see :func:`scale_by_kfac`; exact only
+      on the raw batch gradient, so not with ``decay="l2"``.
     layers: registered layer paths, see :func:`scale_by_kfac`.
     coupling: for ``decay="decoupled"``: ``"lr"``, ``"schedule"``, ``"independent"`` or ``"corrected"``.
     peak_learning_rate: :math:`\eta_{\max}` for the ``"schedule"`` and ``"corrected"`` couplings.
@@ -95,10 +98,14 @@ def kfac(
     raise ValueError(
         f"coupling and peak_learning_rate only apply to decay='decoupled', got decay={decay!r} with "
         f"coupling={coupling!r}, peak_learning_rate={peak_learning_rate!r}.")
+  if batch_space and decay == "l2":
+    raise ValueError(
+        'kfac(batch_space=True) needs the raw batch gradient, but decay="l2" adds the decay before the '
+        'preconditioner: use decay="decoupled" or batch_space=False.')
   _checks.check_number(momentum, "momentum", unit_interval=True, allow_none=True,
                        what="a number in [0, 1) or None")
   precondition = scale_by_kfac(damping, ema=ema, inverse_every=inverse_every, pi_damping=pi_damping,
-                               inverse=inverse, layers=layers, kl_clip=kl_clip,
+                               inverse=inverse, batch_space=batch_space, layers=layers, kl_clip=kl_clip,
                                learning_rate=learning_rate if kl_clip is not None else None)
   momentum_step = [] if momentum is None else [optax.trace(decay=momentum)]
   if decay == "l2":

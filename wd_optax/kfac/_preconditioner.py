@@ -125,6 +125,13 @@ def _placeholder_state(layers: Sequence[str] | None) -> ScaleByKfacState:
                           **per_layer)
 
 
+def _static_flag(flag: Any) -> bool | None:
+  """A layer's ``estimated`` as a Python bool when it is known while tracing, else ``None``."""
+  if _checks.is_traced(flag):
+    return None
+  return bool(np.asarray(flag) > 0)
+
+
 def _check_curvature(curvature: Any, state: ScaleByKfacState) -> None:
   if curvature is None:
     raise ValueError(
@@ -281,6 +288,7 @@ def scale_by_kfac(
     kl_clip: float | None = None,
     learning_rate: optax.ScalarOrSchedule | None = None,
     inverse: str = "cholesky",
+    batch_space: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Preconditions the gradients of the registered layers with K-FAC; other parameters pass unchanged.
 
@@ -315,9 +323,26 @@ def scale_by_kfac(
   **Curvature every k steps.** :func:`wd_optax.kfac.value_grad_and_curvature` with ``estimate=False`` (or a
   traced false, e.g. ``step % 10 != 0``, Zhang et al.'s factor period) skips the statistics and marks the
   curvature as not estimated (:attr:`LayerCurvature.estimated` is 0): the running averages are then left
-  as they are, and :math:`t` in :math:`\beta_t` counts only the estimated batches. Inverses are recomputed
+  as they are, and :math:`t` in :math:`\beta_t` counts only the estimated batches. With a static flag the
+  average is not in the program at all; with a traced one it sits under ``lax.cond``
+  (:func:`wd_optax.kfac.curvature_every` compiles either way). Inverses are recomputed
   on schedule from the averages so far; before the first estimated batch they stay the identity (the
   gradient passes unchanged), so estimate the curvature on the first step.
+
+  **Batch space** (``batch_space=True``, opt-in). For a :class:`wd_optax.kfac.Linear` whose incoming
+  update is the batch gradient itself, :math:`\bar G = \bar X^\top \Delta` with :math:`\bar X` the
+  ``(n, d_A)`` input rows (a column of ones with a bias) and :math:`\Delta` the ``(n, d_S)`` rows of the
+  loss gradient at the layer's output, so
+
+  .. math::
+    U = \tfrac{1}{T} (A_\gamma^{-1} \bar X^\top)(\Delta S_\gamma^{-1})
+
+  costs :math:`2n(d_A^2 + d_S^2 + d_A d_S)` flops instead of :math:`2 d_A d_S (d_A + d_S)`; it is used on
+  each layer where that is fewer (square layers wider than :math:`1.5n`), with the rows from
+  ``value_grad_and_curvature(..., rows=True)``. The incoming gradient then only enters the cosine and the
+  KL clip. It is exact only when ``updates`` is the unmodified batch gradient: put this transform first
+  in the chain, with no L2 term (:func:`wd_optax.kfac.kfac` refuses ``decay="l2"`` with it), gradient
+  clipping or other transform before it, and no gradient accumulation over batches.
 
   Parameters outside the registered layers (norm scales, embeddings, plain ``nnx.Linear``) pass through
   unchanged.
@@ -339,8 +364,11 @@ def scale_by_kfac(
     inverse: how the damped factors are inverted: ``"cholesky"`` (the default), ``"eigh"``
       (eigendecomposition), ``"lu"`` (``jnp.linalg.inv``) or ``"newton_schulz"`` (matmuls only; use it
       where LAPACK calls are slow or unavailable, or inside large vmapped programs on CPU).
+    batch_space: precondition wide dense layers in batch space (see above); needs the curvature from
+      ``value_grad_and_curvature(..., rows=True)`` and the raw batch gradient as ``updates``.
 
-  Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping", "inverse")``:
+  Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping", "inverse",
+  "batch_space")``:
   those shape the computation and cannot be traced.
 
   Returns:
@@ -377,6 +405,8 @@ def scale_by_kfac(
         f"inverse_every must be a Python int >= 1, got {inverse_every!r} (inside optax.inject_hyperparams "
         "name it in static_args, with layers and pi_damping).")
   _checks.check_choice(inverse, "inverse", INVERSES)
+  if not isinstance(batch_space, bool):
+    raise TypeError(f"batch_space must be a Python bool, got {type(batch_space).__name__}.")
   if kl_clip is not None:
     _checks.check_rate(kl_clip, "kl_clip", positive=True)
     _checks.check_rate(learning_rate, "learning_rate")
@@ -401,20 +431,46 @@ def scale_by_kfac(
                 curvature: dict[str, LayerCurvature] | None = None, **extra_args: Any):
     del params, extra_args
     _check_curvature(curvature, state)
+    if batch_space and all(c.inputs is None for c in curvature.values()):
+      raise ValueError(
+          "scale_by_kfac(batch_space=True) got curvature without rows: call "
+          "value_grad_and_curvature(..., rows=True) on every step.")
     count = state.count
     gamma = jnp.asarray(damping(count) if callable(damping) else damping, jnp.float32)
     seen = state.curvature_count
     beta = jnp.minimum(jnp.asarray(ema, jnp.float32), seen / (seen + 1.0))
-    factors, locations, estimated_any = {}, {}, jnp.zeros((), bool)
-    for l, f in state.factors.items():
-      # A batch without curvature (estimate=False) leaves the averages as they are.
-      estimated = jnp.asarray(curvature[l].estimated, jnp.float32) > 0
-      estimated_any = estimated_any | estimated
-      factors[l] = KfacFactors(
-          jnp.where(estimated, beta * f.a + (1 - beta) * jnp.asarray(curvature[l].a, jnp.float32), f.a),
-          jnp.where(estimated, beta * f.s + (1 - beta) * jnp.asarray(curvature[l].s, jnp.float32), f.s))
-      # T comes with the statistics; a batch without them reports none.
-      locations[l] = jnp.where(estimated, jnp.asarray(curvature[l].locations, jnp.float32), state.locations[l])
+    flags = {l: curvature[l].estimated for l in state.factors}
+    static = {l: _static_flag(flag) for l, flag in flags.items()}
+
+    def averaged(operands):
+      # Only the layers that may have statistics are averaged; a traced flag selects per layer.
+      factors, locations = dict(operands[0]), dict(operands[1])
+      for l, f in operands[0].items():
+        if static[l] is False:
+          continue
+        c = curvature[l]
+        new = KfacFactors(beta * f.a + (1 - beta) * jnp.asarray(c.a, jnp.float32),
+                          beta * f.s + (1 - beta) * jnp.asarray(c.s, jnp.float32))
+        new_t = jnp.asarray(c.locations, jnp.float32)   # T comes with the statistics
+        if static[l] is None:
+          estimated = jnp.asarray(flags[l], jnp.float32) > 0
+          new = KfacFactors(jnp.where(estimated, new.a, f.a), jnp.where(estimated, new.s, f.s))
+          new_t = jnp.where(estimated, new_t, locations[l])
+        factors[l], locations[l] = new, new_t
+      return factors, locations
+
+    # A step without statistics must not touch the averages: with statically known flags (a Python
+    # estimate=, or one compiled program per case) the average is left out of the program, with traced
+    # ones it sits under lax.cond so that such steps skip its arithmetic.
+    if all(flag is not None for flag in static.values()):
+      factors, locations = averaged((state.factors, state.locations))
+      estimated_any = jnp.asarray(any(static.values()))
+    else:
+      estimated_any = jnp.zeros((), bool)
+      for l, flag in flags.items():
+        estimated_any = estimated_any | (jnp.asarray(flag, jnp.float32) > 0)
+      factors, locations = jax.lax.cond(estimated_any, averaged, lambda operands: operands,
+                                        (state.factors, state.locations))
     curvature_count = seen + estimated_any.astype(jnp.int32)
 
     def fresh_inverses(operands):
@@ -436,7 +492,11 @@ def scale_by_kfac(
       has_bias = inv.a.shape[0] == g.shape[0] + 1
       if has_bias:
         g = jnp.concatenate([g, grads[bias_path].astype(jnp.float32)[None]], axis=0)
-      u = inv.a @ g @ inv.s / locations[layer]
+      rows = _batch_space_rows(layer, curvature[layer], has_bias, g.shape) if batch_space else None
+      if rows is None:
+        u = inv.a @ g @ inv.s / locations[layer]
+      else:
+        u = (inv.a @ rows[0].T) @ (rows[1] @ inv.s) / locations[layer]
       dot = jnp.vdot(u, g)
       inner = inner + dot
       cosine[layer] = dot / (jnp.linalg.norm(u) * jnp.linalg.norm(g) + _TINY)
@@ -457,6 +517,24 @@ def scale_by_kfac(
                                      locations=locations)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _batch_space_rows(layer: str, curvature: LayerCurvature, has_bias: bool,
+                      shape: tuple[int, int]) -> tuple[jax.Array, jax.Array] | None:
+  """``(X̄, Δ)`` of a dense layer where the batch-space product is cheaper, else ``None``."""
+  if curvature.inputs is None or curvature.output_grads is None:
+    return None   # a convolution: the dense path
+  x = jnp.asarray(curvature.inputs, jnp.float32)
+  delta = jnp.asarray(curvature.output_grads, jnp.float32)
+  if has_bias:
+    x = jnp.concatenate([x, jnp.ones((x.shape[0], 1), x.dtype)], axis=1)
+  (n, d_a), d_s = x.shape, delta.shape[-1]
+  if (d_a, d_s) != tuple(shape) or delta.shape[0] != n:
+    raise ValueError(
+        f"curvature[{layer!r}]: rows of shapes {x.shape} / {delta.shape} do not match the gradient {shape}.")
+  if n * (d_a * d_a + d_s * d_s + d_a * d_s) >= d_a * d_s * (d_a + d_s):
+    return None
+  return x, delta
 
 
 def _find_state(state: Any) -> ScaleByKfacState:
