@@ -29,6 +29,7 @@ LIBRARY_TESTS=(
   tests/test_equinox.py
   tests/test_equivalence.py
   tests/test_kfac.py
+  tests/test_kfac_batch_space.py
   tests/test_kfac_curvature_period.py
   tests/test_kfac_reference.py
   tests/test_kfac_sharding.py

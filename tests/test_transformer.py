@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from experiments import data, models, report
+from experiments import optimizers
 from experiments.studies import transformer as study
 from experiments.train import make_groups
 from experiments.train.metrics import ArmResult
@@ -236,7 +237,7 @@ def test_the_harness_logs_the_angular_update_of_a_matrix_that_is_not_scale_invar
   rng = np.random.default_rng(0)
   old = {"w": jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}
   new = {"w": old["w"] + 0.1 * jnp.asarray(rng.standard_normal((3, 4)), jnp.float32)}
-  spec = step_lib.StepSpec(apply=None, optim=config_lib.OptimConfig(name="adam"), total_steps=10, batch_size=8,
+  spec = step_lib.StepSpec(apply=None, optim=optimizers.Adam(), total_steps=10, batch_size=8,
                            num_examples=8, scale_invariant=frozenset(), measured=frozenset({"w"}))
   metrics = step_lib.diagnose_step(spec, old, new, {"learning_rate": jnp.float32(1e-3),
                                                     "weight_decay": jnp.float32(0.0)})

@@ -43,7 +43,8 @@ LR_SCHEDULES = ("constant", "cosine")
 COUPLINGS = tuple(wd_optax.COUPLINGS)
 # The decay-mask presets, each an include/exclude pair of regexes over parameter paths (compiled by
 # ``wd_optax.masks.include`` / ``exclude`` in :func:`decay_mask`). ``kernels``: the ``kernel`` leaves (Dense/Conv
-# weights; on every harness model exactly ``wd_optax.masks.kernels()``, the leaves with ndim >= 2); ``conv``:
+# weights; on every harness model but the sequence models, whose embeddings are matrices too, exactly
+# ``wd_optax.masks.kernels()``, the leaves with ndim >= 2); ``conv``:
 # every parameter but the classifier (Zhang et al.'s ablation decays all layers, the final FC only, or all but
 # the final FC).
 DECAY_MASK_PRESETS = {
