@@ -31,6 +31,7 @@ import optax
 from wd_optax import _checks
 from wd_optax import _tree
 from wd_optax.diagnostics.norms import equilibrium_angular_update
+from wd_optax.optimizers import adam as _adam
 from wd_optax.optimizers import sgd as _sgd
 from wd_optax.projections import _channel_axes, _channel_axis_of, _compute_dtype
 
@@ -246,7 +247,10 @@ def rotational_adamw(learning_rate: optax.ScalarOrSchedule, weight_decay: optax.
     Kosson, Messmer & Jaggi, *Rotational Equilibrium*, ICML 2024, arXiv:2305.17212.
   """
   _checks.check_number(b1, "b1", unit_interval=True)
-  inner = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+  # wd_optax.adam(decay="decoupled") is optax.adamw's rule, w ← w − η(u + λw), and takes a schedule for λ with
+  # every supported optax (optax.adamw accepts only a number before optax 0.2.6).
+  inner = _adam(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay="decoupled",
+                          mask=mask)
   return rotational_equilibrium(inner, learning_rate=learning_rate, weight_decay=weight_decay,
                                 optimizer="adamw", momentum=b1, update_norm_decay=update_norm_decay,
                                 per_channel=per_channel, output_channel=output_channel, mask=mask)
