@@ -252,6 +252,7 @@ def describe(config: config_lib.ExperimentConfig, quick: bool) -> str:
   the base value; they are listed as set per arm (the arms show their values)."""
   d, m, o, t = config.data, config.model, config.optim, config.train
   arms = ", ".join(f"`{a.name}`" + (f" ({', '.join(f'{k}={v}' for k, v in a.optim.items())})" if a.optim else "")
+                   + (f" model {a.model}" if a.model else "")
                    + (f" swept over {a.sweep}" if a.sweep else "") for a in config.arms)
   per_arm = [f for f in ("name", "learning_rate", "lr_schedule", "momentum", "decay", "decay_mask")
              if config.arms and all(f in a.optim or f in a.sweep for a in config.arms)]
@@ -259,8 +260,8 @@ def describe(config: config_lib.ExperimentConfig, quick: bool) -> str:
           (f"η={o.learning_rate:g} ({o.lr_schedule})" if "learning_rate" not in per_arm
            else f"{o.lr_schedule} schedule") if "lr_schedule" not in per_arm
           else (f"η={o.learning_rate:g}" if "learning_rate" not in per_arm else ""),
-          f"momentum {o.momentum:g}" if "momentum" not in per_arm else "",
-          (f"decay `{o.decay}`" if "decay" not in per_arm else "decay")
+          f"momentum {o.momentum:g}" if hasattr(o, "momentum") and "momentum" not in per_arm else "",
+          (f"decay `{o.decay}`" if hasattr(o, "decay") and "decay" not in per_arm else "decay")
           + (f" on `{checks.decay_mask_text(o.decay_mask)}`" if "decay_mask" not in per_arm else "")]
   base = [b.strip() for b in base if b.strip() and b.strip() != "decay"]
   if per_arm:
