@@ -151,6 +151,12 @@ def check_decoupled_part(spec, where) -> None:
                      f"decay={L2_AND_DECOUPLED!r}; {where('decay')} is {spec.decay!r}.")
 
 
+def check_cautious(spec, where) -> None:
+  if spec.cautious and spec.decay != "decoupled":
+    raise ValueError(f"{where('cautious')} is read only with decay='decoupled' (it masks the decoupled decay step); "
+                     f"{where('decay')} is {spec.decay!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """Fields every optimizer family has: the learning rate and its schedule, λ, when it acts and where.

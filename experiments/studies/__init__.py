@@ -50,6 +50,7 @@ REGISTRY: dict[str, str] = {
     "fixnorm": "experiments.studies.fixnorm",
     "three_mechanisms": "experiments.studies.three_mechanisms",
     "transformer": "experiments.studies.transformer",
+    "decay_zoo": "experiments.studies.decay_zoo",
 }
 
 
