@@ -120,6 +120,27 @@ BUILD_CASES = {
                                                                                        "bias": False}},
                                                                       "classifier": {"kernel": False,
                                                                                      "bias": False}}))),
+    # The weight-decay zoo's families (decay_zoo): each is the library's factory called directly.
+    "adam_cautious": (optimizers.Adam(learning_rate=1e-2, weight_decay=WD, decay="decoupled", cautious=True,
+                                      decay_mask="kernels"),
+                      optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(1e-2),
+                                  wd_optax.decoupled_decay(WD, learning_rate=1e-2, mask=KERNELS, cautious=True))),
+    "sgd_cautious": (optimizers.SGD(learning_rate=LR, momentum=MU, weight_decay=WD, decay="decoupled", cautious=True),
+                     optax.chain(optax.trace(MU), optax.scale_by_learning_rate(LR),
+                                 wd_optax.decoupled_decay(WD, learning_rate=LR, cautious=True))),
+    "adamp": (optimizers.AdamP(learning_rate=1e-2, weight_decay=WD, delta=0.5, wd_ratio=0.2, decay_mask="kernels"),
+              wd_optax.adamp(1e-2, weight_decay=WD, delta=0.5, wd_ratio=0.2, mask=KERNELS)),
+    "sgdp": (optimizers.SGDP(learning_rate=LR, momentum=MU, weight_decay=WD, delta=0.5),
+             wd_optax.sgdp(LR, momentum=MU, weight_decay=WD, delta=0.5)),
+    "adams": (optimizers.AdamS(learning_rate=1e-2, b1=0.8, weight_decay=WD, decay_mask="kernels"),
+              wd_optax.adams(1e-2, b1=0.8, weight_decay=WD, mask=KERNELS)),
+    "sgds": (optimizers.SGDS(learning_rate=LR, momentum=MU, weight_decay=WD),
+             wd_optax.sgds(LR, momentum=MU, weight_decay=WD)),
+    "rotational_adamw": (optimizers.RotationalAdamW(learning_rate=1e-2, weight_decay=WD, update_norm_decay=0.5),
+                         wd_optax.rotational_adamw(1e-2, WD, update_norm_decay=0.5)),
+    "rotational_sgd": (optimizers.RotationalSGD(learning_rate=LR, weight_decay=WD, momentum=MU, per_channel=False),
+                       wd_optax.rotational_sgd(LR, WD, momentum=MU, per_channel=False)),
+    "adamh": (optimizers.AdamH(learning_rate=5e-2, b2=0.99), wd_optax.adamh(5e-2, b2=0.99)),
 }
 
 
@@ -349,3 +370,28 @@ def test_set_an_arms_model_field_reaches_only_that_arm():
   config_lib.validate(config)
   with pytest.raises(KeyError, match=r"--set arms\.A\.model\.depth: unknown model key 'depth'; known keys: "):
     config_lib.apply_override(config, "arms.A.model.depth=3")
+
+
+# ------------------------------------------------------------------- the zoo's switches and checks
+
+
+def test_cautious_switch_reaches_the_transform_and_is_refused_without_decoupled_decay():
+  params, grads = _params(), _grads()
+  plain = optimizers.Adam(learning_rate=1e-2, weight_decay=0.5, decay="decoupled")
+  cautious = dataclasses.replace(plain, cautious=True)
+  assert plain.static_key() != cautious.static_key()   # another program
+  got, want = _harness_steps(cautious, params, grads), _harness_steps(plain, params, grads)
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))) > 1e-4
+  for family in (optimizers.SGD, optimizers.Adam):
+    with pytest.raises(ValueError, match=r"optim\.cautious is read only with decay='decoupled'.*optim\.decay is 'l2'"):
+      config_lib.validate(config_lib.ExperimentConfig(optim=family(decay="l2", cautious=True)))
+
+
+def test_adamh_refuses_a_weight_decay_and_sweeps_its_learning_rate_in_one_program():
+  with pytest.raises(ValueError, match=r"optim\.weight_decay \(0\.1\) must be 0: adamh"):
+    config_lib.validate(config_lib.ExperimentConfig(optim=optimizers.AdamH(weight_decay=0.1)))
+  config = config_lib.ExperimentConfig(optim=optimizers.AdamH(), seeds=2, arms=[
+      config_lib.Arm("adamh", sweep={"learning_rate": [1e-3, 1e-2]})])
+  config_lib.validate(config)
+  (group,) = make_groups(config)
+  assert len(group.members) == 4

@@ -23,11 +23,15 @@ class Adam(base.OptimizerSpec):
     decoupled_weight_decay: λ' of ``decay="l2+decoupled"`` (traced, gated by the decay window like λ).
     cautious: cautious weight decay (Chen et al. 2025, ``wd_optax.decoupled_decay(cautious=True)``): a coordinate
       decays only where the step and the weight agree in sign; ``decay="decoupled"`` only.
+    cautious_weight_decay: λ'' of ``decay="l2+decoupled"``: cautious decoupled decay at this rate after the
+      decoupled part (traced, gated like λ), so that Adam + L2, AdamW and cautious AdamW (each with the other
+      two rates 0) share one program; the cautious sign test reads the step with the other decays in it, which
+      is the step alone when their rates are 0.
   """
   NAME = "adam"
   KIND = "adam"
-  TRACED = base.OptimizerSpec.TRACED + base.MIXED_TRACED
-  GATED = ("weight_decay",) + base.MIXED_TRACED
+  TRACED = base.OptimizerSpec.TRACED + base.MIXED_TRACED + ("cautious_weight_decay",)
+  GATED = ("weight_decay",) + base.MIXED_TRACED + ("cautious_weight_decay",)
   learning_rate: float = dataclasses.field(default=1e-3, metadata=base.NONNEGATIVE)
   b1: float = dataclasses.field(default=0.9, metadata=base.UNIT_OPEN)
   b2: float = dataclasses.field(default=0.999, metadata=base.UNIT_OPEN)
@@ -37,10 +41,15 @@ class Adam(base.OptimizerSpec):
   coupling: str = dataclasses.field(default="lr", metadata=base.choices(*base.COUPLINGS))
   decoupled_weight_decay: float = dataclasses.field(default=0.0, metadata=base.NONNEGATIVE)
   cautious: bool = False
+  cautious_weight_decay: float = dataclasses.field(default=0.0, metadata=base.NONNEGATIVE)
 
   def check(self, where) -> None:
     base.check_decoupled_part(self, where)
     base.check_cautious(self, where)
+    if self.cautious_weight_decay and self.decay != base.L2_AND_DECOUPLED:
+      raise ValueError(f"{where('cautious_weight_decay')} ({self.cautious_weight_decay}) is read only with "
+                       f"decay={base.L2_AND_DECOUPLED!r}; {where('decay')} is {self.decay!r} (for cautious AdamW "
+                       "alone use decay='decoupled', cautious=true).")
 
   def build(self, traced) -> optax.GradientTransformation:
     mixed = self.decay == base.L2_AND_DECOUPLED
@@ -49,4 +58,10 @@ class Adam(base.OptimizerSpec):
                        weight_decay=traced["weight_decay"], decay="l2" if mixed else self.decay,
                        coupling=self.coupling, peak_learning_rate=peak, mask=self.mask(),
                        cautious=self.cautious)
-    return base.with_decoupled_part(self, tx, traced, self.coupling) if mixed else tx
+    if not mixed:
+      return tx
+    tx = base.with_decoupled_part(self, tx, traced, self.coupling)
+    peak = traced["peak_learning_rate"] if self.coupling in ("schedule", "corrected") else None
+    return optax.chain(tx, wd_optax.decoupled_decay(traced["cautious_weight_decay"], coupling=self.coupling,
+                                                    learning_rate=traced["learning_rate"], peak_learning_rate=peak,
+                                                    mask=self.mask(), cautious=True))

@@ -4,10 +4,14 @@ Methods (:data:`METHODS`; each an optimizer family of :mod:`experiments.optimize
 
 * ``none`` — Adam without decay (the AdamW program with λ = 0);
 * ``sgd_l2`` — SGD with momentum and coupled L2 (``sgd``, ``decay="l2"``);
-* ``adamw_lr`` / ``adamw_ind`` — AdamW with the decay coupled to η_t (``optax.adamw``) or independent of it
-  (``adam``, ``decay="decoupled"``, ``coupling="lr"`` / ``"independent"``);
-* ``adam_l2`` — Adam on ∇L + λw (``adam``, ``decay="l2"``);
-* ``cautious`` — cautious AdamW (``adam``, ``cautious=True``): decay only where the step and the weight agree in sign;
+* ``adamw_lr`` — AdamW with the decay coupled to η_t (``optax.adamw``);
+* ``adam_l2`` — Adam on ∇L + λw;
+* ``cautious`` — cautious AdamW: decay only where the step and the weight agree in sign;
+
+  (these three and ``none`` are one program of the ``adam`` family, ``decay="l2+decoupled"``, each sweeping
+  one of its rates ``weight_decay`` / ``decoupled_weight_decay`` / ``cautious_weight_decay`` with the others 0;
+  the other decoupled couplings, ``independent`` and ``corrected``, would each cost a program per setting and
+  are left out of the quick form's budget);
 * ``adamp`` — AdamP (``adamp``): the step's radial part removed on scale-invariant-looking weights, decay × 0.1 there;
 * ``adams`` — AdamS (``adams``): the decay divided by √v̄, the root mean second moment;
 * ``rotational`` — rotational AdamW (``rotational_adamw``): every neuron turns by the equilibrium angle
@@ -25,8 +29,7 @@ Equal terms. The decay is on the kernels only (``decay_mask="kernels"``: the lea
 methods act on) for every method; the Adam-type methods share one η, the SGD-type ones another, both with the
 cosine schedule. Each knob's grid is :data:`GRID_POINTS` values a factor :data:`GRID_FACTOR` apart, centred
 where the method's per-step shrink (or turn) equals that of a decay timescale τ = :data:`TAU_FRACTION` · T
-(T the steps; ``wd_optax.timescale``): λ = 1/(ητ) for the lr-coupled decays, 1/τ for the independent one,
-(1−μ)/(ητ) for SGD's L2, and the equilibrium angle θ* = √(2(1−β₁)/((1+β₁)τ)) as AdamH's η; Adam+L2 and AdamS
+(T the steps; ``wd_optax.timescale``): λ = 1/(ητ) for the lr-coupled decays, (1−μ)/(ητ) for SGD's L2, and the equilibrium angle θ* = √(2(1−β₁)/((1+β₁)τ)) as AdamH's η; Adam+L2 and AdamS
 divide λ by a gradient scale, so their grids are centred :data:`PRECONDITIONED_SHIFT` lower (a guess, which
 the grid-edge check polices). FixNorm's η grid is centred on SGD's η.
 
@@ -82,21 +85,22 @@ class Method:
   optim: dict
   knob: str
   centre: object          # (tau_iter) -> the knob's grid centre
-  predict: str | None     # "sgd" | "adamw" | "adamw_ind" | "adamp" | "adamh" | None
+  predict: str | None     # "sgd" | "adamw" | "adamp" | "adamh" | None
 
 
-_ADAMW = {"name": "adam", "decay": "decoupled", "learning_rate": ADAM_LR, "b1": B1}
+# Adam + L2, AdamW and cautious AdamW (and no decay) are one program: decay="l2+decoupled" with one of its three
+# rates swept and the other two 0.
+_ADAM = {"name": "adam", "decay": "l2+decoupled", "learning_rate": ADAM_LR, "b1": B1, "weight_decay": 0.0,
+         "decoupled_weight_decay": 0.0, "cautious_weight_decay": 0.0}
 _LR_COUPLED = lambda tau: timescale.weight_decay_from_timescale(ADAM_LR, tau, steps_per_epoch=1)
 METHODS = (
-    Method("none", "no decay (Adam)", dict(_ADAMW, weight_decay=0.0), "", None, None),
+    Method("none", "no decay (Adam)", dict(_ADAM), "", None, None),
     Method("sgd_l2", "SGD + L2", {"name": "sgd", "decay": "l2", "learning_rate": SGD_LR, "momentum": MOMENTUM},
            "weight_decay", lambda tau: (1 - MOMENTUM) / (SGD_LR * tau), "sgd"),
-    Method("adamw_lr", "AdamW (λ coupled to η_t)", dict(_ADAMW), "weight_decay", _LR_COUPLED, "adamw"),
-    Method("adamw_ind", "AdamW (independent λ)", dict(_ADAMW, coupling="independent"), "weight_decay",
-           lambda tau: 1.0 / tau, "adamw_ind"),
-    Method("adam_l2", "Adam + L2", {"name": "adam", "decay": "l2", "learning_rate": ADAM_LR, "b1": B1},
-           "weight_decay", lambda tau: PRECONDITIONED_SHIFT * _LR_COUPLED(tau), None),
-    Method("cautious", "cautious AdamW", dict(_ADAMW, cautious=True), "weight_decay", _LR_COUPLED, "adamw"),
+    Method("adamw_lr", "AdamW (λ coupled to η_t)", dict(_ADAM), "decoupled_weight_decay", _LR_COUPLED, "adamw"),
+    Method("adam_l2", "Adam + L2", dict(_ADAM), "weight_decay", lambda tau: PRECONDITIONED_SHIFT * _LR_COUPLED(tau),
+           None),
+    Method("cautious", "cautious AdamW", dict(_ADAM), "cautious_weight_decay", _LR_COUPLED, "adamw"),
     Method("adamp", "AdamP", {"name": "adamp", "learning_rate": ADAM_LR, "b1": B1, "wd_ratio": WD_RATIO},
            "weight_decay", _LR_COUPLED, "adamp"),
     Method("adams", "AdamS", {"name": "adams", "learning_rate": ADAM_LR, "b1": B1}, "weight_decay",
@@ -193,12 +197,16 @@ def predicted_angle(result, method: Method) -> np.ndarray | None:
   if method.predict is None or "lr" not in result.series:
     return None
   lr = result.series["lr"]
+  # The step logs η_t and the gated λ_t of ``weight_decay``; a decoupled rate of the mixed Adam program is the
+  # swept value times the same gate (λ_t / λ where λ > 0, else 1: the zoo's decay acts throughout).
   wd = result.series.get("weight_decay", np.zeros_like(lr))
+  if method.knob not in ("weight_decay", "learning_rate"):
+    wd = np.full_like(lr, result.swept.get(method.knob, 0.0))
   if method.predict == "adamh":
     return np.arctan(lr)   # a relative step η along the direction: at most arctan(η) per step
   if method.predict == "sgd":
     return np.asarray(diagnostics.equilibrium_angular_update(lr, wd, MOMENTUM))
-  shrink = {"adamw": lr * wd, "adamw_ind": wd, "adamp": lr * wd * WD_RATIO}[method.predict]
+  shrink = {"adamw": lr * wd, "adamp": lr * wd * WD_RATIO}[method.predict]
   return np.asarray(diagnostics.equilibrium_angular_update(1.0, shrink, B1, optimizer="adamw"))
 
 
@@ -293,7 +301,7 @@ def plots(results, config, outdir: str) -> list[str]:
       m, q = angle_pair(results[p.label], p.method)
       if np.isfinite(m) and np.isfinite(q) and m > 0 and q > 0:
         style = styles.result(results[p.label])
-        line, = ax.plot([q], [m], linestyle="none", markersize=8, label=f"{p.method.name} ({_point_text(p)})",
+        line, = ax.plot([q], [m], markersize=8, label=f"{p.method.name} ({_point_text(p)})",
                         **{**style.kwargs(), "linestyle": "none"})
         line.set_gid(p.label)
         points += [m, q]
