@@ -31,7 +31,8 @@ cosine schedule. Each knob's grid is :data:`GRID_POINTS` values a factor :data:`
 where the method's per-step shrink (or turn) equals that of a decay timescale τ = :data:`TAU_FRACTION` · T
 (T the steps; ``wd_optax.timescale``): λ = 1/(ητ) for the lr-coupled decays, (1−μ)/(ητ) for SGD's L2, and the equilibrium angle θ* = √(2(1−β₁)/((1+β₁)τ)) as AdamH's η; Adam+L2 and AdamS
 divide λ by a gradient scale, so their grids are centred :data:`PRECONDITIONED_SHIFT` lower (a guess, which
-the grid-edge check polices). FixNorm's η grid is centred on SGD's η.
+the grid-edge check polices); cautious decay skips part of the decay, so its grid is centred
+:data:`CAUTIOUS_SHIFT` higher. FixNorm's η grid is centred on :data:`FIXNORM_LR`.
 
 Tuning protocol (as ``fixnorm``): the knob is picked on the mean final test accuracy of the tuning seeds (the
 first :func:`tuning_seed_count`), and every comparison is scored on the other, held-out seeds. A pick on the
@@ -72,6 +73,10 @@ CLASSIFIER_NORM = 1.5
 TAU_FRACTION = 0.25       # the grid's centre: a decay timescale of a quarter of the run
 GRID_FACTOR = 4.0
 PRECONDITIONED_SHIFT = 1e-2
+# Set after a first quick run (seed 0 tuning, as in the study) picked the top of the cautious and FixNorm grids
+# centred at 1× and at SGD's η in both settings.
+CAUTIOUS_SHIFT = 4.0
+FIXNORM_LR = 0.4
 MIN_GAIN = 0.5            # points: the smallest accuracy difference that counts (δ of every claim)
 WD_RATIO = 0.1            # AdamP's decay multiplier on projected leaves (the library's default)
 
@@ -100,7 +105,9 @@ METHODS = (
     Method("adamw_lr", "AdamW (λ coupled to η_t)", dict(_ADAM), "decoupled_weight_decay", _LR_COUPLED, "adamw"),
     Method("adam_l2", "Adam + L2", dict(_ADAM), "weight_decay", lambda tau: PRECONDITIONED_SHIFT * _LR_COUPLED(tau),
            None),
-    Method("cautious", "cautious AdamW", dict(_ADAM), "cautious_weight_decay", _LR_COUPLED, "adamw"),
+    # Cautious decay skips the coordinates whose step opposes the weight, so its grid sits CAUTIOUS_SHIFT higher.
+    Method("cautious", "cautious AdamW", dict(_ADAM), "cautious_weight_decay",
+           lambda tau: CAUTIOUS_SHIFT * _LR_COUPLED(tau), "adamw"),
     Method("adamp", "AdamP", {"name": "adamp", "learning_rate": ADAM_LR, "b1": B1, "wd_ratio": WD_RATIO},
            "weight_decay", _LR_COUPLED, "adamp"),
     Method("adams", "AdamS", {"name": "adams", "learning_rate": ADAM_LR, "b1": B1}, "weight_decay",
@@ -111,7 +118,7 @@ METHODS = (
            lambda tau: float(diagnostics.equilibrium_angular_update(1.0, 1.0 / tau, B1, optimizer="adamw")),
            "adamh"),
     Method("fixnorm", "FixNorm", {"name": "fixnorm", "weight_decay": 0.0, "momentum": MOMENTUM,
-                                  "classifier_norm": CLASSIFIER_NORM}, "learning_rate", lambda tau: SGD_LR, None),
+                                  "classifier_norm": CLASSIFIER_NORM}, "learning_rate", lambda tau: FIXNORM_LR, None),
 )
 BY_NAME = {m.name: m for m in METHODS}
 
@@ -263,7 +270,9 @@ def analyze(results, config):
   claims = []
   for (setting, name), p in picks.items():
     for ref in REFERENCES:
-      if name == ref or (setting, ref) not in picks:
+      # Each reference against the other once (AdamW-lr > SGD+L2), every other method against both.
+      if name == ref or (setting, ref) not in picks or (name in REFERENCES and
+                                                        REFERENCES.index(name) > REFERENCES.index(ref)):
         continue
       r = picks[(setting, ref)]
       claims.append(report.directional_claim(
