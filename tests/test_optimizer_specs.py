@@ -395,3 +395,19 @@ def test_adamh_refuses_a_weight_decay_and_sweeps_its_learning_rate_in_one_progra
   config_lib.validate(config)
   (group,) = make_groups(config)
   assert len(group.members) == 4
+
+
+def test_adam_mixed_program_with_only_its_cautious_rate_is_cautious_adamw():
+  mixed = optimizers.Adam(learning_rate=1e-2, decay="l2+decoupled", cautious_weight_decay=0.5, decay_mask="kernels")
+  config_lib.validate(config_lib.ExperimentConfig(optim=mixed))
+  reference = optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(1e-2),
+                          wd_optax.decoupled_decay(0.5, learning_rate=1e-2, mask=KERNELS, cautious=True))
+  _assert_same_steps(mixed, reference)
+  # Adam + L2, AdamW, cautious AdamW and no decay: one program.
+  others = [dataclasses.replace(mixed, cautious_weight_decay=0.0, **rates)
+            for rates in ({"weight_decay": 0.1}, {"decoupled_weight_decay": 0.1}, {})]
+  assert len({s.static_key() for s in [mixed] + others}) == 1
+  with pytest.raises(ValueError, match=r"optim\.cautious_weight_decay \(0\.5\) is read only with "
+                                       r"decay='l2\+decoupled'"):
+    config_lib.validate(config_lib.ExperimentConfig(optim=optimizers.Adam(decay="decoupled",
+                                                                          cautious_weight_decay=0.5)))
