@@ -3,6 +3,8 @@ the grid-edge check, the ranking, and the equilibrium-angle prediction against i
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -36,7 +38,9 @@ def _world(level, shape, seed=0):
       test[:, -1] = acc + 0.001 * rng.standard_normal(SEEDS)
       lr = np.tile(np.linspace(3e-3, 1e-4, len(STEPS)), (SEEDS, 1))
       series = {"test_accuracy": test, "train_accuracy": np.ones((SEEDS, len(STEPS))),
-                "train_loss": np.ones((SEEDS, len(STEPS))), "lr": lr, "weight_decay": np.zeros_like(lr),
+                "train_loss": np.ones((SEEDS, len(STEPS))), "lr": lr,
+                # what the step logs: the family's gated weight_decay (the L2 rate, in the mixed Adam program)
+                "weight_decay": np.full_like(lr, m.swept.get("weight_decay", 0.0)),
                 "angle/layers/0/kernel": np.full_like(lr, 0.01), "angle/layers/1/kernel": np.full_like(lr, 0.02)}
       results[m.label] = ArmResult(label=m.label, arm=m.arm, seeds=list(range(SEEDS)), swept=dict(m.swept),
                                    steps=STEPS, series=series)
@@ -107,3 +111,19 @@ def test_predicted_angle_is_the_equilibrium_formula():
   assert decay_zoo.predicted_angle(result, decay_zoo.BY_NAME["adam_l2"]) is None   # no closed form
   measured, predicted = decay_zoo.angle_pair(result, decay_zoo.BY_NAME["rotational"])
   assert measured == pytest.approx(0.1) and predicted == pytest.approx(want, rel=1e-6)
+
+
+def test_angle_plot_draws_one_marker_per_method_with_a_prediction(tmp_path):
+  from experiments.train import plots as plots_lib
+  config, results = _world({}, {})
+  with plots_lib.keep_figures() as kept:
+    (path,) = decay_zoo.plots(results, config, str(tmp_path))
+    fig = kept[-1]
+  assert path.endswith("decay_zoo_angles.png")
+  with_prediction = {m.name for m in decay_zoo.METHODS if m.predict}
+  for ax in fig.axes:
+    gids = [line.get_gid() for line in ax.get_lines() if line.get_gid()]
+    assert {results[g].arm.split("_", 1)[1] for g in gids} == with_prediction
+  stripped = {l: dataclasses.replace(r, series={k: v for k, v in r.series.items() if k != "lr"})
+              for l, r in results.items()}
+  assert decay_zoo.plots(stripped, config, str(tmp_path)) == []   # nothing logged to compare

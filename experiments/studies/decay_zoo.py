@@ -297,29 +297,31 @@ def plots(results, config, outdir: str) -> list[str]:
   """Measured against predicted equilibrium angular update of each tuned method, one panel per setting."""
   from experiments.train import plots as plots_lib
   picks, _, _ = _picks(results, config)
+  pairs = {key: angle_pair(results[p.label], p.method) for key, p in picks.items()}
+  drawn = {key for key, (m, q) in pairs.items() if np.isfinite(m) and np.isfinite(q) and m > 0 and q > 0}
+  if not drawn:   # no logged angles or rates (e.g. results without the step diagnostics): nothing to compare
+    return []
   styles = plots_lib.StyleMap.from_config(config)
   plt = plots_lib._pyplot()  # pylint: disable=protected-access
-  settings = [s for s in SETTINGS if any(k[0] == s for k in picks)]
+  settings = [s for s in SETTINGS if any(k[0] == s for k in drawn)]
   fig, axes = plt.subplots(1, len(settings), figsize=(4.2 * len(settings) + 2.6, 4.0), squeeze=False,
                            layout="constrained")
   for ax, setting in zip(axes[0], settings):
     points = []
-    for (s, name), p in picks.items():
-      if s != setting:
+    for key, p in picks.items():
+      if key[0] != setting or key not in drawn:
         continue
-      m, q = angle_pair(results[p.label], p.method)
-      if np.isfinite(m) and np.isfinite(q) and m > 0 and q > 0:
-        style = styles.result(results[p.label])
-        line, = ax.plot([q], [m], markersize=8, label=f"{p.method.name} ({_point_text(p)})",
-                        **{**style.kwargs(), "linestyle": "none"})
-        line.set_gid(p.label)
-        points += [m, q]
-    if points:
-      lo, hi = min(points) / 2, max(points) * 2
-      ax.plot([lo, hi], [lo, hi], color="black", linestyle=(0, (4, 2)), linewidth=1.0, label="measured = predicted")
-      ax.set_xscale("log")
-      ax.set_yscale("log")
-      plots_lib.legend_outside(ax)
+      m, q = pairs[key]
+      style = styles.result(results[p.label])
+      line, = ax.plot([q], [m], markersize=8, label=f"{p.method.name} ({_point_text(p)})",
+                      **{**style.kwargs(), "linestyle": "none"})
+      line.set_gid(p.label)
+      points += [m, q]
+    lo, hi = min(points) / 2, max(points) * 2
+    ax.plot([lo, hi], [lo, hi], color="black", linestyle=(0, (4, 2)), linewidth=1.0, label="measured = predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plots_lib.legend_outside(ax)
     ax.set_title(SETTING_TEXT[setting], fontsize=9)
     ax.set_xlabel("predicted equilibrium angle (rad / step)")
     ax.grid(alpha=0.3)
