@@ -383,7 +383,7 @@ def test_cautious_switch_reaches_the_transform_and_is_refused_without_decoupled_
   got, want = _harness_steps(cautious, params, grads), _harness_steps(plain, params, grads)
   assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))) > 1e-4
   for family in (optimizers.SGD, optimizers.Adam):
-    with pytest.raises(ValueError, match=r"optim\.cautious is read only with decay='decoupled'.*optim\.decay is 'l2'"):
+    with pytest.raises(ValueError, match=r"optim\.cautious is read only with decay='decoupled'.*; optim\.decay is 'l2'"):
       config_lib.validate(config_lib.ExperimentConfig(optim=family(decay="l2", cautious=True)))
 
 
@@ -398,7 +398,8 @@ def test_adamh_refuses_a_weight_decay_and_sweeps_its_learning_rate_in_one_progra
 
 
 def test_adam_mixed_program_with_only_its_cautious_rate_is_cautious_adamw():
-  mixed = optimizers.Adam(learning_rate=1e-2, decay="l2+decoupled", cautious_weight_decay=0.5, decay_mask="kernels")
+  mixed = optimizers.Adam(learning_rate=1e-2, decay="l2+decoupled", cautious=True, cautious_weight_decay=0.5,
+                          decay_mask="kernels")
   config_lib.validate(config_lib.ExperimentConfig(optim=mixed))
   reference = optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(1e-2),
                           wd_optax.decoupled_decay(0.5, learning_rate=1e-2, mask=KERNELS, cautious=True))
@@ -407,7 +408,9 @@ def test_adam_mixed_program_with_only_its_cautious_rate_is_cautious_adamw():
   others = [dataclasses.replace(mixed, cautious_weight_decay=0.0, **rates)
             for rates in ({"weight_decay": 0.1}, {"decoupled_weight_decay": 0.1}, {})]
   assert len({s.static_key() for s in [mixed] + others}) == 1
+  # Without cautious=True the mixed program is the two-rate one of the other studies, unchanged.
+  assert dataclasses.replace(mixed, cautious=False, cautious_weight_decay=0.0).static_key() != mixed.static_key()
   with pytest.raises(ValueError, match=r"optim\.cautious_weight_decay \(0\.5\) is read only with "
-                                       r"decay='l2\+decoupled'"):
+                                       r"decay='l2\+decoupled' and cautious=true"):
     config_lib.validate(config_lib.ExperimentConfig(optim=optimizers.Adam(decay="decoupled",
                                                                           cautious_weight_decay=0.5)))

@@ -22,11 +22,12 @@ class Adam(base.OptimizerSpec):
     coupling: decoupled-decay coupling (``lr`` | ``schedule`` | ``independent`` | ``corrected``).
     decoupled_weight_decay: λ' of ``decay="l2+decoupled"`` (traced, gated by the decay window like λ).
     cautious: cautious weight decay (Chen et al. 2025, ``wd_optax.decoupled_decay(cautious=True)``): a coordinate
-      decays only where the step and the weight agree in sign; ``decay="decoupled"`` only.
-    cautious_weight_decay: λ'' of ``decay="l2+decoupled"``: cautious decoupled decay at this rate after the
-      decoupled part (traced, gated like λ), so that Adam + L2, AdamW and cautious AdamW (each with the other
-      two rates 0) share one program; the cautious sign test reads the step with the other decays in it, which
-      is the step alone when their rates are 0.
+      decays only where the step and the weight agree in sign. With ``decay="decoupled"`` the decay is cautious;
+      with ``decay="l2+decoupled"`` the program gets a third, cautious decoupled decay at rate
+      ``cautious_weight_decay`` after the decoupled part, so that Adam + L2, AdamW and cautious AdamW (each with
+      the other two rates 0) share one program (its sign test reads the step with the other decays in it, which
+      is the step alone when their rates are 0).
+    cautious_weight_decay: λ'' of ``decay="l2+decoupled"`` with ``cautious=True`` (traced, gated like λ).
   """
   NAME = "adam"
   KIND = "adam"
@@ -45,11 +46,12 @@ class Adam(base.OptimizerSpec):
 
   def check(self, where) -> None:
     base.check_decoupled_part(self, where)
-    base.check_cautious(self, where)
-    if self.cautious_weight_decay and self.decay != base.L2_AND_DECOUPLED:
+    base.check_cautious(self, where, ("decoupled", base.L2_AND_DECOUPLED))
+    if self.cautious_weight_decay and not (self.decay == base.L2_AND_DECOUPLED and self.cautious):
       raise ValueError(f"{where('cautious_weight_decay')} ({self.cautious_weight_decay}) is read only with "
-                       f"decay={base.L2_AND_DECOUPLED!r}; {where('decay')} is {self.decay!r} (for cautious AdamW "
-                       "alone use decay='decoupled', cautious=true).")
+                       f"decay={base.L2_AND_DECOUPLED!r} and cautious=true; {where('decay')} is {self.decay!r}, "
+                       f"{where('cautious')} is {str(self.cautious).lower()} (for cautious AdamW alone use "
+                       "decay='decoupled', cautious=true).")
 
   def build(self, traced) -> optax.GradientTransformation:
     mixed = self.decay == base.L2_AND_DECOUPLED
@@ -57,10 +59,12 @@ class Adam(base.OptimizerSpec):
     tx = wd_optax.adam(traced["learning_rate"], b1=self.b1, b2=self.b2, eps=self.eps,
                        weight_decay=traced["weight_decay"], decay="l2" if mixed else self.decay,
                        coupling=self.coupling, peak_learning_rate=peak, mask=self.mask(),
-                       cautious=self.cautious)
+                       cautious=self.cautious and not mixed)
     if not mixed:
       return tx
     tx = base.with_decoupled_part(self, tx, traced, self.coupling)
+    if not self.cautious:
+      return tx
     peak = traced["peak_learning_rate"] if self.coupling in ("schedule", "corrected") else None
     return optax.chain(tx, wd_optax.decoupled_decay(traced["cautious_weight_decay"], coupling=self.coupling,
                                                     learning_rate=traced["learning_rate"], peak_learning_rate=peak,

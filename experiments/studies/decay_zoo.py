@@ -8,7 +8,8 @@ Methods (:data:`METHODS`; each an optimizer family of :mod:`experiments.optimize
 * ``adam_l2`` — Adam on ∇L + λw;
 * ``cautious`` — cautious AdamW: decay only where the step and the weight agree in sign;
 
-  (these three and ``none`` are one program of the ``adam`` family, ``decay="l2+decoupled"``, each sweeping
+  (these three and ``none`` are one program of the ``adam`` family, ``decay="l2+decoupled"``, ``cautious=True``,
+  each sweeping
   one of its rates ``weight_decay`` / ``decoupled_weight_decay`` / ``cautious_weight_decay`` with the others 0;
   the other decoupled couplings, ``independent`` and ``corrected``, would each cost a program per setting and
   are left out of the quick form's budget);
@@ -95,8 +96,8 @@ class Method:
 
 # Adam + L2, AdamW and cautious AdamW (and no decay) are one program: decay="l2+decoupled" with one of its three
 # rates swept and the other two 0.
-_ADAM = {"name": "adam", "decay": "l2+decoupled", "learning_rate": ADAM_LR, "b1": B1, "weight_decay": 0.0,
-         "decoupled_weight_decay": 0.0, "cautious_weight_decay": 0.0}
+_ADAM = {"name": "adam", "decay": "l2+decoupled", "cautious": True, "learning_rate": ADAM_LR, "b1": B1,
+         "weight_decay": 0.0, "decoupled_weight_decay": 0.0, "cautious_weight_decay": 0.0}
 _LR_COUPLED = lambda tau: timescale.weight_decay_from_timescale(ADAM_LR, tau, steps_per_epoch=1)
 METHODS = (
     Method("none", "no decay (Adam)", dict(_ADAM), "", None, None),
