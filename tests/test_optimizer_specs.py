@@ -319,7 +319,7 @@ def test_an_unknown_field_is_one_error_listing_the_familys_fields():
     config_lib.apply_override(config, "optim.b1=0.5")
   with pytest.raises(KeyError) as e:
     optimizers.from_dict({"name": "sgd", "wd": 1.0})
-  assert e.value.args[0].startswith("optim: optimizer 'sgd' has no field 'wd'; its fields: ['coupling', ")
+  assert e.value.args[0].startswith("optim: optimizer 'sgd' has no field 'wd'; its fields: ['cautious', 'coupling', ")
 
 
 def test_a_sweep_of_a_static_field_is_refused_naming_the_traced_fields():
