@@ -102,6 +102,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
+def chunk_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a chunk's host-fed batches ``(steps, members, batch, ...)``: members and batch split."""
+  return NamedSharding(mesh, P(None, MEMBERS_AXIS, DATA_AXIS))
+
+
 def global_array(value: Any, sharding: NamedSharding) -> jax.Array:
   """A global array of the host value ``value`` (the same on every process) laid out as ``sharding``.
 

@@ -53,10 +53,10 @@ def check_workdir(workdir: str, config: ExperimentConfig) -> None:
 
 def _comparable(saved: dict) -> dict:
   """A config without the fields that only choose outputs or execution (``train.tensorboard``,
-  ``train.population``), which a resume may change."""
+  ``train.population``, ``train.feed``), which a resume may change."""
   saved = dict(saved)
   if isinstance(saved.get("train"), dict):
-    saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("tensorboard", "population")}
+    saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("tensorboard", "population", "feed")}
   return saved
 
 
