@@ -165,7 +165,10 @@ class Program:
 
   ``model``: the config's :class:`Model`, shared by the programs of one run (built here when not given);
   ``mesh``: the device mesh (default: from ``train.num_devices`` and ``train.mesh_members``). :meth:`train`
-  runs the host loop (:func:`experiments.train.loop.train`).
+  runs the host loop (:func:`experiments.train.loop.train`). ``feed`` is ``train.feed`` resolved
+  (:mod:`experiments.train.feed`): with ``device`` the training set is replicated on the mesh
+  (``x_train``, ``y_train``), with ``host`` it stays on the host (they are ``None``) and every chunk's
+  batches are gathered there.
   """
 
   def __init__(self, config: ExperimentConfig, group: Group, dataset, *, mesh=None, hooks: Hooks | None = None,
