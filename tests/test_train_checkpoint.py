@@ -39,7 +39,9 @@ def command(workdir: str) -> list[str]:
 def environment(cache: str) -> dict:
   env = dict(os.environ, WD_OPTAX_JAX_CACHE=cache, JAX_PLATFORMS="cpu",
              PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  env.pop("XLA_FLAGS", None)  # one CPU device, like a user's run
+  # One CPU device, like a user's run; the suite's other XLA flags (tests/conftest.py) stay.
+  flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+  env["XLA_FLAGS"] = " ".join(flags)
   return env
 
 
