@@ -17,16 +17,17 @@ machine's cores, so the ratio measures the cost of the collectives and of the sm
 not an accelerator's scaling.
 
 **K-FAC with distributed inverses** (``--part kfac``). One K-FAC step (``wd_optax.kfac.kfac``, empirical
-Fisher, inverses refreshed every step: the worst case for inverse work) of a 64-256-256-256-10 MLP on a batch
+Fisher, Newton-Schulz inverses refreshed every step: the worst case for inverse work; LAPACK inverses on
+8 simulated devices deadlocked XLA:CPU here) of a 64-256-256-256-10 MLP on a batch
 of 256, jitted, on one device and with the batch split over 8 devices, there without and with
 ``inverse_sharding`` over the data axis (each device inverts 1 of the stack of 6 factors of size 256-257 instead
 of all 6). Paired, interleaved: 8 devices distributed / 8 devices plain (target <= 1: splitting the
 inverses is not slower; on a CPU the 8 simulated devices share the cores, so 8 devices each inverting every
 factor is 8 times the inverse work of one) and 8 devices distributed / 1 device (no target: reported with its
-interval). One sample is ``--kfac-steps`` steps.
+interval). One sample is ``--kfac-steps`` calls of the jitted step.
 
   python benchmarks/population_sharding.py [--part all|population|kfac] [--min-repeats 7] [--max-repeats 21]
-      [--steps 200] [--kfac-steps 10] [--kfac-repeats 5]
+      [--steps 200] [--kfac-steps 5] [--kfac-repeats 3]
 """
 
 from __future__ import annotations
@@ -91,31 +92,30 @@ def kfac_steps(args) -> dict:
   def setup(devices: int, distributed: bool):
     mesh = Mesh(np.asarray(jax.devices()[:devices]), ("data",))
     sharding = NamedSharding(mesh, PartitionSpec("data")) if distributed else None
-    tx = kfac.kfac(0.01, damping=1e-2, inverse_every=1, layers=layers, inverse_sharding=sharding)
+    tx = kfac.kfac(0.01, damping=1e-2, inverse_every=1, inverse="newton_schulz", layers=layers,
+                   inverse_sharding=sharding)
     p = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
     batch = jax.device_put((x, y), NamedSharding(mesh, PartitionSpec("data")))
     state = jax.jit(tx.init)(p)
 
-    def steps(p, state, batch):
-      def body(_, carry):
-        p, state = carry
-        _, grads, curvature = kfac.value_grad_and_curvature(loss_fn, nnx.merge(graphdef, p), batch, mode="empirical")
-        updates, state = tx.update(nnx.to_pure_dict(grads), state, p, curvature=curvature)
-        return optax.apply_updates(p, updates), state
-      return jax.lax.fori_loop(0, args.kfac_steps, body, (p, state))
+    # One step per call; Newton-Schulz inverses: LAPACK inverses on 8 simulated devices deadlocked XLA:CPU here.
+    def step(p, state, batch):
+      _, grads, curvature = kfac.value_grad_and_curvature(loss_fn, nnx.merge(graphdef, p), batch, mode="empirical")
+      updates, state = tx.update(nnx.to_pure_dict(grads), state, p, curvature=curvature)
+      return optax.apply_updates(p, updates), state
 
-    fn = jax.jit(steps)
+    fn = jax.jit(step)
     jax.block_until_ready(fn(p, state, batch))  # compile
     return lambda: fn(p, state, batch)
 
   one, plain, split = setup(1, False), setup(8, False), setup(8, True)
-  common = dict(min_repeats=args.kfac_repeats, max_repeats=3 * args.kfac_repeats, calls_per_sample=1,
+  common = dict(min_repeats=args.kfac_repeats, max_repeats=3 * args.kfac_repeats, calls_per_sample=args.kfac_steps,
                 block=jax.block_until_ready)
   vs_plain = _paired.compare(split, plain, max_ratio=1.0, **common)
   vs_one = _paired.compare(split, one, **common)
   per_step = lambda seconds: 1e3 * seconds / args.kfac_steps
   return {
-      "model": "mlp" + str(list(KFAC_SIZES)), "batch": KFAC_BATCH, "inverse": "cholesky", "inverse_every": 1,
+      "model": "mlp" + str(list(KFAC_SIZES)), "batch": KFAC_BATCH, "inverse": "newton_schulz", "inverse_every": 1,
       "steps_per_sample": args.kfac_steps,
       "step_ms": {"1_device": per_step(vs_one["reference_s"]), "8_devices": per_step(vs_plain["reference_s"]),
                   "8_devices_distributed": per_step(vs_plain["candidate_s"])},
@@ -174,8 +174,8 @@ def main() -> None:
   parser.add_argument("--min-repeats", type=int, default=7)
   parser.add_argument("--max-repeats", type=int, default=21)
   parser.add_argument("--steps", type=int, default=200, help="training steps per member and repeat")
-  parser.add_argument("--kfac-steps", type=int, default=10, help="K-FAC steps per timed sample")
-  parser.add_argument("--kfac-repeats", type=int, default=5, help="least pairs per K-FAC ratio (at most 3x)")
+  parser.add_argument("--kfac-steps", type=int, default=5, help="K-FAC steps per timed sample")
+  parser.add_argument("--kfac-repeats", type=int, default=3, help="least pairs per K-FAC ratio (at most 3x)")
   args = parser.parse_args()
   if jax.device_count() < 8:
     raise SystemExit(f"needs 8 devices, found {jax.device_count()}")
