@@ -102,6 +102,12 @@ class TrainConfig:
       costs compile time, ``vmap`` elsewhere). Both give the same metrics up to float32 round-off; a resume may
       change it. The default is ``vmap``, the mode every published result was run in, until
       ``benchmarks/sweep_throughput.py`` has decided on a quiet machine which is faster for the quick studies.
+    feed: where the training batches come from (:mod:`experiments.train.feed`): ``device`` (the training set
+      replicated on every device, each step's batch drawn there), ``host`` (each process gathers from its
+      host copy only the examples of its own devices' members and batch slices, per chunk, and the chunk
+      consumes them; the training set is never put on a device), or ``auto`` (default: ``host`` in a
+      multi-process run, ``device`` on one process, how every published result ran). Both draw the same
+      examples and give the same metrics up to float32 round-off; a resume may change it.
   """
   steps: int = 500
   batch_size: int = 128
@@ -115,6 +121,7 @@ class TrainConfig:
   on_nan: str = "stop"
   tensorboard: bool = False
   population: str = "vmap"
+  feed: str = "auto"
 
 
 @dataclasses.dataclass
@@ -294,6 +301,7 @@ def _field_type(cls: type, field: dataclasses.Field) -> Any:
 
 ON_NAN = ("stop", "continue")
 POPULATION = ("auto", "vmap", "sequential")
+FEED = ("auto", "device", "host")
 
 
 def validate(config: ExperimentConfig, *, allowed: tuple[str, ...] | None = None) -> None:
@@ -319,6 +327,8 @@ def validate(config: ExperimentConfig, *, allowed: tuple[str, ...] | None = None
     raise ValueError(f"train.on_nan must be one of {ON_NAN}, got {t.on_nan!r}.")
   if t.population not in POPULATION:
     raise ValueError(f"train.population must be one of {POPULATION}, got {t.population!r}.")
+  if t.feed not in FEED:
+    raise ValueError(f"train.feed must be one of {FEED}, got {t.feed!r}.")
   if not isinstance(t.tensorboard, bool):
     raise ValueError(f"train.tensorboard must be true or false, got {t.tensorboard!r}.")
   if _bad_int(t.num_devices) or t.num_devices < 0:

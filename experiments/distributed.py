@@ -16,7 +16,9 @@
 number of CPU devices per process comes from jax's own ``JAX_NUM_CPU_DEVICES`` (e.g. 4 in the tests).
 
 In a multi-process run every process trains the same population over one global mesh (all devices of all
-processes, ``train.num_devices=0``), reads the (small) data set itself and draws the batches on device;
+processes, ``train.num_devices=0``) and reads the (small) data set itself; with ``train.feed=auto`` each
+process gathers on the host only the examples of its own devices' share of every batch
+(:mod:`experiments.train.feed`);
 ``metrics.jsonl``, ``config.json``, plots and ``REPORT.md`` are written by process 0 only; orbax writes and
 restores the checkpoints collectively (every process calls save and restore). The work directory must be
 on a file system every process sees (NFS, a GCS bucket mounted with gcsfuse, ...).

@@ -2,16 +2,19 @@
 
   python tests/_multiprocess_worker.py plain|kfac OUT NUM_DEVICES MESH_MEMBERS [COORDINATOR NUM_PROCESSES PROCESS_ID]
 
-Trains a small population for 20 steps through :func:`experiments.train.workdir.run_experiment` in ``OUT/work``:
+Trains a small population for 20 steps through :func:`experiments.train.workdir.run_experiment` in ``OUT/work``
+(``train.feed=auto``: host-fed batches with several processes, drawn on device with one):
 ``plain``, an SGD sweep (2 weight decays x 2 seeds, one group); ``kfac``, an SGD and a K-FAC-F arm of
 ``three_mechanisms`` with the study's hooks (2 seeds each, two groups). Then it
 writes every member's final parameters (restored from the last checkpoint, collectively) to ``OUT/params.npz``
-from process 0. The CPU device count per process comes from ``JAX_NUM_CPU_DEVICES`` (set by the caller).
+from process 0, and each process the shapes of the input blocks it gathered on the host to
+``OUT/feed.PROCESS.json``. The CPU device count per process comes from ``JAX_NUM_CPU_DEVICES`` (set by the caller).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import sys
 
@@ -56,7 +59,19 @@ def main(argv: list[str]) -> None:
   hooks = dataclasses.replace(study.hooks(config), eval_metrics=None) if study else None
   dataset = load_dataset(config)
   workdir = os.path.join(out, "work")
+  # What this process gathers on the host for its devices (train.feed=auto: host-fed with several processes).
+  from experiments.train import feed as feed_lib
+  gathered, take = [], feed_lib._take
+
+  def recording_take(array, rows):
+    if array.ndim > 1:  # the inputs (the labels are gathered with the same rows)
+      gathered.append(list(rows.shape))
+    return take(array, rows)
+  feed_lib._take = recording_take
   run_experiment(config, workdir, hooks=hooks, dataset=dataset, progress=False, log=print)
+  feed_lib._take = take
+  with open(os.path.join(out, f"feed.{jax.process_index()}.json"), "w") as f:
+    json.dump({"gathered": gathered, "local_devices": jax.local_device_count()}, f)
   params = {}
   for group in make_groups(config):
     program = Program(config, group, dataset, hooks=hooks)

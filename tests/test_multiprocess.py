@@ -6,7 +6,8 @@
 * 2 processes × 4 CPU devices, 1 process × 8 and 1 process × 1 device train the same small population
   (20 steps; mesh 2 members × 4 data on 8 devices, so the members axis spans the processes and each
   member's batch is split within one) to the same parameters and losses (float32 round-off of each
-  array's scale); ``metrics.jsonl`` is written once (process 0: one line per member and logged step);
+  array's scale); ``metrics.jsonl`` is written once (process 0: one line per member and logged step); the
+  two processes are host-fed (``train.feed=auto``) and each gathers only its devices' blocks of a batch;
 * one process SIGKILLed after the first checkpoint (the other then torn down, as a scheduler would), the same
   command again: it resumes from that checkpoint and ends bit-identical to the uninterrupted run;
 * slow: the same with a K-FAC arm (three_mechanisms' hooks), and the CLI end to end (plots and REPORT.md
@@ -228,12 +229,24 @@ def runs(tmp_path_factory):
   }
 
 
+def gathered(out: str, process: int) -> list:
+  with open(os.path.join(out, f"feed.{process}.json")) as f:
+    return json.load(f)["gathered"]
+
+
 def test_two_processes_match_one_process_and_one_device(runs):
-  # Another compiled program (gloo / in-process reductions over 4 devices, 20 steps): round-off only.
+  # Another compiled program (gloo / in-process reductions over 4 devices, 20 steps; host-fed batches on
+  # two processes, drawn on device on one): round-off only.
   compare(runs["two"], runs["eight"], c=100)
   compare(runs["two"], runs["one"], c=100)
   for name in ("two", "eight", "one"):
     check_written_once(os.path.join(runs[name], "work"), members=4, logged_steps=2)
+  # train.feed=auto: host-fed on two processes, each gathering only its share of every chunk (10 steps):
+  # its 2 of the 4 members (a row of the 2 x 4 mesh) x a quarter of the 32-example batch per device, never
+  # the whole (10, 4, 32); on one process the batches are drawn on device and nothing is gathered.
+  for process in (0, 1):
+    assert gathered(runs["two"], process) == [[10, 2, 8]] * 4 * 2
+  assert gathered(runs["eight"], 0) == [] and gathered(runs["one"], 0) == []
 
 
 def test_killed_process_resumes_bit_identical(runs):

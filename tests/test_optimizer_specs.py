@@ -120,6 +120,27 @@ BUILD_CASES = {
                                                                                        "bias": False}},
                                                                       "classifier": {"kernel": False,
                                                                                      "bias": False}}))),
+    # The weight-decay zoo's families (decay_zoo): each is the library's factory called directly.
+    "adam_cautious": (optimizers.Adam(learning_rate=1e-2, weight_decay=WD, decay="decoupled", cautious=True,
+                                      decay_mask="kernels"),
+                      optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(1e-2),
+                                  wd_optax.decoupled_decay(WD, learning_rate=1e-2, mask=KERNELS, cautious=True))),
+    "sgd_cautious": (optimizers.SGD(learning_rate=LR, momentum=MU, weight_decay=WD, decay="decoupled", cautious=True),
+                     optax.chain(optax.trace(MU), optax.scale_by_learning_rate(LR),
+                                 wd_optax.decoupled_decay(WD, learning_rate=LR, cautious=True))),
+    "adamp": (optimizers.AdamP(learning_rate=1e-2, weight_decay=WD, delta=0.5, wd_ratio=0.2, decay_mask="kernels"),
+              wd_optax.adamp(1e-2, weight_decay=WD, delta=0.5, wd_ratio=0.2, mask=KERNELS)),
+    "sgdp": (optimizers.SGDP(learning_rate=LR, momentum=MU, weight_decay=WD, delta=0.5),
+             wd_optax.sgdp(LR, momentum=MU, weight_decay=WD, delta=0.5)),
+    "adams": (optimizers.AdamS(learning_rate=1e-2, b1=0.8, weight_decay=WD, decay_mask="kernels"),
+              wd_optax.adams(1e-2, b1=0.8, weight_decay=WD, mask=KERNELS)),
+    "sgds": (optimizers.SGDS(learning_rate=LR, momentum=MU, weight_decay=WD),
+             wd_optax.sgds(LR, momentum=MU, weight_decay=WD)),
+    "rotational_adamw": (optimizers.RotationalAdamW(learning_rate=1e-2, weight_decay=WD, update_norm_decay=0.5),
+                         wd_optax.rotational_adamw(1e-2, WD, update_norm_decay=0.5)),
+    "rotational_sgd": (optimizers.RotationalSGD(learning_rate=LR, weight_decay=WD, momentum=MU, per_channel=False),
+                       wd_optax.rotational_sgd(LR, WD, momentum=MU, per_channel=False)),
+    "adamh": (optimizers.AdamH(learning_rate=5e-2, b2=0.99), wd_optax.adamh(5e-2, b2=0.99)),
 }
 
 
@@ -298,7 +319,7 @@ def test_an_unknown_field_is_one_error_listing_the_familys_fields():
     config_lib.apply_override(config, "optim.b1=0.5")
   with pytest.raises(KeyError) as e:
     optimizers.from_dict({"name": "sgd", "wd": 1.0})
-  assert e.value.args[0].startswith("optim: optimizer 'sgd' has no field 'wd'; its fields: ['coupling', ")
+  assert e.value.args[0].startswith("optim: optimizer 'sgd' has no field 'wd'; its fields: ['cautious', 'coupling', ")
 
 
 def test_a_sweep_of_a_static_field_is_refused_naming_the_traced_fields():
@@ -349,3 +370,47 @@ def test_set_an_arms_model_field_reaches_only_that_arm():
   config_lib.validate(config)
   with pytest.raises(KeyError, match=r"--set arms\.A\.model\.depth: unknown model key 'depth'; known keys: "):
     config_lib.apply_override(config, "arms.A.model.depth=3")
+
+
+# ------------------------------------------------------------------- the zoo's switches and checks
+
+
+def test_cautious_switch_reaches_the_transform_and_is_refused_without_decoupled_decay():
+  params, grads = _params(), _grads()
+  plain = optimizers.Adam(learning_rate=1e-2, weight_decay=0.5, decay="decoupled")
+  cautious = dataclasses.replace(plain, cautious=True)
+  assert plain.static_key() != cautious.static_key()   # another program
+  got, want = _harness_steps(cautious, params, grads), _harness_steps(plain, params, grads)
+  assert max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want))) > 1e-4
+  for family in (optimizers.SGD, optimizers.Adam):
+    with pytest.raises(ValueError, match=r"optim\.cautious is read only with decay='decoupled'.*; optim\.decay is 'l2'"):
+      config_lib.validate(config_lib.ExperimentConfig(optim=family(decay="l2", cautious=True)))
+
+
+def test_adamh_refuses_a_weight_decay_and_sweeps_its_learning_rate_in_one_program():
+  with pytest.raises(ValueError, match=r"optim\.weight_decay \(0\.1\) must be 0: adamh"):
+    config_lib.validate(config_lib.ExperimentConfig(optim=optimizers.AdamH(weight_decay=0.1)))
+  config = config_lib.ExperimentConfig(optim=optimizers.AdamH(), seeds=2, arms=[
+      config_lib.Arm("adamh", sweep={"learning_rate": [1e-3, 1e-2]})])
+  config_lib.validate(config)
+  (group,) = make_groups(config)
+  assert len(group.members) == 4
+
+
+def test_adam_mixed_program_with_only_its_cautious_rate_is_cautious_adamw():
+  mixed = optimizers.Adam(learning_rate=1e-2, decay="l2+decoupled", cautious=True, cautious_weight_decay=0.5,
+                          decay_mask="kernels")
+  config_lib.validate(config_lib.ExperimentConfig(optim=mixed))
+  reference = optax.chain(optax.scale_by_adam(), optax.scale_by_learning_rate(1e-2),
+                          wd_optax.decoupled_decay(0.5, learning_rate=1e-2, mask=KERNELS, cautious=True))
+  _assert_same_steps(mixed, reference)
+  # Adam + L2, AdamW, cautious AdamW and no decay: one program.
+  others = [dataclasses.replace(mixed, cautious_weight_decay=0.0, **rates)
+            for rates in ({"weight_decay": 0.1}, {"decoupled_weight_decay": 0.1}, {})]
+  assert len({s.static_key() for s in [mixed] + others}) == 1
+  # Without cautious=True the mixed program is the two-rate one of the other studies, unchanged.
+  assert dataclasses.replace(mixed, cautious=False, cautious_weight_decay=0.0).static_key() != mixed.static_key()
+  with pytest.raises(ValueError, match=r"optim\.cautious_weight_decay \(0\.5\) is read only with "
+                                       r"decay='l2\+decoupled' and cautious=true"):
+    config_lib.validate(config_lib.ExperimentConfig(optim=optimizers.Adam(decay="decoupled",
+                                                                          cautious_weight_decay=0.5)))

@@ -101,8 +101,8 @@ def test_rotational_adamw_matches_numpy_reference(output_channel):
   assert_close_scaled(got["dense"]["kernel"], kernel, c=200)   # float32 vs float64, 6 steps
   assert_close_scaled(got["dense"]["bias"], bias, c=200)
   # The invariant itself: every neuron kept its norm.
-  np.testing.assert_allclose(np.linalg.norm(got["dense"]["kernel"], axis=0),
-                             np.linalg.norm(params["dense"]["kernel"], axis=0), rtol=1e-6)
+  assert_close_scaled(np.linalg.norm(got["dense"]["kernel"], axis=0),
+                      np.linalg.norm(params["dense"]["kernel"], axis=0), c=16)
 
 
 def test_rotational_sgd_first_step_turns_each_neuron_by_arctan_eta_r():

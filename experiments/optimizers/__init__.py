@@ -1,6 +1,6 @@
 """Optimizer families of the harness: one spec per family, one file per family, registered by name.
 
-Each family (``sgd``, ``adam``, ``adam_buffers``, ``fixnorm``, ...) is a frozen dataclass deriving from
+Each family (``sgd``, ``adam``, ``adam_buffers``, ``fixnorm``, ``adamp``, ``adams``, ``rotational_adamw``, ...) is a frozen dataclass deriving from
 :class:`~experiments.optimizers.base.OptimizerSpec` that holds only its own fields, says which of them are
 *traced* (vmapped over a population's members: ``TRACED``) and which are *static* (the rest: they fix the
 compiled program), and builds the optax transform of one step with :meth:`~base.OptimizerSpec.build`.
@@ -26,9 +26,14 @@ from experiments.optimizers.base import (DECAY_MASK_PRESETS, LR_SCHEDULES, GradR
                                          decay_mask, decay_mask_spec)
 from experiments.optimizers.fixnorm import FixNorm
 from experiments.optimizers.kfac import KFAC
+from experiments.optimizers.projected import SGDP, AdamP
+from experiments.optimizers.rotational import AdamH, RotationalAdamW, RotationalSGD
 from experiments.optimizers.sgd import SGD
+from experiments.optimizers.stable import SGDS, AdamS
 
-FAMILIES: dict[str, type[OptimizerSpec]] = {cls.NAME: cls for cls in (SGD, Adam, AdamBuffers, FixNorm, KFAC)}
+FAMILIES: dict[str, type[OptimizerSpec]] = {
+    cls.NAME: cls for cls in (SGD, Adam, AdamBuffers, FixNorm, KFAC, AdamP, SGDP, AdamS, SGDS, RotationalAdamW,
+                              RotationalSGD, AdamH)}
 
 
 def build(spec: OptimizerSpec, traced: Rates):
@@ -89,7 +94,7 @@ def from_dict(data: Mapping[str, Any], where: str = "optim") -> OptimizerSpec:
   return cls(**data)
 
 
-__all__ = ["Adam", "AdamBuffers", "DECAY_MASK_PRESETS", "FAMILIES", "FixNorm", "GradResult", "KFAC", "LR_SCHEDULES",
+__all__ = ["Adam", "AdamBuffers", "AdamH", "AdamP", "AdamS", "RotationalAdamW", "RotationalSGD", "SGDP", "SGDS", "DECAY_MASK_PRESETS", "FAMILIES", "FixNorm", "GradResult", "KFAC", "LR_SCHEDULES",
            "OptimizerSpec",
            "Rates", "SGD", "build", "decay_mask", "decay_mask_spec", "family", "from_dict", "names", "register",
            "with_overrides"]

@@ -151,6 +151,13 @@ def check_decoupled_part(spec, where) -> None:
                      f"decay={L2_AND_DECOUPLED!r}; {where('decay')} is {spec.decay!r}.")
 
 
+def check_cautious(spec, where, decays=("decoupled",)) -> None:
+  if spec.cautious and spec.decay not in decays:
+    allowed = " or ".join(repr(d) for d in decays)
+    raise ValueError(f"{where('cautious')} is read only with decay={allowed} (it masks a decoupled decay step); "
+                     f"{where('decay')} is {spec.decay!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class OptimizerSpec:
   """Fields every optimizer family has: the learning rate and its schedule, λ, when it acts and where.

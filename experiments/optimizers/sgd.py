@@ -21,6 +21,8 @@ class SGD(base.OptimizerSpec):
       coupled L2 with λ and decoupled decay with ``decoupled_weight_decay`` after the step.
     coupling: decoupled-decay coupling (``lr`` | ``schedule`` | ``independent`` | ``corrected``).
     decoupled_weight_decay: λ' of ``decay="l2+decoupled"`` (traced, gated by the decay window like λ).
+    cautious: cautious weight decay (Chen et al. 2025, ``wd_optax.decoupled_decay(cautious=True)``): a coordinate
+      decays only where the step and the weight agree in sign; ``decay="decoupled"`` only.
   """
   NAME = "sgd"
   TRACED = base.OptimizerSpec.TRACED + base.MIXED_TRACED
@@ -30,14 +32,17 @@ class SGD(base.OptimizerSpec):
   decay: str = dataclasses.field(default="l2", metadata=base.choices("l2", "decoupled", base.L2_AND_DECOUPLED))
   coupling: str = dataclasses.field(default="lr", metadata=base.choices(*base.COUPLINGS))
   decoupled_weight_decay: float = dataclasses.field(default=0.0, metadata=base.NONNEGATIVE)
+  cautious: bool = False
 
   def check(self, where) -> None:
     base.check_decoupled_part(self, where)
+    base.check_cautious(self, where)
 
   def build(self, traced) -> optax.GradientTransformation:
     mixed = self.decay == base.L2_AND_DECOUPLED
     peak = traced["peak_learning_rate"] if self.coupling in ("schedule", "corrected") and not mixed else None
     tx = wd_optax.sgd(traced["learning_rate"], momentum=self.momentum or None, nesterov=self.nesterov,
                       weight_decay=traced["weight_decay"], decay="l2" if mixed else self.decay,
-                      coupling=self.coupling, peak_learning_rate=peak, mask=self.mask())
+                      coupling=self.coupling, peak_learning_rate=peak, mask=self.mask(),
+                      cautious=self.cautious)
     return base.with_decoupled_part(self, tx, traced, self.coupling) if mixed else tx

@@ -6,8 +6,9 @@ member's step and the scanned population chunk), :mod:`~experiments.train.evalua
 programs), :mod:`~experiments.train.program` (the model as pure functions and one group's jitted programs
 and state), :mod:`~experiments.train.loop` (the host loop: NaN policy, evaluation cadence, checkpoints,
 metrics, progress), :mod:`~experiments.train.workdir` (every group of a config in a work directory),
-:mod:`~experiments.train.optim`, :mod:`~experiments.train.sharding`, :mod:`~experiments.train.checkpoint`,
-:mod:`~experiments.train.metrics`, :mod:`~experiments.train.progress` and :mod:`~experiments.train.plots`.
+:mod:`~experiments.train.optim`, :mod:`~experiments.train.sharding`, :mod:`~experiments.train.feed` (host-fed
+batches), :mod:`~experiments.train.checkpoint`, :mod:`~experiments.train.metrics`,
+:mod:`~experiments.train.progress` and :mod:`~experiments.train.plots`.
 
 Entry points: :func:`experiments.train.workdir.run_experiment` trains every arm of an
 :class:`~experiments.config.ExperimentConfig` in a work directory; :class:`Program` trains one group of

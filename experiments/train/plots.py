@@ -181,11 +181,18 @@ def save_figure(fig, path: str) -> str:
   Returns ``path``: reports link the PNG.
   """
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=110, bbox_inches="tight")
-  # No date in the SVG's metadata and fixed element ids: the same figure gives the same file.
   import matplotlib
+  # Lay the figure out once (constrained layout), then freeze it, and find the tight box (what
+  # ``bbox_inches="tight"`` computes, legends outside the axes included) once for both files: each layout
+  # pass measures every text of every axes, which costs more than drawing it.
+  fig.set_dpi(110)
+  fig.draw_without_rendering()
+  fig.set_layout_engine("none")
+  box = fig.get_tightbbox(fig.canvas.get_renderer()).padded(matplotlib.rcParams["savefig.pad_inches"])
+  fig.savefig(path, dpi=110, bbox_inches=box)
+  # No date in the SVG's metadata and fixed element ids: the same figure gives the same file.
   with matplotlib.rc_context({"svg.hashsalt": "wd_optax"}):
-    fig.savefig(vector_path(path), format="svg", bbox_inches="tight", metadata={"Date": None})
+    fig.savefig(vector_path(path), format="svg", bbox_inches=box, metadata={"Date": None})
   if _KEPT is not None:
     _KEPT.append(fig)
   else:

@@ -23,6 +23,7 @@ from flax import nnx
 from experiments import config as config_lib
 from experiments.config import ExperimentConfig
 from experiments.train import evaluate as evaluate_lib
+from experiments.train import feed as feed_lib
 from experiments import optimizers
 from experiments.train import sharding as sharding_lib
 from experiments.train import step as step_lib
@@ -78,6 +79,12 @@ def scale_invariant_paths(apply_fn, params, batch) -> frozenset:
   """Paths of the leaves whose scaling leaves the train-mode outputs unchanged (``wd_optax.masks.scale_invariant``)."""
   mask = wd_optax.masks.scale_invariant(apply_fn, params, batch)
   return frozenset(p for p, keep in wd_optax.masks.resolve(mask, params).items() if keep)
+
+
+@jax.jit
+def _join_steps(pieces: dict) -> dict:
+  """Per-step metrics ``(members, steps)`` of consecutive pieces of a chunk, joined along the steps."""
+  return {k: jnp.concatenate(v, axis=1) for k, v in pieces.items()}
 
 
 class Model:
@@ -158,7 +165,10 @@ class Program:
 
   ``model``: the config's :class:`Model`, shared by the programs of one run (built here when not given);
   ``mesh``: the device mesh (default: from ``train.num_devices`` and ``train.mesh_members``). :meth:`train`
-  runs the host loop (:func:`experiments.train.loop.train`).
+  runs the host loop (:func:`experiments.train.loop.train`). ``feed`` is ``train.feed`` resolved
+  (:mod:`experiments.train.feed`): with ``device`` the training set is replicated on the mesh
+  (``x_train``, ``y_train``), with ``host`` it stays on the host (they are ``None``) and every chunk's
+  batches are gathered there.
   """
 
   def __init__(self, config: ExperimentConfig, group: Group, dataset, *, mesh=None, hooks: Hooks | None = None,
@@ -189,8 +199,15 @@ class Program:
     # The population's state is created in place: every device initialises only its own members.
     self._member_sharding = sharding_lib.member_sharding(self.mesh)
     self._init_state = jax.jit(self._initial_state, out_shardings=self._member_sharding)
-    self.x_train = sharding_lib.replicate(dataset.x_train, self.mesh)
-    self.y_train = sharding_lib.replicate(dataset.y_train, self.mesh)
+    # Host-fed (train.feed): the training set stays on the host, each process gathers its devices' blocks.
+    self.feed = feed_lib.resolve(t.feed)
+    self._feed = self._feed_keys = None
+    self.x_train = self.y_train = None
+    if self.feed == "host":
+      self._feed = feed_lib.HostFeed(self.mesh, dataset.x_train, dataset.y_train, t.batch_size)
+    else:
+      self.x_train = sharding_lib.replicate(dataset.x_train, self.mesh)
+      self.y_train = sharding_lib.replicate(dataset.y_train, self.mesh)
     self.x_test = sharding_lib.replicate(dataset.x_test, self.mesh)
     self.y_test = sharding_lib.replicate(dataset.y_test, self.mesh)
     self._replicated = sharding_lib.replicated(self.mesh)
@@ -246,6 +263,7 @@ class Program:
           for k in self.group.optim.TRACED}
     seeds = sharding_lib.global_array(np.asarray([m.seed for m in padded], np.uint32), self._member_sharding)
     self.state = self._init_state(hp, seeds)
+    self._fetch_feed_keys()
     self.hp = hp
     self._step = 0
     self.diverged: dict[int, int] = {}
@@ -258,13 +276,38 @@ class Program:
   def load(self, state: dict, step: int) -> None:
     """Replaces the population's state (e.g. by one restored from a checkpoint) and its step count."""
     self.state, self._step = state, int(step)
+    self._fetch_feed_keys()
+
+  def _fetch_feed_keys(self) -> None:
+    """The members' data keys on the host, from which a host feed draws the batch indices."""
+    if self._feed is not None:
+      self._feed_keys = np.asarray(sharding_lib.fetch(self.state["key"]))
 
   def run_chunk(self, num_steps: int) -> dict:
-    """Advances every member by ``num_steps`` steps; returns the chunk's metrics (still on device, padded)."""
-    first = sharding_lib.global_array(np.asarray(self._step, np.int32), self._replicated)
-    self.state, metrics = self._chunk(self.state, self.hp, self.x_train, self.y_train, num_steps, first)
-    self._step += num_steps
-    return metrics
+    """Advances every member by ``num_steps`` steps; returns the chunk's metrics (still on device, padded).
+
+    Host-fed, a chunk longer than the feed's :meth:`~experiments.train.feed.HostFeed.piece_steps` runs as
+    several programs of at most that many steps; their losses and accuracies are joined, the diagnostics are
+    the last one's (the chunk's last step).
+    """
+    if self._feed is None:
+      first = sharding_lib.global_array(np.asarray(self._step, np.int32), self._replicated)
+      self.state, metrics = self._chunk(self.state, self.hp, self.x_train, self.y_train, num_steps, first)
+      self._step += num_steps
+      return metrics
+    pieces, left = [], num_steps
+    piece = self._feed.piece_steps(len(self._feed_keys))
+    while left:
+      steps = min(piece, left)
+      batches = self._feed.batches(self._feed_keys, self._step, steps)
+      first = sharding_lib.global_array(np.asarray(self._step, np.int32), self._replicated)
+      self.state, metrics = self._chunk(self.state, self.hp, None, None, steps, first, batches)
+      self._step += steps
+      left -= steps
+      pieces.append(metrics)
+    if len(pieces) == 1:
+      return pieces[0]
+    return dict(pieces[-1], **_join_steps({k: [p[k] for p in pieces] for k in ("loss", "accuracy")}))
 
   def fetch(self, tree: Any) -> Any:
     """Host copies of population arrays, without the padding members."""

@@ -5,7 +5,14 @@ axis ``members``, so a device holds ``members / m`` whole members and trains the
 others (no collective in the step when the ``data`` axis has size 1). Each member's batch is split over
 ``data``; under ``jit`` XLA inserts the reductions over ``data`` only (mean loss, gradients, BatchNorm
 statistics of the member's global batch), so a step computes the same numbers as on one device, up to
-summation order. The (small) data sets stay replicated on every device; batches are drawn on device.
+summation order.
+
+Where the batches come from is ``train.feed`` (:mod:`experiments.train.feed`): ``device`` (the default on
+one process) replicates the (small) training set on every device and draws each step's batch there;
+``host`` (the default with several processes) keeps it in host memory, and per chunk each process gathers
+only the examples of its own devices' blocks (members-slice × data-slice of each batch) and assembles
+global ``(steps, members, batch, ...)`` arrays laid out as :func:`chunk_batch_sharding`. Both draw the same
+examples. The test set is replicated on every device either way.
 
 Mesh shape (``train.num_devices`` devices, ``train.mesh_members`` = m):
 
@@ -100,6 +107,11 @@ def member_sharding(mesh: Mesh) -> NamedSharding:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Sharding of one member's ``(batch, ...)`` array: the leading axis over ``data``."""
   return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def chunk_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Sharding of a chunk's host-fed batches ``(steps, members, batch, ...)``: members and batch split."""
+  return NamedSharding(mesh, P(None, MEMBERS_AXIS, DATA_AXIS))
 
 
 def global_array(value: Any, sharding: NamedSharding) -> jax.Array:

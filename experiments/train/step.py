@@ -4,9 +4,10 @@ The model is split once (``nnx.split``) into a graph definition and pure dicts o
 (batch statistics); every jitted function below takes and returns only arrays and merges the model inside
 the trace. One member's step is
 
-  1. draw its batch on device: the permutation of epoch ``t // (N // B)`` from the member's data key
-     (drawn once per epoch), slice ``t mod (N // B)`` of it (so the data order is a function of (key, t) and
-     a restarted run sees the same batches);
+  1. its batch: the permutation of epoch ``t // (N // B)`` from the member's data key (drawn once per
+     epoch), slice ``t mod (N // B)`` of it (so the data order is a function of (key, t) and a restarted run
+     sees the same batches); drawn on device from the replicated training set, or, with host-fed batches
+     (``train.feed``, :mod:`experiments.train.feed`), the same examples gathered by the host and passed in;
   2. η_t, λ_t from the member's traced hyperparameters (:meth:`experiments.optimizers.OptimizerSpec.rates_at`);
   3. loss and gradient through the optimizer family's ``value_and_grad`` (default: ``jax.value_and_grad`` of
      the cross-entropy; K-FAC's also returns its curvature, from the same pass, in ``extra``), which gets the
@@ -85,6 +86,41 @@ def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size
   return jax.lax.dynamic_slice(order, (position * batch_size,), (batch_size,))
 
 
+def chunk_orders(keys: jax.Array, first_step: jax.Array, num_steps: int, num_examples: int, batch_size: int,
+                 vmap: Callable = jax.vmap) -> tuple[jax.Array, jax.Array]:
+  """The permutations of every epoch a chunk of ``num_steps`` steps from ``first_step`` touches, per member.
+
+  Returns ``(orders, first_epoch)``: ``orders[m]`` is member ``m``'s epochs laid end to end (shape
+  ``(members, epochs * num_examples)``), so step ``t``'s batch is the ``batch_size`` entries from
+  :func:`chunk_offset`.
+  """
+  n, batch, per_epoch = num_examples, batch_size, num_examples // batch_size
+  first_epoch = first_step // per_epoch
+  epochs = first_epoch + jnp.arange((num_steps - 1) // per_epoch + 2)
+  orders = vmap(lambda k: jax.vmap(lambda e: epoch_order(k, e * per_epoch, n, batch))(epochs).reshape(-1))(keys)
+  return orders, first_epoch
+
+
+def chunk_offset(step: jax.Array, first_epoch: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
+  """Where step ``step``'s batch starts in a member's :func:`chunk_orders`."""
+  per_epoch = num_examples // batch_size
+  return (step // per_epoch - first_epoch) * num_examples + (step % per_epoch) * batch_size
+
+
+def chunk_indices(keys: jax.Array, first_step: jax.Array, num_steps: int, num_examples: int,
+                  batch_size: int) -> jax.Array:
+  """Batch indices of every member at each step of a chunk, shape ``(num_steps, members, batch_size)``.
+
+  The indices :func:`population_chunk` draws on device (the same permutations, sliced at the same offsets),
+  for a host that feeds the batches itself (:mod:`experiments.train.feed`); step ``first_step + s`` of
+  member ``m`` gets ``batch_indices(keys[m], first_step + s, ...)``.
+  """
+  orders, first_epoch = chunk_orders(keys, first_step, num_steps, num_examples, batch_size)
+  offsets = chunk_offset(first_step + jnp.arange(num_steps), first_epoch, num_examples, batch_size)
+  take = lambda order, offset: jax.lax.dynamic_slice(order, (offset,), (batch_size,))
+  return jax.vmap(lambda offset: jax.vmap(lambda order: take(order, offset))(orders))(offsets)
+
+
 def sq_norm(tree: PyTree) -> jax.Array:
   leaves = jax.tree.leaves(tree)
   if not leaves:
@@ -151,16 +187,21 @@ class StepSpec:
     return self.make_tx(self.optim, rates).init(params)
 
 
-def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
-                *, diagnose: bool = False, idx: jax.Array | None = None) -> tuple[dict, dict]:
+def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | None, y_all: jax.Array | None,
+                *, diagnose: bool = False, idx: jax.Array | None = None,
+                batch: tuple[jax.Array, jax.Array] | None = None) -> tuple[dict, dict]:
   """One optimizer step of one member. Returns the new state and this step's metrics.
 
   ``idx``: this step's batch indices (:func:`batch_indices`), computed here when not given.
+  ``batch``: this step's ``(x, y)`` itself (host-fed); ``x_all``, ``y_all`` and ``idx`` are then unused.
   """
   step = state["step"]
-  if idx is None:
-    idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size)
-  x, y = x_all[idx], y_all[idx]
+  if batch is not None:
+    x, y = batch
+  else:
+    if idx is None:
+      idx = batch_indices(state["key"], step, spec.num_examples, spec.batch_size)
+    x, y = x_all[idx], y_all[idx]
   if spec.data_sharding is not None:
     x = jax.lax.with_sharding_constraint(x, spec.data_sharding)
     y = jax.lax.with_sharding_constraint(y, spec.data_sharding)
@@ -226,13 +267,18 @@ def diagnose_step(spec: StepSpec, old_params: PyTree, new_params: PyTree, rates:
   return out
 
 
-def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_all: jax.Array,
-                     num_steps: int, first_step: jax.Array | None = None) -> tuple[dict, dict]:
+def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | None, y_all: jax.Array | None,
+                     num_steps: int, first_step: jax.Array | None = None,
+                     batches: tuple[jax.Array, jax.Array] | None = None) -> tuple[dict, dict]:
   """``num_steps`` steps of every member (vmapped), scanned on device; diagnostics of the last step.
 
   ``first_step``: the members' (common) step count as a replicated scalar; read from member 0's state when
   not given, which on a mesh whose ``members`` axis splits the population costs a broadcast from member 0's
   device to the others every chunk and step.
+
+  ``batches``: host-fed ``(xs, ys)`` of shape ``(num_steps, members, batch, ...)`` (the examples of
+  :func:`chunk_indices`, :mod:`experiments.train.feed`), consumed step by step instead of drawing from
+  ``x_all`` / ``y_all`` (which may then be ``None``).
 
   Returns the new state and metrics: ``loss``/``accuracy`` of shape ``(members, num_steps)``, diagnostics
   of shape ``(members,)``. Nothing leaves the device until the caller fetches the result.
@@ -241,31 +287,38 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array, y_
   single = jax.tree.leaves(state)[0].shape[0] == 1
   squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
   expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
-  if single:
-    # A population of one runs unbatched (squeezed once, outside the loop): size-1 batch dimensions and
-    # per-step reshapes cost XLA:CPU time.
-    step_all = lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i[0])
-  else:
-    step_all = vmap(lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i))
-  keys = state["key"]
   if first_step is None:
     first_step = state["step"][0]
-  # Members of a population share the step count, so the chunk's epochs are known: their permutations are
-  # drawn once before the scan (a sort of the training set per step would cost more than a small
-  # network's step; a conditional redraw inside the loop costs buffer copies on XLA:CPU). They are laid out
-  # end to end per member, so a step's batch is one contiguous slice (indexing an epoch axis first costs a
-  # copy per step).
-  n, batch, per_epoch = spec.num_examples, spec.batch_size, spec.num_examples // spec.batch_size
-  first_epoch = first_step // per_epoch
-  epochs = first_epoch + jnp.arange((num_steps - 1) // per_epoch + 2)
-  orders = vmap(lambda k: jax.vmap(lambda e: epoch_order(k, e * per_epoch, n, batch))(epochs).reshape(-1))(keys)
+  n, batch = spec.num_examples, spec.batch_size
+  if batches is None:
+    if single:
+      # A population of one runs unbatched (squeezed once, outside the loop): size-1 batch dimensions and
+      # per-step reshapes cost XLA:CPU time.
+      step_all = lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i[0])
+    else:
+      step_all = vmap(lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i))
+    # Members of a population share the step count, so the chunk's epochs are known: their permutations are
+    # drawn once before the scan (a sort of the training set per step would cost more than a small
+    # network's step; a conditional redraw inside the loop costs buffer copies on XLA:CPU). They are laid
+    # out end to end per member, so a step's batch is one contiguous slice (indexing an epoch axis first
+    # costs a copy per step).
+    orders, first_epoch = chunk_orders(state["key"], first_step, num_steps, n, batch, vmap)
+  elif single:
+    fed_all = lambda s, h, b: member_step(spec, s, h, None, None, batch=squeeze(b))
+  else:
+    fed_all = vmap(lambda s, h, b: member_step(spec, s, h, None, None, batch=b))
   member_hp = squeeze(hp) if single else hp
 
   def body(carry, _):
     current, step = carry
-    offset = (step // per_epoch - first_epoch) * n + (step % per_epoch) * batch
-    idx = vmap(lambda o: jax.lax.dynamic_slice(o, (offset,), (batch,)))(orders)
-    current, metrics = step_all(current, member_hp, idx)
+    if batches is None:
+      offset = chunk_offset(step, first_epoch, n, batch)
+      idx = vmap(lambda o: jax.lax.dynamic_slice(o, (offset,), (batch,)))(orders)
+      current, metrics = step_all(current, member_hp, idx)
+    else:
+      # Indexed, not scanned over: slicing the last step off the scan's inputs would copy them.
+      at = lambda b: jax.lax.dynamic_index_in_dim(b, step - first_step, keepdims=False)
+      current, metrics = fed_all(current, member_hp, jax.tree.map(at, batches))
     return (current, step + 1), metrics
 
   if single:

@@ -24,6 +24,7 @@ from experiments import config as config_lib
 from experiments import distributed
 from experiments.config import ExperimentConfig
 from experiments.train import execution
+from experiments.train import feed as feed_lib
 from experiments.train.metrics import MetricsWriter, load_results, read_records
 from experiments.train.population import make_groups
 from experiments.train.program import Hooks, Model, Program
@@ -53,10 +54,10 @@ def check_workdir(workdir: str, config: ExperimentConfig) -> None:
 
 def _comparable(saved: dict) -> dict:
   """A config without the fields that only choose outputs or execution (``train.tensorboard``,
-  ``train.population``), which a resume may change."""
+  ``train.population``, ``train.feed``), which a resume may change."""
   saved = dict(saved)
   if isinstance(saved.get("train"), dict):
-    saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("tensorboard", "population")}
+    saved["train"] = {k: v for k, v in saved["train"].items() if k not in ("tensorboard", "population", "feed")}
   return saved
 
 
@@ -126,8 +127,10 @@ def run_experiment(config: ExperimentConfig, workdir: str, *, hooks: Hooks | Non
           continue
         key = Model.key(config, group)
         mode, why = execution.choose(config, group)
+        fed = (", batches gathered on the host (train.feed)"
+               if feed_lib.resolve(config.train.feed) == "host" else "")
         log(f"[{config.name}] {group.name}: {len(group.members)} members "
-            f"{'vmapped' if mode == 'vmap' else 'one after another'} ({why}), {config.train.steps} steps")
+            f"{'vmapped' if mode == 'vmap' else 'one after another'} ({why}), {config.train.steps} steps{fed}")
         if mode == "sequential":
           execution.train_sequential(config, group, dataset, hooks=hooks, workdir=workdir, writer=writer,
                                      progress=progress, log=log, skip=_done(records, group, config.train.steps))
