@@ -64,3 +64,212 @@ def test_sharded_batch_gives_the_global_batch_statistics_and_update():
       assert_close_scaled(getattr(curvature8[layer], field), getattr(curvature1[layer], field), c=1000,
                           err_msg=f"{layer}.{field}")
   assert_close_scaled(params8, params1, c=1000)
+
+
+# --- distributed inverses -----------------------------------------------------------------------------------
+# A model with 7 factors of size 16-17 (one padded stack: 4 input factors of 16 + bias, 3 output factors of 16)
+# and one of size 3 (the head's output factor, a stack of its own).
+STACK, SIZE = 7, 17
+
+
+class Deep(nnx.Module):
+  def __init__(self, rngs):
+    self.hidden = nnx.List([kfac.Linear(16, 16, rngs=rngs) for _ in range(3)])
+    self.head = kfac.Linear(16, 3, rngs=rngs)
+
+  def __call__(self, x):
+    for layer in self.hidden:
+      x = jnp.tanh(layer(x))
+    return self.head(x)
+
+
+def _deep_problem(members=None):
+  model = Deep(nnx.Rngs(0))
+  graphdef, params = nnx.split(model, nnx.Param)
+  params = nnx.to_pure_dict(params)
+  rng = np.random.default_rng(1)
+  shape = (32,) if members is None else (members, 32)
+  batch = {"x": jnp.asarray(rng.normal(size=shape + (16,)), jnp.float32),
+           "y": jnp.asarray(rng.integers(0, 3, size=shape), jnp.int32)}
+  if members is not None:
+    params = jax.tree.map(lambda p: jnp.stack([p * (1 + 0.1 * i) for i in range(members)]), params)
+  return graphdef, params, batch, kfac.registered_layers(model)
+
+
+def _step_fn(graphdef, tx):
+  def step(params, state, batch):
+    model = nnx.merge(graphdef, params)
+    _, grads, curvature = kfac.value_grad_and_curvature(ce_loss, model, batch, mode="empirical")
+    return tx.update(nnx.to_pure_dict(grads), state, params, curvature=curvature)
+  return step
+
+
+# What each ``inverse=`` method runs per matrix: LAPACK/cuSOLVER custom calls or XLA's own ops; Newton-Schulz
+# runs batched matmuls.
+_INVERSION_OPS = {
+    "cholesky": r"(custom-call\(.*custom_call_target=\"[a-z_]*(potrf|trsm)[a-z_]*\"|cholesky\(|triangular-solve\()",
+    "newton_schulz": r" dot\(.*lhs_batch_dims=\{0[,\d]*\}",
+}
+
+
+def _inversion_shapes(hlo, inverse):
+  """The result shapes ``[..., k, k]`` of the compiled program's inversion ops on the matrices of size SIZE."""
+  import re
+  shapes = set()
+  for line in hlo.splitlines():
+    if re.search(_INVERSION_OPS[inverse], line):
+      for dims in re.findall(r"f32\[([\d,]+)\]", line.split("=", 1)[1].split("(", 1)[0]):
+        dims = tuple(int(d) for d in dims.split(","))
+        if dims[-2:] == (SIZE, SIZE):
+          shapes.add(dims[:-2])
+  return shapes
+
+
+def _groups(line):
+  """The device groups (partition ids) of one collective's ``replica_groups``, in the formats XLA prints."""
+  import itertools
+  import re
+  if m := re.search(r"replica_groups=\{(\{[\d,{}]*\})\}", line):
+    return [set(map(int, g.split(","))) for g in re.findall(r"\{([\d,]+)\}", m.group(1))]
+  if m := re.search(r"replica_groups=\[(\d+),(\d+)\]<=\[(\d+)\](?![T\d])", line):
+    count, size = int(m.group(1)), int(m.group(2))
+    return [set(range(g * size, (g + 1) * size)) for g in range(count)]
+  if m := re.search(r"replica_groups=mesh\[([^\]]*)\] \{([^}]*)\}", line):
+    axes = [(name, int(size)) for name, size in re.findall(r"'(\w+)'=(\d+)", m.group(1))]
+    reduced = set(re.findall(r"'(\w+)'", m.group(2)))
+    sizes = [size for _, size in axes]
+    groups = {}
+    for index in itertools.product(*(range(s) for s in sizes)):
+      pid = int(np.ravel_multi_index(index, sizes))
+      key = tuple(i for i, (name, _) in zip(index, axes) if name not in reduced)
+      groups.setdefault(key, set()).add(pid)
+    return list(groups.values())
+  raise AssertionError(f"unrecognised replica_groups: {line[:300]}")
+
+
+# Newton-Schulz on 4 devices: with one matrix per device XLA drops the batch dimension of its matmuls.
+@pytest.mark.parametrize("inverse, count", [("cholesky", 8), ("newton_schulz", 4)])
+def test_distributed_inverses_each_device_inverts_its_share(inverse, count):
+  """Batch split over ``data``: the stack of 7 factors is inverted ceil(7 / devices) per device instead of 7
+  on each, under the ``lax.cond`` of ``inverse_every``, and the inverses equal a float64 reference."""
+  devices = jax.devices()
+  if len(devices) < 8:
+    pytest.skip("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)")
+  mesh = Mesh(np.asarray(devices[:count]), ("data",))
+  graphdef, params, batch, layers = _deep_problem()
+  batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
+  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  results = {}
+  for name, sharding in (("plain", None), ("split", NamedSharding(mesh, PartitionSpec("data")))):
+    tx = kfac.scale_by_kfac(1e-2, layers=layers, inverse=inverse, inverse_every=2, inverse_sharding=sharding)
+    state = tx.init(params)
+    step = jax.jit(_step_fn(graphdef, tx))
+    hlo = step.lower(params, state, batch).compile().as_text()
+    assert "conditional(" in hlo   # the inverse update stays under inverse_every's lax.cond
+    # Per device: every matrix of the stack without the split, ceil(7 / devices) with it.
+    assert _inversion_shapes(hlo, inverse) == ({(STACK,)} if sharding is None else {(-(-STACK // count),)})
+    assert ("all-gather" in hlo) == (sharding is not None)   # the broadcast of the inverses
+    assert "collective-permute" not in hlo
+    updates, state = step(params, state, batch)
+    updates, state = step(params, state, batch)   # a step that reuses the inverses (count 1 of 2)
+    results[name] = (updates, state)
+  plain, split = results["plain"], results["split"]
+  # Same factors, inverted by the same method in another program: round-off of a damped inverse.
+  assert_close_scaled(split[1].inverses, plain[1].inverses, c=100)
+  assert_close_scaled(split[0], plain[0], c=100)
+  assert_close_scaled(split[1].factors, plain[1].factors, c=10)
+  for layer, f in split[1].factors.items():   # float64 reference: the π-split damped inverses of the factors
+    a, s = np.asarray(f.a, np.float64), np.asarray(f.s, np.float64)
+    pi = np.sqrt((np.trace(a) / len(a)) / (np.trace(s) / len(s)))
+    root = np.sqrt(1e-2)
+    assert_close_scaled(split[1].inverses[layer].a, np.linalg.inv(a + pi * root * np.eye(len(a))), c=1000,
+                        err_msg=f"{layer}.a")
+    assert_close_scaled(split[1].inverses[layer].s, np.linalg.inv(s + root / pi * np.eye(len(s))), c=1000,
+                        err_msg=f"{layer}.s")
+
+
+def test_distributed_inverses_in_a_member_vmapped_population():
+  """The harness's layout: members × data = 2 × 4, ``vmap(spmd_axis_name="members")``. The factor statistics
+  are all-reduced over ``data`` only; each device inverts ceil(7 / 4) = 2 of its member's stack; the result
+  equals the undistributed program's."""
+  devices = jax.devices()
+  if len(devices) < 8:
+    pytest.skip("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)")
+  mesh = Mesh(np.asarray(devices[:8]).reshape(2, 4), ("members", "data"))
+  graphdef, params, batch, layers = _deep_problem(members=2)
+  batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("members", "data")))
+  params = jax.device_put(params, NamedSharding(mesh, PartitionSpec("members")))
+  rows = [set(range(r * 4, (r + 1) * 4)) for r in range(2)]   # partition ids of each member's data devices
+  results = {}
+  for name, sharding in (("plain", None), ("split", NamedSharding(mesh, PartitionSpec("data")))):
+    tx = kfac.scale_by_kfac(1e-2, layers=layers, inverse_sharding=sharding)
+    state = jax.jit(jax.vmap(tx.init), out_shardings=NamedSharding(mesh, PartitionSpec("members")))(params)
+    step = jax.jit(jax.vmap(_step_fn(graphdef, tx), spmd_axis_name="members"))
+    hlo = step.lower(params, state, batch).compile().as_text()
+    assert _inversion_shapes(hlo, "cholesky") == ({(1, STACK)} if sharding is None else {(1, 2)})
+    collectives = [line for line in hlo.splitlines()
+                   if any(f"{c}(" in line for c in ("all-reduce", "all-gather", "reduce-scatter", "all-to-all"))]
+    assert collectives and "collective-permute" not in hlo
+    for line in collectives:   # within a member's data devices, never across members
+      assert all(any(group <= row for row in rows) for group in _groups(line)), line[:300]
+    results[name] = step(params, state, batch)
+  (u_plain, s_plain), (u_split, s_split) = results["plain"], results["split"]
+  assert s_split.inverses["head"].a.sharding.spec == PartitionSpec("members")
+  assert_close_scaled(s_split.inverses, s_plain.inverses, c=100)
+  assert_close_scaled(u_split, u_plain, c=100)
+
+
+def test_inverse_sharding_errors():
+  mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+  with pytest.raises(TypeError, match=r"inverse_sharding must be a jax\.sharding\.NamedSharding .* got Mesh"):
+    kfac.scale_by_kfac(1e-2, inverse_sharding=mesh)
+  with pytest.raises(ValueError, match=r"inverse_sharding must split the leading \(layer\) axis only"):
+    kfac.kfac(0.1, damping=1e-2, inverse_sharding=NamedSharding(mesh, PartitionSpec(None, "data")))
+
+
+def test_harness_kfac_family_splits_its_inverses_over_the_data_axis():
+  """The ``kfac`` family on a 1 × 8 mesh (two members, each member's batch over 8 devices) binds the data
+  axis, inverts 2 of its 10-factor stack per device, and trains to the same numbers as with
+  ``distributed_inverses=false``. Newton-Schulz: a vmapped LAPACK inverse in the scanned step deadlocks
+  XLA:CPU (see the ``kfac`` family's ``inverse``)."""
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)")
+  from experiments import config as config_lib
+  from experiments import optimizers
+  from experiments.data import load
+  from experiments.train import Program, make_groups
+  from experiments.train import sharding as sharding_lib
+
+  dataset = load("digits", n_train=256, n_test=64, label_noise=0.1)
+
+  def train(distributed):
+    config = config_lib.ExperimentConfig(
+        name="kfacdist", data=config_lib.DataConfig(name="digits", n_train=256, n_test=64, label_noise=0.1),
+        model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [16] * 5},
+                                     registered_layers=True),
+        optim=optimizers.KFAC(learning_rate=0.03, damping=1e-2, inverse_every=2, inverse="newton_schulz",
+                              distributed_inverses=distributed),
+        train=config_lib.TrainConfig(steps=3, batch_size=32, log_every=3, eval_every=3, checkpoint_every=0,
+                                     eval_batch_size=64, num_devices=8, mesh_members=1),
+        seeds=2, arms=[config_lib.Arm("kfac")])
+    (group,) = make_groups(config)
+    program = Program(config, group, dataset)
+    first = sharding_lib.global_array(np.asarray(0, np.int32), sharding_lib.replicated(program.mesh))
+    hlo = program._chunk.lower(program.state, program.hp, program.x_train, program.y_train, 3,
+                               first).compile().as_text()
+    out = program.train(progress=False)
+    return program, hlo, out, [program.params(i) for i in range(2)]
+
+  plain, plain_hlo, plain_out, plain_params = train(False)
+  split, split_hlo, split_out, split_params = train(True)
+  assert dict(split.mesh.shape) == {"members": 1, "data": 8}
+  assert plain.group.optim.inverse_sharding is None
+  assert split.group.optim.inverse_sharding.spec == PartitionSpec("data")
+  # Per device and member (2 members, not split: the members axis has one device): the 10 factors of size
+  # 16-17 (5 input, 5 output), or ceil(10 / 8) = 2 of them.
+  plain_shapes, split_shapes = _inversion_shapes(plain_hlo, "newton_schulz"), _inversion_shapes(split_hlo, "newton_schulz")
+  assert (2, 10) in plain_shapes and (2, 2) not in plain_shapes
+  assert (2, 2) in split_shapes and (2, 10) not in split_shapes
+  # 3 steps through damped inverses computed in another program: round-off (as 8 vs 1 devices above).
+  assert_close_scaled(split_out["loss"], plain_out["loss"], c=64)
+  assert_close_scaled(split_params, plain_params, c=1000)

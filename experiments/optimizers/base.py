@@ -221,9 +221,11 @@ class OptimizerSpec:
     (loss, (logits, model_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     return GradResult(loss, logits, model_state, grads, {})
 
-  def bind(self, model) -> "OptimizerSpec":
-    """The spec with what the family reads from the (abstract) ``nnx.Module`` filled in (default: itself)."""
-    del model
+  def bind(self, model, mesh=None) -> "OptimizerSpec":
+    """The spec with what the family reads from the (abstract) ``nnx.Module`` and the program's device mesh
+    (``experiments.train.sharding``; ``None``: not known, e.g. when a config is checked) filled in (default:
+    itself)."""
+    del model, mesh
     return self
 
   def diagnostics(self, opt_state, params) -> dict:

@@ -6,6 +6,13 @@ pass (:meth:`KFAC.value_and_grad`, through ``wd_optax.kfac.value_grad_and_curvat
 layers from the model (:meth:`KFAC.bind`), and logs the effective damping γ‖W‖² and cos(K-FAC direction,
 gradient) of its real optimizer state (:meth:`KFAC.diagnostics`, ``wd_optax.kfac.effective_damping``). The model
 must be built with registered layers: ``model.registered_layers=true``.
+
+On a mesh whose ``data`` axis has more than one device (``experiments.train.sharding``), the factor statistics
+are all-reduced over ``data`` only (each member's batch is split over it; the ``members`` axis never
+communicates), and with ``distributed_inverses`` (the default) the damped inverses are split over the same
+devices: each inverts its share of every stack of similar-size factors and the inverses are all-gathered
+(``wd_optax.kfac.scale_by_kfac``'s ``inverse_sharding``), so the inverse work per device does not grow with
+the data axis. :meth:`KFAC.bind` reads the mesh from the program.
 """
 
 from __future__ import annotations
@@ -37,7 +44,12 @@ class KFAC(base.OptimizerSpec):
     decay: ``l2`` (λw preconditioned with the gradient, K-FAC-"l2"), ``decoupled`` (K-FAC-"wd") or
       ``l2+decoupled``: K-FAC-"l2" with λ followed by lr-coupled decoupled decay with ``decoupled_weight_decay``.
     decoupled_weight_decay: λ' of ``decay="l2+decoupled"`` (traced, gated by the decay window like λ).
+    distributed_inverses: on a mesh with a ``data`` axis of more than one device, split the inverse work over
+      that axis (see the module doc); the inverses equal the undistributed ones up to float32 round-off, so
+      this only changes speed. ``false``: every device of ``data`` computes every inverse.
     layers: the registered layers' module paths; ``None``: read from the model when the program is built.
+    inverse_sharding: set by :meth:`bind` from the program's mesh (a ``NamedSharding`` over ``data``, or
+      ``None``); not a config key.
   """
   NAME = "kfac"
   TRACED = base.OptimizerSpec.TRACED + base.MIXED_TRACED
@@ -53,7 +65,9 @@ class KFAC(base.OptimizerSpec):
   decay: str = dataclasses.field(default="decoupled", metadata=base.choices("l2", "decoupled",
                                                                             base.L2_AND_DECOUPLED))
   decoupled_weight_decay: float = dataclasses.field(default=0.0, metadata=base.NONNEGATIVE)
+  distributed_inverses: bool = True
   layers: Any = None
+  inverse_sharding: Any = None
 
   def check(self, where) -> None:
     base.check_decoupled_part(self, where)
@@ -62,14 +76,22 @@ class KFAC(base.OptimizerSpec):
     if self.layers is not None and (not isinstance(self.layers, (list, tuple))
                                     or not all(isinstance(l, str) for l in self.layers)):
       raise ValueError(f"{where('layers')} must be none or a list of module paths, got {self.layers!r}.")
+    if self.inverse_sharding is not None and not isinstance(self.inverse_sharding, jax.sharding.NamedSharding):
+      raise ValueError(f"{where('inverse_sharding')} is set from the device mesh when the program is built, not in "
+                       "a config; set optim.distributed_inverses instead.")
 
-  def bind(self, model) -> "KFAC":
+  def bind(self, model, mesh=None) -> "KFAC":
     from wd_optax import kfac  # pylint: disable=g-import-not-at-top  # flax: only where K-FAC is used
+    from experiments.train import sharding  # pylint: disable=g-import-not-at-top  # experiments.train imports this
     layers = tuple(kfac.registered_layers(model))
     if not layers:
       raise ValueError("optimizer 'kfac' needs registered layers (wd_optax.kfac.Linear / Conv) in the model: set "
                        "model.registered_layers=true.")
-    return dataclasses.replace(self, layers=layers) if self.layers is None else self
+    bound = dataclasses.replace(self, layers=layers) if self.layers is None else self
+    if mesh is not None and self.distributed_inverses and sharding.data_size(mesh) > 1:
+      bound = dataclasses.replace(bound, inverse_sharding=jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
+    return bound
 
   def build(self, traced) -> optax.GradientTransformation:
     from wd_optax import kfac  # pylint: disable=g-import-not-at-top
@@ -77,6 +99,7 @@ class KFAC(base.OptimizerSpec):
     tx = kfac.kfac(traced["learning_rate"], damping=self.damping, weight_decay=traced["weight_decay"],
                    decay="l2" if mixed else self.decay, momentum=self.momentum or None, kl_clip=self.kl_clip or None,
                    ema=self.ema, inverse_every=self.inverse_every, inverse=self.inverse,
+                   inverse_sharding=self.inverse_sharding,
                    layers=None if self.layers is None else list(self.layers), mask=self.mask())
     return base.with_decoupled_part(self, tx, traced) if mixed else tx
 

@@ -187,8 +187,9 @@ class Program:
     if len(dataset.y_train) < t.batch_size:
       raise ValueError(f"train.batch_size ({t.batch_size}) exceeds the training set ({len(dataset.y_train)}).")
     self.model = model if model is not None else Model(config, dataset, self.hooks, group.model)
-    # What the optimizer family reads from the model (K-FAC: its registered layers).
-    group = self.group = dataclasses.replace(group, optim=group.optim.bind(self.model.abstract))
+    # What the optimizer family reads from the model and the mesh (K-FAC: its registered layers, and the
+    # data axis it splits its inverses over).
+    group = self.group = dataclasses.replace(group, optim=group.optim.bind(self.model.abstract, self.mesh))
     self.graphdef = self.model.graphdef
     self.scale_invariant = self.model.scale_invariant
     if group.optim.lr_norm_sq and not self.scale_invariant:

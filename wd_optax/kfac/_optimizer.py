@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import jax
 import optax
 
 from wd_optax import _checks
@@ -29,6 +30,7 @@ def kfac(
     pi_damping: bool = True,
     inverse: str = "cholesky",
     batch_space: bool = False,
+    inverse_sharding: jax.sharding.NamedSharding | None = None,
     layers: Sequence[str] | None = None,
     coupling: str = "lr",
     peak_learning_rate: float | None = None,
@@ -62,6 +64,9 @@ def kfac(
     inverse: ``"cholesky"``, ``"eigh"``, ``"lu"`` or ``"newton_schulz"``, see :func:`scale_by_kfac`.
     batch_space: batch-space preconditioning of wide dense layers, see :func:`scale_by_kfac`; exact only
       on the raw batch gradient, so not with ``decay="l2"``.
+    inverse_sharding: split the damped-inverse work over a mesh axis, e.g.
+      ``NamedSharding(mesh, PartitionSpec("data"))`` in data-parallel training: each device inverts its
+      share of the factors and the inverses are all-gathered; see :func:`scale_by_kfac`.
     layers: registered layer paths, see :func:`scale_by_kfac`.
     coupling: for ``decay="decoupled"``: ``"lr"``, ``"schedule"``, ``"independent"`` or ``"corrected"``.
     peak_learning_rate: :math:`\eta_{\max}` for the ``"schedule"`` and ``"corrected"`` couplings.
@@ -105,7 +110,8 @@ def kfac(
   _checks.check_number(momentum, "momentum", unit_interval=True, allow_none=True,
                        what="a number in [0, 1) or None")
   precondition = scale_by_kfac(damping, ema=ema, inverse_every=inverse_every, pi_damping=pi_damping,
-                               inverse=inverse, batch_space=batch_space, layers=layers, kl_clip=kl_clip,
+                               inverse=inverse, batch_space=batch_space, inverse_sharding=inverse_sharding,
+                               layers=layers, kl_clip=kl_clip,
                                learning_rate=learning_rate if kl_clip is not None else None)
   momentum_step = [] if momentum is None else [optax.trace(decay=momentum)]
   if decay == "l2":

@@ -233,14 +233,58 @@ def _size_groups(sizes: dict[Any, int]) -> list[list[Any]]:
   return groups
 
 
+def _inverse_parts(sharding: Any) -> int:
+  """How many parts :func:`scale_by_kfac`'s ``inverse_sharding`` splits a stack's leading axis into (1: none)."""
+  if sharding is None:
+    return 1
+  if not isinstance(sharding, jax.sharding.NamedSharding):
+    raise TypeError(
+        "inverse_sharding must be a jax.sharding.NamedSharding of the factor stacks' leading (layer) axis, e.g. "
+        f"NamedSharding(mesh, PartitionSpec('data')), or None; got {type(sharding).__name__}.")
+  spec = tuple(sharding.spec)
+  if len(spec) != 1 or spec[0] is None:
+    raise ValueError(
+        "inverse_sharding must split the leading (layer) axis only, e.g. NamedSharding(mesh, "
+        f"PartitionSpec('data')); got PartitionSpec{spec}.")
+  axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+  return math.prod(sharding.mesh.shape[axis] for axis in axes)
+
+
+def _invert_stack(invert: Any, batch: jax.Array, sharding: jax.sharding.NamedSharding | None) -> jax.Array:
+  """``invert(batch)`` of a ``(n, k, k)`` stack, split over ``sharding``'s devices and all-gathered.
+
+  The stack is padded with identities to a multiple of the number of parts, constrained to be split along
+  its leading axis (the factors are replicated there, so this is a local slice), inverted, and constrained
+  to be replicated again: each device inverts ``n / parts`` matrices, and the all-gather is the broadcast.
+  A stack of one matrix is inverted where it is (splitting it would only add the all-gather).
+  """
+  n, size = batch.shape[0], batch.shape[-1]
+  parts = _inverse_parts(sharding)
+  if parts == 1 or n == 1:
+    return invert(batch)
+  replicated = jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec())
+  # Pinned replicated first: otherwise the split propagates back into the traces and dampings, which
+  # every layer needs whole, and XLA exchanges them between the devices.
+  batch = jax.lax.with_sharding_constraint(batch, replicated)
+  pad = -n % parts
+  if pad:
+    batch = jnp.concatenate([batch, jnp.broadcast_to(jnp.eye(size, dtype=batch.dtype), (pad, size, size))])
+  # Pinned split on the way out too: else the last matmul of an inverse is done replicated, on gathered
+  # operands.
+  inverted = jax.lax.with_sharding_constraint(invert(jax.lax.with_sharding_constraint(batch, sharding)), sharding)
+  return jax.lax.with_sharding_constraint(inverted, replicated)[:n]
+
+
 def _all_damped_inverses(factors: dict[str, KfacFactors], dampings: dict[str, jax.Array], pi_damping: bool,
-                         inverse: str) -> dict[str, KfacFactors]:
+                         inverse: str, sharding: jax.sharding.NamedSharding | None = None
+                         ) -> dict[str, KfacFactors]:
   r""":func:`damped_inverses` of every layer, with factors of similar size inverted as one padded batch.
 
   A factor :math:`F` of size :math:`k` padded to :math:`n` is embedded as ``diag(F + dI, cI)``, whose
   inverse is ``diag((F + dI)^{-1}, I/c)``: the padding changes nothing. :math:`c = \operatorname{tr}(F)/k + d`,
   the mean eigenvalue, keeps the padded matrix as well conditioned as the damped factor. Batching cuts
   the number of kernels XLA compiles (each LAPACK call, trace and damping add was one kernel per factor).
+  With ``sharding``, each stack is inverted split over its devices (:func:`_invert_stack`).
   """
   invert = _INVERTERS[inverse]
   matrices = {(layer, side): getattr(f, side) for layer, f in factors.items() for side in ("a", "s")}
@@ -272,7 +316,7 @@ def _all_damped_inverses(factors: dict[str, KfacFactors], dampings: dict[str, ja
     # than the damped factor (an identity block would be, for factors far from unit scale).
     mean_eigenvalue = jnp.stack([traces[key] / matrices[key].shape[0] for key in group])[:, None] + added
     diagonal = jnp.where(np.arange(size)[None, :] < dims, added, mean_eigenvalue).astype(stack.dtype)
-    batch = invert(stack + diagonal[:, :, None] * jnp.eye(size, dtype=stack.dtype))
+    batch = _invert_stack(invert, stack + diagonal[:, :, None] * jnp.eye(size, dtype=stack.dtype), sharding)
     for key, inv in zip(group, batch):
       inverses[key] = inv[: matrices[key].shape[0], : matrices[key].shape[0]]
   return {layer: KfacFactors(inverses[layer, "a"], inverses[layer, "s"]) for layer in factors}
@@ -289,6 +333,7 @@ def scale_by_kfac(
     learning_rate: optax.ScalarOrSchedule | None = None,
     inverse: str = "cholesky",
     batch_space: bool = False,
+    inverse_sharding: jax.sharding.NamedSharding | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Preconditions the gradients of the registered layers with K-FAC; other parameters pass unchanged.
 
@@ -344,6 +389,19 @@ def scale_by_kfac(
   in the chain, with no L2 term (:func:`wd_optax.kfac.kfac` refuses ``decay="l2"`` with it), gradient
   clipping or other transform before it, and no gradient accumulation over batches.
 
+  **Distributed inverses** (``inverse_sharding``, for data-parallel training under ``jit``). With the batch
+  split over a mesh axis, XLA reduces the factor statistics over that axis (the sums over the batch in
+  :math:`A` and :math:`S` become all-reduces over it), so every device of the axis holds the same
+  averages and, by default, computes every inverse. ``inverse_sharding=NamedSharding(mesh,
+  PartitionSpec("data"))`` instead splits each padded stack of similar-size factors (see above) along
+  its leading axis over the devices of ``"data"`` (padded with identities to a multiple of their
+  number :math:`D`), inverts on each device only its :math:`\lceil n/D \rceil` factors, and all-gathers
+  the inverses (the broadcast of Ba et al., 2017, and of kfac-jax's distributed inverses): the inverse
+  work per device does not grow with :math:`D`. A stack of one factor stays where it is. The inverses
+  are the same matrices up to float32 round-off. Under ``jax.vmap(..., spmd_axis_name=...)`` (a
+  population split over another mesh axis) the constraints apply per member; the inverse update still
+  sits under the ``lax.cond`` of ``inverse_every``.
+
   Parameters outside the registered layers (norm scales, embeddings, plain ``nnx.Linear``) pass through
   unchanged.
 
@@ -366,9 +424,12 @@ def scale_by_kfac(
       where LAPACK calls are slow or unavailable, or inside large vmapped programs on CPU).
     batch_space: precondition wide dense layers in batch space (see above); needs the curvature from
       ``value_grad_and_curvature(..., rows=True)`` and the raw batch gradient as ``updates``.
+    inverse_sharding: ``None`` (every device computes every inverse) or a ``jax.sharding.NamedSharding``
+      whose ``PartitionSpec`` names the mesh axis (or axes) to split the inverse work over, e.g.
+      ``NamedSharding(mesh, PartitionSpec("data"))`` (see above); the update must run under ``jit``.
 
   Inside ``optax.inject_hyperparams`` pass ``static_args=("layers", "inverse_every", "pi_damping", "inverse",
-  "batch_space")``:
+  "batch_space", "inverse_sharding")``:
   those shape the computation and cannot be traced.
 
   Returns:
@@ -391,6 +452,12 @@ def scale_by_kfac(
     >>> int(optimizer.opt_state[0].count[...])
     1
 
+    Data-parallel, with each device inverting its share of the factors:
+
+    >>> from jax.sharding import Mesh, NamedSharding, PartitionSpec
+    >>> mesh = Mesh(jax.devices(), ("data",))
+    >>> tx = kfac.scale_by_kfac(1e-3, inverse_sharding=NamedSharding(mesh, PartitionSpec("data")))
+
   References:
     Martens & Grosse. *Optimizing Neural Networks with Kronecker-factored Approximate Curvature.* ICML 2015.
     Grosse & Martens. *A Kronecker-factored Approximate Fisher Matrix for Convolution Layers.* ICML 2016.
@@ -407,6 +474,7 @@ def scale_by_kfac(
   _checks.check_choice(inverse, "inverse", INVERSES)
   if not isinstance(batch_space, bool):
     raise TypeError(f"batch_space must be a Python bool, got {type(batch_space).__name__}.")
+  _inverse_parts(inverse_sharding)
   if kl_clip is not None:
     _checks.check_rate(kl_clip, "kl_clip", positive=True)
     _checks.check_rate(learning_rate, "learning_rate")
@@ -475,7 +543,8 @@ def scale_by_kfac(
 
     def fresh_inverses(operands):
       factors, gamma, locations = operands
-      return _all_damped_inverses(factors, {l: gamma / locations[l] for l in factors}, pi_damping, inverse)
+      return _all_damped_inverses(factors, {l: gamma / locations[l] for l in factors}, pi_damping, inverse,
+                                  inverse_sharding)
 
     due = (count % inverse_every == 0) & (curvature_count > 0)
     inverses = jax.lax.cond(due, fresh_inverses, lambda _: state.inverses, (factors, gamma, locations))
