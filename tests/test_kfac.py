@@ -509,3 +509,34 @@ def test_every_inverse_method_equals_numpy_float64(samples):
       assert_close_scaled(got.s, expected_s, c=2000, err_msg=f"{method} damping={damping}")
   with pytest.raises(ValueError, match="inverse must be one of"):
     kfac.scale_by_kfac(1e-3, inverse="svd")
+
+
+def test_shared_count_keeps_the_inverse_refresh_a_cond_in_a_vmapped_population():
+  """A vmapped population with a per-member count inverts on every step (the cond becomes a select); with the
+  common count passed unbatched the refresh stays a ``lax.cond`` and gives the same states as each member
+  updated on its own."""
+  model, tx, _, params, state, grads, curvature = _setup(inverse_every=2, ema=0.5)
+  members = 3
+  stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x * (1.0 + 0.25 * i) for i in range(members)]), tree)
+  batched = (stack(grads), jax.tree.map(lambda x: jnp.stack([x] * members), state), stack(curvature))
+
+  def population(shared):
+    def one(g, s, c, count):
+      return tx.update(g, s, params, curvature=c, **({"shared_count": count} if shared else {}))
+    return jax.jit(jax.vmap(one, in_axes=(0, 0, 0, None)))
+
+  hlo = {shared: population(shared).lower(*batched, jnp.int32(0)).compile().as_text() for shared in (False, True)}
+  assert "conditional" not in hlo[False]   # the per-member count: both branches every step
+  assert "conditional" in hlo[True]
+  g, s, c = batched
+  shared_step = population(True)
+  for count in range(3):
+    out, s_next = shared_step(g, s, c, jnp.int32(count))
+    for i in range(members):
+      member = lambda tree: jax.tree.map(lambda x: x[i], tree)
+      ref_out, ref_state = jax.jit(lambda g, s, c: tx.update(g, s, params, curvature=c))(member(g), member(s),
+                                                                                          member(c))
+      # c = 256: another compiled program around conditioned inverses (as above).
+      assert_close_scaled(member(out), ref_out, c=256, scale="tree")
+      assert_close_scaled(member(s_next).inverses, ref_state.inverses, c=256, scale="tree")
+    s = s_next

@@ -185,6 +185,9 @@ class OptimizerSpec:
   """
   NAME: ClassVar[str] = ""
   TRACED: ClassVar[tuple[str, ...]] = ("learning_rate", "weight_decay", "decay_start", "decay_end")
+  #: Keyword under which the transform's ``update`` takes the population's shared step count (unbatched under
+  #: ``jax.vmap``), or ``None``: the harness passes it only to families that name one.
+  SHARED_STEP_ARG: ClassVar[str | None] = None
   # Traced decay rates, multiplied by the decay window's 0/1 gate at every step.
   GATED: ClassVar[tuple[str, ...]] = ("weight_decay",)
   # "adam" or "sgd": how the diagnostics read η_eff (η/‖w‖² for SGD, η/‖w‖ for Adam-type updates).

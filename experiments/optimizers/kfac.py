@@ -46,7 +46,8 @@ class KFAC(base.OptimizerSpec):
     decoupled_weight_decay: λ' of ``decay="l2+decoupled"`` (traced, gated by the decay window like λ).
     distributed_inverses: on a mesh with a ``data`` axis of more than one device, split the inverse work over
       that axis (see the module doc); the inverses equal the undistributed ones up to float32 round-off, so
-      this only changes speed. ``false``: every device of ``data`` computes every inverse.
+      this only changes speed. ``false``: every device of ``data`` computes every inverse. On CPU devices
+      only ``inverse="newton_schulz"`` is split (LAPACK inverses across simulated CPU devices have deadlocked).
     layers: the registered layers' module paths; ``None``: read from the model when the program is built.
     inverse_sharding: set by :meth:`bind` from the program's mesh (a ``NamedSharding`` over ``data``, or
       ``None``); not a config key.
@@ -54,6 +55,7 @@ class KFAC(base.OptimizerSpec):
   NAME = "kfac"
   TRACED = base.OptimizerSpec.TRACED + base.MIXED_TRACED
   GATED = ("weight_decay",) + base.MIXED_TRACED
+  SHARED_STEP_ARG = "shared_count"  # keeps the inverse refresh a lax.cond in a vmapped population
   learning_rate: float = dataclasses.field(default=0.03, metadata=base.NONNEGATIVE)
   curvature: str = dataclasses.field(default="fisher", metadata=base.choices("fisher", "ggn", "empirical"))
   damping: float = dataclasses.field(default=1e-3, metadata=base.POSITIVE)
@@ -88,7 +90,10 @@ class KFAC(base.OptimizerSpec):
       raise ValueError("optimizer 'kfac' needs registered layers (wd_optax.kfac.Linear / Conv) in the model: set "
                        "model.registered_layers=true.")
     bound = dataclasses.replace(self, layers=layers) if self.layers is None else self
-    if mesh is not None and self.distributed_inverses and sharding.data_size(mesh) > 1:
+    # On XLA:CPU only the matmul-only inverse is split: LAPACK inverses (cholesky, eigh) across simulated CPU
+    # devices have deadlocked there (docs/mechanisms/kfac.md).
+    lapack_on_cpu = self.inverse != "newton_schulz" and mesh is not None and mesh.devices.flat[0].platform == "cpu"
+    if mesh is not None and self.distributed_inverses and sharding.data_size(mesh) > 1 and not lapack_on_cpu:
       bound = dataclasses.replace(bound, inverse_sharding=jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec(sharding.DATA_AXIS)))
     return bound

@@ -189,11 +189,14 @@ class StepSpec:
 
 def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | None, y_all: jax.Array | None,
                 *, diagnose: bool = False, idx: jax.Array | None = None,
-                batch: tuple[jax.Array, jax.Array] | None = None) -> tuple[dict, dict]:
+                batch: tuple[jax.Array, jax.Array] | None = None,
+                shared_step: jax.Array | None = None) -> tuple[dict, dict]:
   """One optimizer step of one member. Returns the new state and this step's metrics.
 
   ``idx``: this step's batch indices (:func:`batch_indices`), computed here when not given.
   ``batch``: this step's ``(x, y)`` itself (host-fed); ``x_all``, ``y_all`` and ``idx`` are then unused.
+  ``shared_step``: the population's common step count, unbatched under ``jax.vmap``; handed to an optimizer
+  family that asks for it (``OptimizerSpec.SHARED_STEP_ARG``: K-FAC keeps its inverse refresh a ``lax.cond``).
   """
   step = state["step"]
   if batch is not None:
@@ -223,7 +226,10 @@ def member_step(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | None, 
   grad_fn = spec.grad_fn or spec.optim.value_and_grad
   result = grad_fn(loss_fn, state["params"], (x, y), step_key, model)
   tx = spec.make_tx(spec.optim, rates)
-  updates, opt_state = tx.update(result.grads, state["opt_state"], state["params"], **result.extra)
+  extra = dict(result.extra)
+  if shared_step is not None and spec.optim.SHARED_STEP_ARG:
+    extra[spec.optim.SHARED_STEP_ARG] = shared_step
+  updates, opt_state = tx.update(result.grads, state["opt_state"], state["params"], **extra)
   factors = spec.lr_factors(state)
   if factors:
     # Zhang et al. Z2: η_t ∝ ‖w_t‖² per scale-invariant layer, i.e. its step scaled by ‖w_t‖²/‖w_0‖²;
@@ -284,6 +290,8 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | N
   of shape ``(members,)``. Nothing leaves the device until the caller fetches the result.
   """
   vmap = lambda f: jax.vmap(f, spmd_axis_name=spec.member_axis)
+  # The step count is the same for every member: passed unbatched (in_axes None) as the members' shared step.
+  vmap_shared = lambda f: jax.vmap(f, in_axes=(0, 0, 0, None), spmd_axis_name=spec.member_axis)
   single = jax.tree.leaves(state)[0].shape[0] == 1
   squeeze = lambda tree: jax.tree.map(lambda x: x[0], tree)
   expand = lambda tree: jax.tree.map(lambda x: x[None], tree)
@@ -294,9 +302,9 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | N
     if single:
       # A population of one runs unbatched (squeezed once, outside the loop): size-1 batch dimensions and
       # per-step reshapes cost XLA:CPU time.
-      step_all = lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i[0])
+      step_all = lambda s, h, i, t: member_step(spec, s, h, x_all, y_all, idx=i[0], shared_step=t)
     else:
-      step_all = vmap(lambda s, h, i: member_step(spec, s, h, x_all, y_all, idx=i))
+      step_all = vmap_shared(lambda s, h, i, t: member_step(spec, s, h, x_all, y_all, idx=i, shared_step=t))
     # Members of a population share the step count, so the chunk's epochs are known: their permutations are
     # drawn once before the scan (a sort of the training set per step would cost more than a small
     # network's step; a conditional redraw inside the loop costs buffer copies on XLA:CPU). They are laid
@@ -304,9 +312,9 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | N
     # costs a copy per step).
     orders, first_epoch = chunk_orders(state["key"], first_step, num_steps, n, batch, vmap)
   elif single:
-    fed_all = lambda s, h, b: member_step(spec, s, h, None, None, batch=squeeze(b))
+    fed_all = lambda s, h, b, t: member_step(spec, s, h, None, None, batch=squeeze(b), shared_step=t)
   else:
-    fed_all = vmap(lambda s, h, b: member_step(spec, s, h, None, None, batch=b))
+    fed_all = vmap_shared(lambda s, h, b, t: member_step(spec, s, h, None, None, batch=b, shared_step=t))
   member_hp = squeeze(hp) if single else hp
 
   def body(carry, _):
@@ -314,11 +322,11 @@ def population_chunk(spec: StepSpec, state: dict, hp: dict, x_all: jax.Array | N
     if batches is None:
       offset = chunk_offset(step, first_epoch, n, batch)
       idx = vmap(lambda o: jax.lax.dynamic_slice(o, (offset,), (batch,)))(orders)
-      current, metrics = step_all(current, member_hp, idx)
+      current, metrics = step_all(current, member_hp, idx, step)
     else:
       # Indexed, not scanned over: slicing the last step off the scan's inputs would copy them.
       at = lambda b: jax.lax.dynamic_index_in_dim(b, step - first_step, keepdims=False)
-      current, metrics = fed_all(current, member_hp, jax.tree.map(at, batches))
+      current, metrics = fed_all(current, member_hp, jax.tree.map(at, batches), step)
     return (current, step + 1), metrics
 
   if single:

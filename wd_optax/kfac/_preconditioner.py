@@ -434,7 +434,11 @@ def scale_by_kfac(
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params=None, *,
-    curvature)`` requires the ``curvature`` from :func:`wd_optax.kfac.value_grad_and_curvature`.
+    curvature, shared_count=None)`` requires the ``curvature`` from
+    :func:`wd_optax.kfac.value_grad_and_curvature`. ``shared_count``: in a ``jax.vmap``-ped population whose
+    members all take their steps together, the common step count (this transform's ``count``), passed
+    unbatched: the inverse refresh then stays a ``lax.cond`` that runs every ``inverse_every`` steps; with the
+    per-member ``count`` alone ``jax.vmap`` turns it into a select that computes the inverses on every step.
 
   Example:
     >>> import jax, jax.numpy as jnp, optax
@@ -496,7 +500,7 @@ def scale_by_kfac(
         locations={l: scalar(1, np.float32) for l in dims})
 
   def update_fn(updates: Any, state: ScaleByKfacState, params: Any = None, *,
-                curvature: dict[str, LayerCurvature] | None = None, **extra_args: Any):
+                curvature: dict[str, LayerCurvature] | None = None, shared_count: Any = None, **extra_args: Any):
     del params, extra_args
     _check_curvature(curvature, state)
     if batch_space and all(c.inputs is None for c in curvature.values()):
@@ -546,8 +550,18 @@ def scale_by_kfac(
       return _all_damped_inverses(factors, {l: gamma / locations[l] for l in factors}, pi_damping, inverse,
                                   inverse_sharding)
 
-    due = (count % inverse_every == 0) & (curvature_count > 0)
-    inverses = jax.lax.cond(due, fresh_inverses, lambda _: state.inverses, (factors, gamma, locations))
+    if shared_count is None:
+      due = (count % inverse_every == 0) & (curvature_count > 0)
+      inverses = jax.lax.cond(due, fresh_inverses, lambda _: state.inverses, (factors, gamma, locations))
+    else:
+      # Under jax.vmap a per-member count turns the lax.cond into a select that inverts on every step; a count
+      # shared by the population (unbatched) keeps the cond, and only the cheap "any statistics yet" test is
+      # per member.
+      def refresh(operands):
+        fresh = fresh_inverses(operands)
+        return jax.tree.map(lambda new, old: jnp.where(curvature_count > 0, new, old), fresh, state.inverses)
+      inverses = jax.lax.cond(jnp.asarray(shared_count) % inverse_every == 0, refresh, lambda _: state.inverses,
+                              (factors, gamma, locations))
 
     grads = dict(_tree.named_leaves(updates))
     new_leaves, cosine = {}, {}
