@@ -73,7 +73,14 @@ def figures_of(tmp_path_factory):
     yield draw
 
 
-@pytest.fixture(params=studies.names())
+# decay_zoo's figures (20 arms, 60 members) cost as much as all the others together; its standard figures are
+# the same code as every other study's, checked here for each of them, and its own figure is checked in
+# tests/test_decay_zoo_study.py.
+LARGE = {"decay_zoo"}
+STUDY_PARAMS = [pytest.param(name, marks=pytest.mark.slow) if name in LARGE else name for name in studies.names()]
+
+
+@pytest.fixture(params=STUDY_PARAMS)
 def study_figures(request, figures_of):
   return figures_of(request.param)
 

@@ -140,3 +140,53 @@ def test_mesh_errors_name_the_field():
   with pytest.raises(ValueError, match=r"^train\.batch_size \(30\) must be divisible by the data axis of the mesh "
                                        r"\(8 devices / train\.mesh_members 2 = 4\)"):
     sharding_lib.mesh_shape(8, 2, 16, 30)
+
+
+def test_harness_kfac_family_splits_its_inverses_over_the_data_axis():
+  """The ``kfac`` family on a 1 × 8 mesh (two members, each member's batch over 8 devices) binds the data
+  axis, inverts 2 of its 10-factor stack per device, and trains to the same numbers as with
+  ``distributed_inverses=false``. Newton-Schulz: a vmapped LAPACK inverse in the scanned step deadlocks
+  XLA:CPU (see the ``kfac`` family's ``inverse``)."""
+  from jax.sharding import PartitionSpec
+  from test_kfac_sharding import _inversion_shapes  # the HLO reader of the library's sharding tests
+  if len(jax.devices()) < 8:
+    pytest.skip("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8 (tests/conftest.py)")
+  from experiments import config as config_lib
+  from experiments import optimizers
+  from experiments.data import load
+  from experiments.train import Program, make_groups
+  from experiments.train import sharding as sharding_lib
+
+  dataset = load("digits", n_train=256, n_test=64, label_noise=0.1)
+
+  def train(distributed):
+    config = config_lib.ExperimentConfig(
+        name="kfacdist", data=config_lib.DataConfig(name="digits", n_train=256, n_test=64, label_noise=0.1),
+        model=config_lib.ModelConfig(name="mlp", norm="batch_noaffine", kwargs={"hidden": [16] * 5},
+                                     registered_layers=True),
+        optim=optimizers.KFAC(learning_rate=0.03, damping=1e-2, inverse_every=2, inverse="newton_schulz",
+                              distributed_inverses=distributed),
+        train=config_lib.TrainConfig(steps=3, batch_size=32, log_every=3, eval_every=3, checkpoint_every=0,
+                                     eval_batch_size=64, num_devices=8, mesh_members=1),
+        seeds=2, arms=[config_lib.Arm("kfac")])
+    (group,) = make_groups(config)
+    program = Program(config, group, dataset)
+    first = sharding_lib.global_array(np.asarray(0, np.int32), sharding_lib.replicated(program.mesh))
+    hlo = program._chunk.lower(program.state, program.hp, program.x_train, program.y_train, 3,
+                               first).compile().as_text()
+    out = program.train(progress=False)
+    return program, hlo, out, [program.params(i) for i in range(2)]
+
+  plain, plain_hlo, plain_out, plain_params = train(False)
+  split, split_hlo, split_out, split_params = train(True)
+  assert dict(split.mesh.shape) == {"members": 1, "data": 8}
+  assert plain.group.optim.inverse_sharding is None
+  assert split.group.optim.inverse_sharding.spec == PartitionSpec("data")
+  # Per device and member (2 members, not split: the members axis has one device): the 10 factors of size
+  # 16-17 (5 input, 5 output), or ceil(10 / 8) = 2 of them.
+  plain_shapes, split_shapes = _inversion_shapes(plain_hlo, "newton_schulz"), _inversion_shapes(split_hlo, "newton_schulz")
+  assert (2, 10) in plain_shapes and (2, 2) not in plain_shapes
+  assert (2, 2) in split_shapes and (2, 10) not in split_shapes
+  # 3 steps through damped inverses computed in another program: round-off (as 8 vs 1 devices above).
+  assert_close_scaled(split_out["loss"], plain_out["loss"], c=64)
+  assert_close_scaled(split_params, plain_params, c=1000)
