@@ -79,10 +79,6 @@ NOT_IN_REPRODUCE = {
     "transformer": "its quick form (three programs of a 64-wide decoder, 400 steps, 3 seeds) was not timed on an "
                    "idle 2-core machine yet and may not fit the 10-minute budget; run it with "
                    "`python -m experiments transformer --quick`",
-    "decay_zoo": "its quick form is fourteen programs (seven families × two settings); from a cold compilation "
-                 "cache it took 707 s wall and 406 s of CPU on the shared 2-core machine under load 8–11, so on "
-                 "idle cores it needs an estimated 200–400 s, over its 100 s share of the 10-minute budget; run "
-                 "it with `python -m experiments decay_zoo --quick`",
 }
 
 
